@@ -1,0 +1,41 @@
+"""apply: add each unique payment to its account's balance and emit the result.
+
+    {prefix}.unique (account -> Payment)  ->  {prefix}.applied (account -> AppliedPayment)
+    state: balances (account -> {currency: minor units}), changelog {app_id}-balances-changelog
+
+This is the Kafka-to-Kafka path that Kafka transactions can make exact.
+
+- exactly_once: the balance change, the applied record and the source offset
+  commit together or not at all; after any crash every balance equals the sum
+  of the unique input (the lab checks it with a read_committed consumer).
+- at_least_once: a crash after the update and before the offset commit
+  re-applies the event on restart: the balance counts it twice and
+  ``{prefix}.applied`` holds a copy. Nothing is lost. The copy carries the same
+  event id, so the sink can still charge once (idempotent mode).
+"""
+
+from __future__ import annotations
+
+from streams_app.app import app
+from streams_app.faults import crashpoint
+from streams_app.models import AppliedPayment
+from streams_app.topics import applied_payments, unique_payments
+from tables.balances import add_to_balance
+from tables.counters import count
+
+
+@app.agent(unique_payments)
+async def apply_payments(stream):
+    """Apply each payment to its account and publish the new balance."""
+    async for payment in stream:
+        balance = add_to_balance(payment.account, payment.currency, payment.amount)
+        await applied_payments.send(
+            key=payment.account,
+            value=AppliedPayment(
+                event_id=payment.event_id, account=payment.account, amount=payment.amount,
+                currency=payment.currency, created_at=payment.created_at,
+                balance_after=balance,
+            ),
+        )
+        count("apply.applied")
+        crashpoint("apply.after_update")

@@ -1,0 +1,76 @@
+"""Topic administration and sending sample traffic, shared by commands, lab and tests."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Callable, Iterable
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from .settings import Settings
+
+PIPELINE_TOPICS = ("raw", "dlq", "events", "unique", "applied")
+
+
+async def ensure_topics(settings: Settings) -> list[str]:
+    """Create the pipeline's topics with TOPIC_PARTITIONS partitions if missing.
+
+    Run before producing: a topic auto-created by the broker on first send gets
+    the broker's default partition count, and a source topic with fewer
+    partitions than the others breaks the co-partitioning the tables rely on.
+    Returns the names it created.
+    """
+    names = [settings.topic(suffix) for suffix in PIPELINE_TOPICS]
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [n for n in names if n not in existing]
+        if missing:
+            try:
+                await admin.create_topics(
+                    [NewTopic(n, settings.partitions, 1) for n in missing]
+                )
+            except TopicAlreadyExistsError:  # a worker created them meanwhile
+                pass
+        return missing
+    finally:
+        await admin.close()
+
+
+async def send_records(
+    bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes]],
+    *, idempotent: bool = True, on_sent: Callable[[int], None] | None = None,
+) -> int:
+    """Send ``(key, value)`` records with acks=all; return how many were acknowledged.
+
+    ``idempotent=True`` makes the producer's own retries harmless (KIP-98
+    sequence numbers), so the only duplicates in the topic are the ones the
+    traffic generator wrote on purpose.
+    """
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=idempotent, linger_ms=5,
+    )
+    await producer.start()
+    sent = 0
+    try:
+        pending: list[asyncio.Future] = []
+        for key, value in records:
+            pending.append(await producer.send(topic, value, key=key))
+            if len(pending) >= 500:
+                sent += await _settle(pending, on_sent)
+        sent += await _settle(pending, on_sent)
+    finally:
+        await producer.stop()
+    return sent
+
+
+async def _settle(pending: list[asyncio.Future], on_sent: Callable[[int], None] | None) -> int:
+    await asyncio.gather(*pending)
+    done = len(pending)
+    pending.clear()
+    if on_sent:
+        on_sent(done)
+    return done

@@ -1,0 +1,222 @@
+"""Commands of ``faust -A streams_app ...`` besides Faust's own ``worker``.
+
+    kafka start|stop|status   the local Apache Kafka (KRaft) broker
+    produce                   sample traffic with duplicates and malformed records
+    demo                      everything at once: broker, worker, traffic, dashboard
+    show-settings             every setting, its value in force and its meaning
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import aiohttp
+import click
+from faust.cli import AppCommand, argument, option
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from .admin import ensure_topics, send_records
+from .app import app, settings
+from .settings import Settings
+from .traffic import generate
+
+console = Console(stderr=True)
+
+LOCAL_HOSTS = {"127.0.0.1", "localhost"}
+
+
+def local_broker_port(s: Settings = settings) -> int | None:
+    """The port of the local broker this config uses, or None for another cluster."""
+    url = urlparse(s.broker_url)
+    return url.port if url.hostname in LOCAL_HOSTS else None
+
+
+def start_local_broker() -> None:
+    """Start the embedded broker when BROKER_URL is local; otherwise do nothing."""
+    from infra import kafka
+
+    port = local_broker_port()
+    if port is None:
+        console.print(f"BROKER_URL={settings.broker_url}: using that cluster, nothing started")
+        return
+    info = kafka.start(port=port)
+    console.print(f"Kafka {info.version} is up at {info.bootstrap} (log: {info.log_path})")
+
+
+@app.command(
+    argument("action", type=click.Choice(["start", "stop", "status"])),
+)
+async def kafka(self: AppCommand, action: str) -> None:
+    """Start, stop or query the local Apache Kafka broker (KRaft mode)."""
+    from infra import kafka as local
+
+    port = local_broker_port()
+    if port is None:
+        console.print(
+            f"BROKER_URL={settings.broker_url} names another cluster: there is no "
+            "local broker to manage. Unset BROKER_URL to use the embedded one."
+        )
+        raise SystemExit(1)
+    if action == "start":
+        start_local_broker()
+    elif action == "stop":
+        local.stop(port=port)
+        console.print(f"Kafka on port {port} stopped")
+    else:
+        info = local.status(port=port)
+        if info is None:
+            console.print(f"Kafka on port {port} is down")
+            raise SystemExit(1)
+        console.print(f"Kafka {info.version} is up at {info.bootstrap} (pid {info.pid}, log: {info.log_path})")
+
+
+@app.command(
+    option("--count", type=int, default=1000, show_default=True, help="Records to send."),
+    option("--duplicate-rate", type=float, default=0.2, show_default=True,
+           help="Share of records that are exact re-sends of an earlier valid record."),
+    option("--bad-rate", type=float, default=0.05, show_default=True,
+           help="Share of records that are malformed (go to the DLQ)."),
+    option("--seed", type=int, default=1, show_default=True, help="Random seed: same seed, same traffic."),
+    option("--accounts", type=int, default=50, show_default=True, help="Distinct accounts."),
+    option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
+)
+async def produce(
+    self: AppCommand, count: int, duplicate_rate: float, bad_rate: float, seed: int,
+    accounts: int, as_json: bool,
+) -> None:
+    """Send sample payments to {prefix}.raw and print what was sent."""
+    traffic = generate(
+        count, duplicate_rate=duplicate_rate, bad_rate=bad_rate, seed=seed,
+        accounts=accounts, max_bytes=settings.max_record_bytes,
+    )
+    await ensure_topics(settings)
+    topic = settings.topic("raw")
+    with Progress(console=console, transient=as_json) as progress:
+        task = progress.add_task(f"sending to {topic}", total=len(traffic.records))
+        await send_records(
+            settings.bootstrap, topic, traffic.records,
+            on_sent=lambda n: progress.advance(task, n),
+        )
+    summary = traffic.summary()
+    if as_json:
+        print(json.dumps(summary))
+        return
+    table = Table(title=f"sent to {topic}")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    for key in ("records", "unique_events", "duplicates", "bad", "total_amount"):
+        table.add_row(key, str(summary[key]))
+    for kind, n in summary["bad_by_kind"].items():
+        table.add_row(f"  bad: {kind}", str(n))
+    Console().print(table)
+
+
+@app.command()
+async def show_settings(self: AppCommand) -> None:
+    """Print every setting with the value in force and what it does."""
+    table = Table(title="settings (environment variable = value in force)")
+    for column in ("variable", "value", "meaning"):
+        table.add_column(column, overflow="fold")
+    for (env, _default, doc), value in zip(Settings.describe(), _values(settings)):
+        table.add_row(env, str(value), doc)
+    Console().print(table)
+
+
+
+def _values(s: Settings) -> list[object]:
+    import dataclasses
+
+    return [getattr(s, f.name) for f in dataclasses.fields(s)]
+
+
+@app.command(
+    option("--count", type=int, default=2000, show_default=True, help="Sample records to send."),
+    option("--duplicate-rate", type=float, default=0.2, show_default=True),
+    option("--bad-rate", type=float, default=0.05, show_default=True),
+    option("--seed", type=int, default=int(time.time()) % 100_000, help="Random seed (default: new each run)."),
+    option("--exit-when-done", is_flag=True, help="Stop the worker once every event is charged."),
+)
+async def demo(
+    self: AppCommand, count: int, duplicate_rate: float, bad_rate: float, seed: int,
+    exit_when_done: bool,
+) -> None:
+    """Broker, worker, sample traffic and the dashboard URL: the README's first command."""
+    start_local_broker()
+    await ensure_topics(settings)
+    log_path = Path("logs") / "worker.log"
+    log_path.parent.mkdir(exist_ok=True)
+    url = f"http://{settings.web_bind}:{settings.web_port}/"
+    console.print(f"starting the worker ({settings.processing_guarantee}); its log: {log_path}")
+    with log_path.open("ab") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "faust", "-A", "streams_app", "worker", "-l", "info"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        await _wait_for_web(url, worker)
+        traffic = generate(count, duplicate_rate=duplicate_rate, bad_rate=bad_rate, seed=seed)
+        console.print(
+            f"sending {len(traffic.records)} records: {len(traffic.unique_events)} unique payments, "
+            f"{traffic.duplicates} re-sends, {sum(traffic.bad.values())} malformed"
+        )
+        await send_records(settings.bootstrap, settings.topic("raw"), traffic.records)
+        console.print(f"[bold]dashboard: {url}[/bold]")
+        await _watch(url, traffic, worker, exit_when_done)
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGTERM)
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
+
+
+async def _wait_for_web(url: str, worker: subprocess.Popen, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if worker.poll() is not None:
+                raise click.ClickException(f"the worker exited with {worker.returncode}; see logs/worker.log")
+            try:
+                async with session.get(url + "api/stats") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.5)
+    raise click.ClickException(f"the worker's web server did not answer at {url} within {timeout:.0f} s")
+
+
+async def _watch(url: str, traffic, worker: subprocess.Popen, exit_when_done: bool) -> None:
+    """Print the live counts until every unique event is charged (and on, unless asked to exit)."""
+    expected = len(traffic.unique_events)
+    done = False
+    async with aiohttp.ClientSession() as session:
+        while worker.poll() is None:
+            async with session.get(url + "api/stats") as response:
+                stats = await response.json()
+            line = (
+                f"consumed {stats['consumed']}  dead-lettered {stats['dead_lettered']}  "
+                f"duplicates dropped {stats['duplicates_dropped']}  applied {stats['applied']}  "
+                f"charges {stats['charges']}/{expected}  duplicate charges {stats['duplicate_charges']}"
+            )
+            if not done and stats["charged_events"] >= expected:
+                done = True
+                console.print(f"[green]all {expected} payments charged[/green]: {line}")
+                if exit_when_done:
+                    return
+                console.print(f"dashboard: {url}  (Ctrl-C stops the worker)")
+            elif not done:
+                console.print(line)
+            await asyncio.sleep(2.0)
+    raise click.ClickException(f"the worker exited with {worker.returncode}; see logs/worker.log")

@@ -1,0 +1,37 @@
+"""Errors of the application, one small class per broken condition.
+
+Every message says what was received and what to change, so a user reading a
+start-up failure knows the fix without opening the code.
+"""
+
+from __future__ import annotations
+
+
+class StreamsAppError(Exception):
+    """Root of every error this project raises on purpose."""
+
+
+class SettingsError(StreamsAppError):
+    """One or more settings are invalid; the message lists each with its fix."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid settings:\n{lines}")
+
+
+class InvalidPayment(StreamsAppError):
+    """A raw record is not a valid payment event; ``reason`` goes to the DLQ.
+
+    ``code`` is a stable machine-readable tag (``not_json``, ``missing_field``...)
+    that tests and dashboards group by; ``reason`` is the human sentence.
+    """
+
+    def __init__(self, code: str, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+        super().__init__(f"{code}: {reason}")
+
+
+class SinkError(StreamsAppError):
+    """The external side effect could not be performed (database unreachable...)."""

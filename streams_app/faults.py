@@ -1,0 +1,66 @@
+"""Named crash points for the semantics lab; free when no fault is armed.
+
+A crash point is a line in an agent such as ``crashpoint("sink.after_effect")``.
+The lab arms one by starting a worker with
+
+    FAULT_CRASH_AT=sink.after_effect:25     # SIGKILL on the 25th pass
+
+and the worker kills itself with SIGKILL exactly there: no ``finally`` block,
+no flush, no commit, no Faust shutdown, as in a power cut. That makes the
+lab's "> 0 duplicates" predictions certain instead of likely.
+
+When ``FAULT_CRASH_AT`` is unset, :func:`crashpoint` is a function that
+returns at once (one call, no lookups).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections import Counter
+
+#: Every crash point an agent declares; the lab validates names against this.
+CRASH_POINTS = {
+    "ingest.after_forward": "ingest sent the validated event, offset not committed",
+    "dedup.after_forward": "dedup forwarded a unique event, before marking it seen",
+    "apply.after_update": "apply updated the balance and sent the output, offset not committed",
+    "sink.after_effect": "the sink's database write committed, the Kafka offset did not",
+    "sink.after_commit": "at_most_once: the offset is committed, the effect not done yet",
+}
+
+
+def _parse(spec: str) -> tuple[str, int]:
+    name, _, nth = spec.partition(":")
+    if name not in CRASH_POINTS:
+        raise SystemExit(
+            f"FAULT_CRASH_AT={spec!r}: unknown crash point {name!r}; "
+            f"use one of: {', '.join(sorted(CRASH_POINTS))}"
+        )
+    try:
+        count = int(nth or "1")
+    except ValueError:
+        raise SystemExit(f"FAULT_CRASH_AT={spec!r}: expected NAME:N with N a whole number") from None
+    return name, count
+
+
+def _armed(target: str, nth: int):
+    passes: Counter[str] = Counter()
+
+    def crashpoint(name: str) -> None:
+        if name != target:
+            return
+        passes[name] += 1
+        if passes[name] == nth:
+            print(f"FAULT: SIGKILL at crash point {name} (pass {nth})", file=sys.stderr, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return crashpoint
+
+
+def _disarmed(name: str) -> None:
+    return None
+
+
+_spec = os.environ.get("FAULT_CRASH_AT", "")
+crashpoint = _armed(*_parse(_spec)) if _spec else _disarmed

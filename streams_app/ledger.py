@@ -1,0 +1,153 @@
+"""The external database the sink charges into: SQLite by default, PostgreSQL by DSN.
+
+This stands for any system outside Kafka (a payment provider, a bank, an email
+server). Kafka transactions cannot reach it, so whether a redelivered event
+charges twice depends only on how the row is written:
+
+- ``naive``: a plain ``INSERT`` with no key; every delivery is a new charge.
+- ``idempotent``: the idempotency key is the event id, a UNIQUE constraint
+  guards it, and the insert is ``ON CONFLICT DO NOTHING``: the first delivery
+  charges, every later one is a no-op that the database itself enforces.
+
+Both modes write ``event_id`` so duplicates can be counted afterwards:
+``duplicate_charges = rows - distinct event ids``.
+
+The drivers are blocking (stdlib ``sqlite3``, ``psycopg``); :class:`Ledger`
+runs every call on one dedicated thread so the event loop never waits on disk
+and one connection is never shared between threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol, TypeVar
+from urllib.parse import urlparse
+
+from .exceptions import SinkError
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS charges (
+    id              {pk},
+    event_id        TEXT NOT NULL,
+    idempotency_key TEXT UNIQUE,          -- NULL in naive mode: NULLs never conflict
+    account         TEXT NOT NULL,
+    amount          BIGINT NOT NULL,
+    currency        TEXT NOT NULL,
+    created_at      TEXT NOT NULL,
+    charged_at      TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP
+);
+CREATE INDEX IF NOT EXISTS charges_event_id ON charges (event_id);
+"""
+
+_INSERT = (
+    "INSERT INTO charges (event_id, idempotency_key, account, amount, currency, created_at) "
+    "VALUES ({p}, {p}, {p}, {p}, {p}, {p}) ON CONFLICT (idempotency_key) DO NOTHING"
+)
+
+_STATS = (
+    "SELECT COUNT(*), COUNT(DISTINCT event_id), COALESCE(SUM(amount), 0) FROM charges"
+)
+
+
+@dataclass(frozen=True)
+class ChargeStats:
+    charges: int
+    charged_events: int
+    total_amount: int
+
+    @property
+    def duplicate_charges(self) -> int:
+        return self.charges - self.charged_events
+
+
+class _Connection(Protocol):
+    def execute(self, sql: str, params: Any = ...) -> Any: ...
+    def commit(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def _connect(url: str) -> tuple[_Connection, str]:
+    """Open a connection for ``sqlite:///path`` or ``postgresql://...``; return it and
+    the driver's parameter marker."""
+    parsed = urlparse(url)
+    if parsed.scheme == "sqlite":
+        path = Path(url.removeprefix("sqlite:///").removeprefix("sqlite://"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, timeout=30.0, check_same_thread=False)
+        # WAL lets the dashboard read while the sink writes; NORMAL still
+        # survives a process crash (only an OS crash may lose the last commit).
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(_SCHEMA.format(pk="INTEGER PRIMARY KEY AUTOINCREMENT"))
+        conn.commit()
+        return conn, "?"
+    import psycopg
+
+    try:
+        pg = psycopg.connect(url, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        raise SinkError(f"cannot connect to SINK_DB={url!r}: {exc}") from exc
+    for statement in _SCHEMA.format(pk="BIGSERIAL PRIMARY KEY").split(";"):
+        if statement.strip():
+            pg.execute(statement)
+    pg.commit()
+    return pg, "%s"
+
+
+class Ledger:
+    """Charges in the external database; every method is async and thread-safe."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
+        self._conn: _Connection | None = None
+        self._insert = ""
+
+    async def _run(self, fn: Callable[[_Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._with_connection, fn)
+
+    def _with_connection(self, fn: Callable[[_Connection], T]) -> T:
+        if self._conn is None:
+            self._conn, marker = _connect(self.url)
+            self._insert = _INSERT.format(p=marker)
+        return fn(self._conn)
+
+    async def charge(
+        self, *, event_id: str, account: str, amount: int, currency: str,
+        created_at: str, idempotent: bool,
+    ) -> bool:
+        """Record one charge; return False when the idempotency key already charged."""
+        key = event_id if idempotent else None
+
+        def insert(conn: _Connection) -> bool:
+            cursor = conn.execute(
+                self._insert, (event_id, key, account, amount, currency, created_at)
+            )
+            conn.commit()
+            return cursor.rowcount == 1
+
+        return await self._run(insert)
+
+    async def stats(self) -> ChargeStats:
+        def read(conn: _Connection) -> ChargeStats:
+            row = conn.execute(_STATS).fetchone()
+            conn.commit()  # end the read transaction so PostgreSQL sees new rows next time
+            return ChargeStats(int(row[0]), int(row[1]), int(row[2]))
+
+        return await self._run(read)
+
+    async def close(self) -> None:
+        def close(conn: _Connection) -> None:
+            conn.close()
+
+        if self._conn is not None:
+            await self._run(close)
+            self._conn = None
+        self._executor.shutdown(wait=True)

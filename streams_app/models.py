@@ -1,0 +1,109 @@
+"""Records that flow through the pipeline, and the validation of raw input.
+
+``payments.raw`` carries untrusted bytes. :func:`parse_payment` is the only
+door from bytes to a :class:`Payment`: it either returns a valid event or
+raises :class:`InvalidPayment` with a stable ``code`` and a sentence that the
+ingest agent writes into the dead-letter record's headers.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from typing import Any, Mapping
+
+import faust
+
+from .exceptions import InvalidPayment
+
+EVENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+ACCOUNT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+CURRENCY = re.compile(r"[A-Z]{3}")
+
+
+class Payment(faust.Record, serializer="json"):
+    """A validated payment event. ``amount`` is in minor units (cents)."""
+
+    event_id: str
+    account: str
+    amount: int
+    currency: str
+    created_at: str  # ISO 8601 with a UTC offset, as the producer wrote it
+
+
+class AppliedPayment(faust.Record, serializer="json"):
+    """A payment applied to its account: what the sink charges."""
+
+    event_id: str
+    account: str
+    amount: int
+    currency: str
+    created_at: str
+    balance_after: int  # the account's balance in ``currency`` after this event
+
+
+def parse_payment(raw: bytes | None, *, max_bytes: int, max_amount: int) -> Payment:
+    """Validate one raw record; raise :class:`InvalidPayment` saying why not."""
+    if raw is None or len(raw) == 0:
+        raise InvalidPayment("empty", "record has no value (null or zero bytes)")
+    if len(raw) > max_bytes:
+        raise InvalidPayment(
+            "oversize", f"record is {len(raw)} bytes; the limit is {max_bytes} (MAX_RECORD_BYTES)"
+        )
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidPayment("not_json", f"value is not UTF-8 JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidPayment("not_object", f"expected a JSON object, got {type(data).__name__}")
+    return Payment(
+        event_id=_matching(data, "event_id", EVENT_ID, "1-128 of A-Z a-z 0-9 _ . : -"),
+        account=_matching(data, "account", ACCOUNT, "1-64 of A-Z a-z 0-9 _ . : -"),
+        amount=_amount(data, max_amount),
+        currency=_matching(data, "currency", CURRENCY, "three upper-case letters (ISO 4217)"),
+        created_at=_timestamp(data),
+    )
+
+
+def _field(data: Mapping[str, Any], name: str, kind: type) -> Any:
+    if name not in data:
+        raise InvalidPayment("missing_field", f"field {name!r} is missing")
+    value = data[name]
+    # bool is a subclass of int in Python; JSON true is not an amount.
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise InvalidPayment(
+            "wrong_type", f"field {name!r} must be {kind.__name__}, got {type(value).__name__}"
+        )
+    return value
+
+
+def _matching(data: Mapping[str, Any], name: str, pattern: re.Pattern[str], rule: str) -> str:
+    value = _field(data, name, str)
+    if not pattern.fullmatch(value):
+        raise InvalidPayment("bad_format", f"field {name!r}={value[:80]!r} must be {rule}")
+    return value
+
+
+def _amount(data: Mapping[str, Any], max_amount: int) -> int:
+    amount = _field(data, "amount", int)
+    if amount <= 0:
+        raise InvalidPayment("bad_amount", f"amount {amount} must be greater than 0")
+    if amount > max_amount:
+        raise InvalidPayment(
+            "bad_amount", f"amount {amount} exceeds the limit {max_amount} (MAX_AMOUNT)"
+        )
+    return amount
+
+
+def _timestamp(data: Mapping[str, Any]) -> str:
+    value = _field(data, "created_at", str)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidPayment(
+            "bad_format", f"created_at={value[:40]!r} is not an ISO 8601 timestamp"
+        ) from None
+    if parsed.tzinfo is None:
+        raise InvalidPayment("bad_format", f"created_at={value!r} has no UTC offset")
+    return value

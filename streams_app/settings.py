@@ -1,0 +1,266 @@
+"""Settings: every knob of the application, declared once, validated once, frozen.
+
+Values come from, in increasing priority:
+
+1. the defaults declared below;
+2. an optional TOML file named by ``STREAMS_APP_CONFIG`` (keys are the field
+   names, e.g. ``processing_guarantee = "exactly_once"``);
+3. environment variables (the ``env`` name of each field).
+
+Faust reads some of the same environment variables itself (``BROKER_URL``,
+``PROCESSING_GUARANTEE``, ``WEB_PORT``...). To keep one source of truth, the
+app hands Faust the values validated here and an environment *without* those
+variables (see :meth:`Settings.faust_env`), so a raw string can never bypass
+validation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping, get_args
+from urllib.parse import urlparse
+
+from .exceptions import SettingsError
+
+Guarantee = Literal["at_least_once", "exactly_once", "at_most_once"]
+SinkMode = Literal["idempotent", "naive"]
+
+#: ``at_most_once`` is not a Faust guarantee: it is Faust's at_least_once with
+#: the sink committing the offset *before* the side effect (the lab's
+#: "lost message" mode). The other two are passed to Faust as they are.
+FAUST_GUARANTEE: Mapping[str, str] = {
+    "at_least_once": "at_least_once",
+    "exactly_once": "exactly_once",
+    "at_most_once": "at_least_once",
+}
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """``"90"`` -> 90.0 s, ``"15m"`` -> 900.0, ``"7d"`` -> 604800.0."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError("expected a number of seconds or a duration like 30s, 15m, 24h, 7d")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("expected true or false")
+
+
+def _choice(allowed: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip()
+        if value not in allowed:
+            raise ValueError(f"use one of: {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError("expected a whole number greater than 0")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise ValueError("expected a TCP port from 1 to 65535")
+    return value
+
+
+def _broker_url(text: str) -> str:
+    parsed = urlparse(text)
+    if parsed.scheme != "kafka" or not parsed.hostname or not parsed.port:
+        raise ValueError("expected kafka://HOST:PORT, e.g. kafka://127.0.0.1:9092")
+    return text
+
+
+def _store_url(text: str) -> str:
+    if text not in {"rocksdb://", "memory://"}:
+        raise ValueError("use rocksdb:// (persistent, the default) or memory:// (tests only)")
+    return text
+
+
+def _sink_db(text: str) -> str:
+    scheme = urlparse(text).scheme
+    if scheme not in {"sqlite", "postgresql", "postgres"}:
+        raise ValueError(
+            "expected sqlite:///path/to/file.db or postgresql://user:pass@host:port/db"
+        )
+    return text
+
+
+def _name(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,120}", text):
+        raise ValueError("expected 1-120 characters of letters, digits, '.', '_' or '-'")
+    return text
+
+
+def _setting(env: str, default: Any, parse: Callable[[str], Any], doc: str) -> Any:
+    return field(default=default, metadata={"env": env, "parse": parse, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated, immutable configuration of one worker process."""
+
+    processing_guarantee: Guarantee = _setting(
+        "PROCESSING_GUARANTEE", "at_least_once", _choice(get_args(Guarantee)),
+        "at_least_once: nothing lost, effects may repeat; exactly_once: Kafka "
+        "transactions (one per partition); at_most_once: the sink commits before "
+        "the effect (the lab's lost-message mode).",
+    )
+    broker_url: str = _setting(
+        "BROKER_URL", "kafka://127.0.0.1:9092", _broker_url,
+        "Kafka bootstrap server. The local broker is started for you only when "
+        "this points at 127.0.0.1:KAFKA_PORT.",
+    )
+    app_id: str = _setting(
+        "APP_ID", "payments-pipeline", _name,
+        "Faust app id: consumer group, transactional id and changelog prefix.",
+    )
+    topic_prefix: str = _setting(
+        "TOPIC_PREFIX", "payments", _name,
+        "Prefix of the pipeline's topics: {prefix}.raw, .dlq, .events, .unique, .applied.",
+    )
+    partitions: int = _setting(
+        "TOPIC_PARTITIONS", 4, _positive_int,
+        "Partitions of every pipeline topic (and so of every changelog).",
+    )
+    store: str = _setting(
+        "STORE_URL", "rocksdb://", _store_url,
+        "Table store: rocksdb:// (rocksdict, survives restarts) or memory://.",
+    )
+    datadir: str = _setting(
+        "APP_DATADIR", "", str,
+        "Where RocksDB tables live; default ./{app_id}-data.",
+    )
+    web_bind: str = _setting(
+        "WEB_BIND", "127.0.0.1", str,
+        "Interface of the web server (Faust's default 0.0.0.0 would expose it).",
+    )
+    web_port: int = _setting("WEB_PORT", 6066, _port, "Port of the web server.")
+    web_tables_enabled: bool = _setting(
+        "WEB_TABLES_ENABLED", False, parse_bool,
+        "Turn on Faust's raw /table/ endpoints (off: they dump raw table values).",
+    )
+    dedup_horizon: float = _setting(
+        "DEDUP_HORIZON", 7 * 86400.0, parse_duration,
+        "How long an event id is remembered (e.g. 24h, 7d). Older ids may be "
+        "forgotten: a re-send older than this is applied again.",
+    )
+    max_record_bytes: int = _setting(
+        "MAX_RECORD_BYTES", 16 * 1024, _positive_int,
+        "Raw records larger than this go to the DLQ as oversize.",
+    )
+    max_amount: int = _setting(
+        "MAX_AMOUNT", 100_000_000_00, _positive_int,
+        "Largest accepted amount in minor units; larger is absurd and dead-lettered.",
+    )
+    sink_db: str = _setting(
+        "SINK_DB", "sqlite:///payments-sink.db", _sink_db,
+        "The external database the sink charges into: sqlite:///file or postgresql://...",
+    )
+    sink_mode: SinkMode = _setting(
+        "SINK_MODE", "idempotent", _choice(get_args(SinkMode)),
+        "idempotent: idempotency key = event id, unique constraint, insert-or-ignore; "
+        "naive: plain insert (shows why keys are needed).",
+    )
+
+    # -- derived values -------------------------------------------------------
+
+    @property
+    def faust_guarantee(self) -> str:
+        return FAUST_GUARANTEE[self.processing_guarantee]
+
+    @property
+    def table_dir(self) -> Path:
+        return Path(self.datadir or f"{self.app_id}-data")
+
+    @property
+    def bootstrap(self) -> str:
+        """``host:port`` for clients other than Faust (aiokafka, the lab)."""
+        return self.broker_url.removeprefix("kafka://")
+
+    def topic(self, suffix: str) -> str:
+        return f"{self.topic_prefix}.{suffix}"
+
+    def faust_env(self, environ: Mapping[str, str]) -> dict[str, str]:
+        """The environment Faust may read: ours minus the variables owned here."""
+        owned = {f.metadata["env"] for f in dataclasses.fields(self)} | _FAUST_TWINS
+        return {k: v for k, v in environ.items() if k not in owned}
+
+    # -- construction ---------------------------------------------------------
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Read defaults, the optional TOML file, then the environment; validate all."""
+        environ = os.environ if environ is None else environ
+        raw: dict[str, tuple[str, str]] = {}  # field -> (where it came from, text)
+        problems: list[str] = []
+        config_path = environ.get("STREAMS_APP_CONFIG")
+        if config_path:
+            raw.update(_read_config_file(Path(config_path), problems))
+        for f in dataclasses.fields(cls):
+            env = f.metadata["env"]
+            if env in environ:
+                raw[f.name] = (env, environ[env])
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in raw:
+                continue
+            source, text = raw[f.name]
+            try:
+                values[f.name] = f.metadata["parse"](str(text))
+            except ValueError as exc:
+                problems.append(f"{source}={text!r} is invalid: {exc}")
+        if problems:
+            raise SettingsError(problems)
+        return cls(**values)
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, str]]:
+        """(env name, default, doc) of every setting: for the README and --help."""
+        return [
+            (f.metadata["env"], str(f.default), f.metadata["doc"])
+            for f in dataclasses.fields(cls)
+        ]
+
+
+#: Faust's own names for settings we own under another name; hidden from Faust.
+_FAUST_TWINS = {"APP_STORE", "APP_WEB_TABLES_ENABLED"}
+
+
+def _read_config_file(path: Path, problems: list[str]) -> dict[str, tuple[str, str]]:
+    names = {f.name for f in dataclasses.fields(Settings)}
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        problems.append(f"STREAMS_APP_CONFIG={str(path)!r} cannot be read: {exc}")
+        return {}
+    found: dict[str, tuple[str, str]] = {}
+    for key, value in data.items():
+        if key not in names:
+            problems.append(
+                f"{path}: unknown key {key!r}; known keys: {', '.join(sorted(names))}"
+            )
+            continue
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        found[key] = (f"{path}:{key}", text)
+    return found

@@ -1,0 +1,97 @@
+"""Web views of table state, served by Faust's own web server (aiohttp).
+
+    GET /                         HTML dashboard: the guarantee in force and live counts
+    GET /api/stats                everything the dashboard shows, as JSON
+    GET /api/dedup                dedup counters and horizon
+    GET /api/accounts/{account}   one account's balance, answered by the worker that
+                                  owns the account's partition (table_route forwards)
+    GET /api/charges              the sink database's charge counts
+
+Counters come from the ``pipeline-counters`` table on this worker (active and
+standby partitions); charges are counted in the database itself, so the two
+sides of "exactly once" are measured independently.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from faust.web import Request, Response, View
+
+from agents.sink import ledger
+from tables.balances import balances
+from tables.counters import totals
+
+from .app import app, settings
+
+DASHBOARD = (Path(__file__).parent / "dashboard.html").read_text()
+
+
+async def stats() -> dict[str, Any]:
+    counts = totals()
+    charges = await ledger.stats()
+    return {
+        "app_id": settings.app_id,
+        "processing_guarantee": settings.processing_guarantee,
+        "sink_mode": settings.sink_mode,
+        "consumed": counts.get("ingest.valid", 0) + counts.get("ingest.dead_lettered", 0),
+        "valid": counts.get("ingest.valid", 0),
+        "dead_lettered": counts.get("ingest.dead_lettered", 0),
+        "duplicates_dropped": counts.get("dedup.duplicates", 0),
+        "unique": counts.get("dedup.unique", 0),
+        "applied": counts.get("apply.applied", 0),
+        "charges": charges.charges,
+        "charged_events": charges.charged_events,
+        "duplicate_charges": charges.duplicate_charges,
+        "charged_amount": charges.total_amount,
+    }
+
+
+@app.page("/")
+class Dashboard(View):
+    async def get(self, request: Request) -> Response:
+        return self.html(DASHBOARD)
+
+
+@app.page("/api/stats")
+class Stats(View):
+    async def get(self, request: Request) -> Response:
+        return self.json(await stats())
+
+
+@app.page("/api/dedup")
+class Dedup(View):
+    async def get(self, request: Request) -> Response:
+        counts = totals()
+        return self.json({
+            "forwarded_unique": counts.get("dedup.unique", 0),
+            "duplicates_dropped": counts.get("dedup.duplicates", 0),
+            "horizon_seconds": settings.dedup_horizon,
+        })
+
+
+@app.page("/api/accounts/{account}")
+class AccountBalance(View):
+    @app.table_route(table=balances, match_info="account")
+    async def get(self, request: Request, account: str) -> Response:
+        if account not in balances:
+            return self.error(404, f"no payments applied to account {account!r}")
+        return self.json({
+            "account": account, "balances": dict(balances[account]),
+            "served_by": app.conf.canonical_url.human_repr(),
+        })
+
+
+@app.page("/api/charges")
+class Charges(View):
+    async def get(self, request: Request) -> Response:
+        charges = await ledger.stats()
+        return self.json({
+            "sink_db": settings.sink_db.split("@")[-1],  # never echo credentials
+            "sink_mode": settings.sink_mode,
+            "charges": charges.charges,
+            "charged_events": charges.charged_events,
+            "duplicate_charges": charges.duplicate_charges,
+            "charged_amount": charges.total_amount,
+        })

@@ -1,0 +1,105 @@
+"""Agents on Faust's in-memory test_context: the logic of each stage, no broker.
+
+Anything about offsets, commits, transactions or crashes needs the real broker:
+see tests/integration and the lab.
+"""
+
+import asyncio
+import json
+from unittest.mock import AsyncMock
+
+import pytest
+
+from agents.apply import apply_payments
+from agents.dedup import dedup_payments
+from agents.ingest import ingest_payments
+from streams_app import app
+from streams_app.models import Payment
+from streams_app.topics import applied_payments, dead_letters, payment_events, unique_payments
+from tables.balances import balances
+from tables.counters import totals
+from tables.seen_events import is_duplicate, seen_events
+
+
+@pytest.fixture(autouse=True)
+def in_memory_app(monkeypatch):
+    """Memory tables, flow on, and every output topic captured instead of sent."""
+    app.finalize()
+    app.flow_control.resume()
+    for table in (balances, seen_events):
+        table.data.clear()
+    sent = {}
+    for topic in (payment_events, dead_letters, unique_payments, applied_payments):
+        mock = AsyncMock(return_value=_Acked())
+        monkeypatch.setattr(topic, "send", mock)
+        sent[topic.get_topic_name()] = mock
+    yield sent
+
+
+class _Acked:
+    """Stands in for the send future: awaiting it is an immediate broker ack."""
+
+    def __await__(self):
+        return iter(())
+
+
+def payment(event_id="evt-1", account="acct-1", amount=100, currency="EUR"):
+    return Payment(event_id=event_id, account=account, amount=amount, currency=currency,
+                   created_at="2026-01-01T00:00:00+00:00")
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_ingest_forwards_valid_and_dead_letters_bad(in_memory_app):
+    async def scenario():
+        async with ingest_payments.test_context() as agent:
+            await agent.put(json.dumps(payment().asdict()).encode(), key=b"evt-1")
+            await agent.put(b"{not json", key=b"k")
+    run(scenario())
+    forwarded = in_memory_app["unit.events"]
+    dlq = in_memory_app["unit.dlq"]
+    assert forwarded.await_count == 1
+    assert forwarded.await_args.kwargs["key"] == "evt-1"
+    assert dlq.await_count == 1
+    headers = dict(dlq.await_args.kwargs["headers"])
+    assert headers["x-dlq-code"] == b"not_json"
+    assert dlq.await_args.kwargs["value"] == b"{not json"  # the original bytes, untouched
+
+
+def test_dedup_forwards_each_event_id_once(in_memory_app):
+    async def scenario():
+        async with dedup_payments.test_context() as agent:
+            for event_id in ("evt-1", "evt-2", "evt-1", "evt-1", "evt-3"):
+                # wait=False: a dropped duplicate never acks, and put(wait=True) would hang
+                await agent.put(payment(event_id=event_id), key=event_id, wait=False)
+            await asyncio.sleep(0.2)
+    run(scenario())
+    forwarded = in_memory_app["unit.unique"]
+    assert [c.kwargs["value"].event_id for c in forwarded.await_args_list] == ["evt-1", "evt-2", "evt-3"]
+    assert all(is_duplicate(e) for e in ("evt-1", "evt-2", "evt-3"))
+    assert not is_duplicate("evt-4")
+
+
+def test_seen_ids_expire_after_the_horizon():
+    from streams_app.app import settings
+
+    seen_events.data["evt-old"] = 1000.0
+    assert is_duplicate("evt-old", now=1000.0 + settings.dedup_horizon)
+    assert not is_duplicate("evt-old", now=1000.0 + settings.dedup_horizon + 1)
+
+
+def test_apply_sums_balances_per_account_and_currency(in_memory_app):
+    async def scenario():
+        async with apply_payments.test_context() as agent:
+            await agent.put(payment("e1", "acct-1", 100, "EUR"), key="acct-1")
+            await agent.put(payment("e2", "acct-1", 50, "EUR"), key="acct-1")
+            await agent.put(payment("e3", "acct-1", 7, "USD"), key="acct-1")
+            await agent.put(payment("e4", "acct-2", 1, "EUR"), key="acct-2")
+    run(scenario())
+    assert balances["acct-1"] == {"EUR": 150, "USD": 7}
+    assert balances["acct-2"] == {"EUR": 1}
+    outputs = [c.kwargs["value"] for c in in_memory_app["unit.applied"].await_args_list]
+    assert [o.balance_after for o in outputs] == [100, 150, 7, 1]
+    assert totals()["apply.applied"] >= 4

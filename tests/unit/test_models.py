@@ -1,0 +1,78 @@
+"""Validation: every malformed kind is caught with a stable code; valid input passes."""
+
+import json
+
+import pytest
+
+from streams_app.exceptions import InvalidPayment
+from streams_app.models import parse_payment
+from streams_app.traffic import BAD_KINDS, generate
+
+LIMITS = {"max_bytes": 16 * 1024, "max_amount": 10**10}
+VALID = {"event_id": "evt-1", "account": "acct-1", "amount": 250, "currency": "EUR",
+         "created_at": "2026-01-01T10:00:00+00:00"}
+
+
+def raw(**changes):
+    return json.dumps({**VALID, **changes}).encode()
+
+
+def test_valid_payment_parses():
+    payment = parse_payment(raw(), **LIMITS)
+    assert (payment.event_id, payment.account, payment.amount) == ("evt-1", "acct-1", 250)
+
+
+@pytest.mark.parametrize("value,code", [
+    (None, "empty"),
+    (b"", "empty"),
+    (b"\xff\xfe", "not_json"),
+    (b"{oops", "not_json"),
+    (b'"a string"', "not_object"),
+    (raw(amount=True), "wrong_type"),
+    (raw(amount=2.5), "wrong_type"),
+    (raw(amount="10"), "wrong_type"),
+    (raw(amount=0), "bad_amount"),
+    (raw(amount=-5), "bad_amount"),
+    (raw(amount=10**11), "bad_amount"),
+    (raw(currency="eur"), "bad_format"),
+    (raw(event_id=""), "bad_format"),
+    (raw(event_id="a b"), "bad_format"),
+    (raw(created_at="yesterday"), "bad_format"),
+    (raw(created_at="2026-01-01T10:00:00"), "bad_format"),
+    (b"{" + b" " * 20000 + b"}", "oversize"),
+])
+def test_malformed_records_are_rejected_with_a_reason(value, code):
+    with pytest.raises(InvalidPayment) as err:
+        parse_payment(value, **LIMITS)
+    assert err.value.code == code
+    assert err.value.reason
+
+
+def test_missing_field_is_named():
+    data = dict(VALID)
+    del data["currency"]
+    with pytest.raises(InvalidPayment, match="'currency' is missing"):
+        parse_payment(json.dumps(data).encode(), **LIMITS)
+
+
+def test_every_generated_bad_kind_is_rejected_and_every_valid_record_parses():
+    traffic = generate(2000, duplicate_rate=0.2, bad_rate=0.2, seed=7)
+    rejected = 0
+    for _key, value in traffic.records:
+        try:
+            payment = parse_payment(value, **LIMITS)
+        except InvalidPayment:
+            rejected += 1
+        else:
+            assert payment.event_id in traffic.unique_events
+    assert rejected == sum(traffic.bad.values())
+    assert set(traffic.bad) == set(BAD_KINDS)
+
+
+def test_traffic_is_reproducible_and_counts_add_up():
+    a = generate(500, duplicate_rate=0.3, bad_rate=0.1, seed=3)
+    b = generate(500, duplicate_rate=0.3, bad_rate=0.1, seed=3)
+    assert a.records == b.records
+    assert len(a.records) == len(a.unique_events) + a.duplicates + sum(a.bad.values())
+    total = sum(sum(c.values()) for c in a.expected_balances.values())
+    assert total == a.summary()["total_amount"]
