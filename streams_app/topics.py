@@ -11,6 +11,11 @@ The prefix is ``TOPIC_PREFIX`` (default ``payments``), so tests and lab runs get
 their own topics. Every topic has ``TOPIC_PARTITIONS`` partitions: Faust's
 assignor keeps equal partition numbers on one worker, which is what lets the
 tables of one stage be read by the same worker.
+
+All five are declared ``internal=True``: the worker creates any that are
+missing, with these partition counts, before it subscribes. Faust creates no
+source topic otherwise, and one auto-created by a first send would get the
+broker's default partition count and break the co-partitioning.
 """
 
 from __future__ import annotations
@@ -22,23 +27,23 @@ PARTITIONS = settings.partitions
 
 raw_payments = app.topic(
     settings.topic("raw"), key_type=bytes, value_type=bytes,
-    key_serializer="raw", value_serializer="raw", partitions=PARTITIONS,
+    key_serializer="raw", value_serializer="raw", partitions=PARTITIONS, internal=True,
 )
 dead_letters = app.topic(
     settings.topic("dlq"), key_type=bytes, value_type=bytes,
-    key_serializer="raw", value_serializer="raw", partitions=PARTITIONS,
+    key_serializer="raw", value_serializer="raw", partitions=PARTITIONS, internal=True,
 )
 payment_events = app.topic(
     settings.topic("events"), key_type=str, value_type=Payment,
-    key_serializer="raw", partitions=PARTITIONS,
+    key_serializer="raw", partitions=PARTITIONS, internal=True,
 )
 unique_payments = app.topic(
     settings.topic("unique"), key_type=str, value_type=Payment,
-    key_serializer="raw", partitions=PARTITIONS,
+    key_serializer="raw", partitions=PARTITIONS, internal=True,
 )
 applied_payments = app.topic(
     settings.topic("applied"), key_type=str, value_type=AppliedPayment,
-    key_serializer="raw", partitions=PARTITIONS,
+    key_serializer="raw", partitions=PARTITIONS, internal=True,
 )
 
 ALL_TOPICS = (raw_payments, dead_letters, payment_events, unique_payments, applied_payments)

@@ -16,7 +16,8 @@ from streams_app.app import app, settings
 balances = app.Table(
     "balances",
     key_type=str,
-    value_type=dict,
+    # No value_type: the app's JSON serializer gives dicts back (value_type=dict
+    # would make Faust look for a Record class and fail to decode).
     default=dict,
     partitions=settings.partitions,
     help="account -> {currency: minor units}",
