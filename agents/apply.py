@@ -19,6 +19,7 @@ from __future__ import annotations
 from streams_app.app import app
 from streams_app.faults import crashpoint
 from streams_app.models import AppliedPayment
+from streams_app.processing import processing
 from streams_app.topics import applied_payments, unique_payments
 from tables.balances import add_to_balance
 from tables.counters import count
@@ -27,15 +28,18 @@ from tables.counters import count
 @app.agent(unique_payments)
 async def apply_payments(stream):
     """Apply each payment to its account and publish the new balance."""
-    async for payment in stream:
-        balance = add_to_balance(payment.account, payment.currency, payment.amount)
-        await applied_payments.send(
-            key=payment.account,
-            value=AppliedPayment(
-                event_id=payment.event_id, account=payment.account, amount=payment.amount,
-                currency=payment.currency, created_at=payment.created_at,
-                balance_after=balance,
-            ),
-        )
-        count("apply.applied")
-        crashpoint("apply.after_update")
+    stream = stream.noack()  # acked by processing() once the event is handled
+    async for event in stream.events():
+        async with processing(stream, event, stage="apply"):
+            payment = event.value
+            balance = add_to_balance(payment.account, payment.currency, payment.amount)
+            await applied_payments.send(
+                key=payment.account,
+                value=AppliedPayment(
+                    event_id=payment.event_id, account=payment.account, amount=payment.amount,
+                    currency=payment.currency, created_at=payment.created_at,
+                    balance_after=balance,
+                ),
+            )
+            count("apply.applied")
+            crashpoint("apply.after_update")

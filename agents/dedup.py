@@ -28,6 +28,7 @@ import logging
 
 from streams_app.app import app, settings
 from streams_app.faults import crashpoint
+from streams_app.processing import processing
 from streams_app.topics import payment_events, unique_payments
 from tables.counters import count
 from tables.seen_events import is_duplicate, mark_seen
@@ -41,13 +42,16 @@ AWAIT_OUTPUT_BEFORE_MARKING = settings.faust_guarantee != "exactly_once"
 @app.agent(payment_events)
 async def dedup_payments(stream):
     """Drop every event id already forwarded within the horizon."""
-    async for payment in stream:
-        if is_duplicate(payment.event_id):
-            count("dedup.duplicates")
-            continue
-        sent = await unique_payments.send(key=payment.account, value=payment)
-        if AWAIT_OUTPUT_BEFORE_MARKING:
-            await sent
-        crashpoint("dedup.after_forward")
-        mark_seen(payment.event_id)
-        count("dedup.unique")
+    stream = stream.noack()  # acked by processing() once the event is handled
+    async for event in stream.events():
+        async with processing(stream, event, stage="dedup"):
+            payment = event.value
+            if is_duplicate(payment.event_id):
+                count("dedup.duplicates")
+                continue
+            sent = await unique_payments.send(key=payment.account, value=payment)
+            if AWAIT_OUTPUT_BEFORE_MARKING:
+                await sent
+            crashpoint("dedup.after_forward")
+            mark_seen(payment.event_id)
+            count("dedup.unique")

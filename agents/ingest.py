@@ -1,14 +1,14 @@
-"""ingest: untrusted bytes in, validated events or dead letters out.
+r"""ingest: untrusted bytes in, validated events or dead letters out.
 
     {prefix}.raw (bytes -> bytes)  ->  {prefix}.events (event_id -> Payment)
                                    \->  {prefix}.dlq   (original key and bytes;
                                         headers x-dlq-code, x-dlq-reason, x-dlq-source)
 
 Guarantee: every raw record produces exactly one output, a valid event or a
-dead letter, and nothing is dropped silently. Validation never raises out of
-the agent: a record Faust cannot process would otherwise be acked in Faust's
-``finally`` block and vanish (see ../shared/notes/faust-semantics.md), so even
-an unexpected error becomes a dead letter with code ``internal_error``.
+dead letter, and nothing is dropped silently. An invalid record is a dead
+letter with the rule it broke; even an unexpected error in this code becomes a
+dead letter (code ``processing_error``) instead of the silent ack stock Faust
+gives an event whose processing raised (streams_app/processing.py).
 
 - at_least_once: a crash after the send and before the offset commit re-reads
   the record and sends it again: ``{prefix}.events`` may hold a copy, which the
@@ -30,44 +30,28 @@ from streams_app.app import app, settings
 from streams_app.exceptions import InvalidPayment
 from streams_app.faults import crashpoint
 from streams_app.models import parse_payment
-from streams_app.topics import dead_letters, payment_events, place, raw_payments
+from streams_app.processing import dead_letter, processing
+from streams_app.topics import payment_events, place, raw_payments
 from tables.counters import count
 
 log = logging.getLogger(__name__)
 
 
-def dead_letter_headers(code: str, reason: str, message) -> list[tuple[str, bytes]]:
-    """Why and where from, as Kafka Connect's DLQ does: the value stays untouched."""
-    return [
-        ("x-dlq-code", code.encode()),
-        ("x-dlq-reason", reason.encode()[:1024]),
-        ("x-dlq-source", place(message).encode()),
-        ("x-dlq-stage", b"ingest"),
-    ]
-
-
 @app.agent(raw_payments)
 async def ingest_payments(stream):
     """Validate each raw record; forward it keyed by event id or dead-letter it."""
+    stream = stream.noack()  # acked by processing() once the record is handled
     async for event in stream.events():
-        message = event.message
-        try:
-            payment = parse_payment(
-                event.value, max_bytes=settings.max_record_bytes, max_amount=settings.max_amount
-            )
-        except InvalidPayment as exc:
-            code, reason = exc.code, exc.reason
-        except Exception as exc:  # a bug must not drop the record: dead-letter it
-            log.exception("ingest: unexpected error on %s", place(message))
-            code, reason = "internal_error", f"{type(exc).__name__}: {exc}"
-        else:
+        async with processing(stream, event, stage="ingest"):
+            try:
+                payment = parse_payment(
+                    event.value, max_bytes=settings.max_record_bytes, max_amount=settings.max_amount
+                )
+            except InvalidPayment as exc:
+                log.info("ingest: dead-lettering %s (%s)", place(event.message), exc)
+                await dead_letter(event, stage="ingest", code=exc.code, reason=exc.reason)
+                count("ingest.dead_lettered")
+                continue
             await payment_events.send(key=payment.event_id, value=payment)
             count("ingest.valid")
             crashpoint("ingest.after_forward")
-            continue
-        log.info("ingest: dead-lettering %s (%s: %s)", place(message), code, reason)
-        await dead_letters.send(
-            key=event.key, value=event.value,
-            headers=dead_letter_headers(code, reason, message),
-        )
-        count("ingest.dead_lettered")

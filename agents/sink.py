@@ -19,11 +19,18 @@ event again, and the charge happens again unless the database refuses it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import sqlite3
+
+import psycopg
 
 from streams_app.app import app, settings
+from streams_app.exceptions import SinkError
 from streams_app.faults import crashpoint
 from streams_app.ledger import Ledger
+from streams_app.models import AppliedPayment
+from streams_app.processing import processing
 from streams_app.topics import applied_payments
 
 log = logging.getLogger(__name__)
@@ -32,20 +39,38 @@ ledger = Ledger(settings.sink_db)
 IDEMPOTENT = settings.sink_mode == "idempotent"
 COMMIT_BEFORE_EFFECT = settings.processing_guarantee == "at_most_once"
 
+#: Errors that mean "the database is not reachable right now": retry, never skip.
+TRANSIENT = (sqlite3.OperationalError, psycopg.OperationalError, SinkError)
+
 
 @app.agent(applied_payments)
 async def charge_payments(stream):
     """Perform the external side effect once per delivery (naive) or per event id."""
-    if COMMIT_BEFORE_EFFECT:
-        stream = stream.noack()
+    stream = stream.noack()  # acked by processing(), or before the effect in at_most_once
     async for event in stream.events():
-        payment = event.value
         if COMMIT_BEFORE_EFFECT:
             await stream.ack(event)
             await app.consumer.commit({event.message.tp})
             crashpoint("sink.after_commit")
-        await ledger.charge(
-            event_id=payment.event_id, account=payment.account, amount=payment.amount,
-            currency=payment.currency, created_at=payment.created_at, idempotent=IDEMPOTENT,
-        )
-        crashpoint("sink.after_effect")
+        async with processing(stream, event, stage="sink", acked=COMMIT_BEFORE_EFFECT):
+            await charge(event.value)
+            crashpoint("sink.after_effect")
+
+
+async def charge(payment: AppliedPayment) -> bool:
+    """Insert the charge, retrying while the database is unavailable.
+
+    An outage must delay the effect, not skip it: the event stays unacked (so
+    its offset is not committed) until the database takes the row.
+    """
+    delay = 0.1
+    while True:
+        try:
+            return await ledger.charge(
+                event_id=payment.event_id, account=payment.account, amount=payment.amount,
+                currency=payment.currency, created_at=payment.created_at, idempotent=IDEMPOTENT,
+            )
+        except TRANSIENT as exc:
+            log.warning("sink: database unavailable (%s); retrying in %.1f s", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)

@@ -10,8 +10,11 @@ from __future__ import annotations
 import os
 import sys
 
+from pathlib import Path
+
 import faust
 
+from . import faust_fixes
 from .exceptions import SettingsError
 from .settings import Settings
 
@@ -25,9 +28,23 @@ def load_settings() -> Settings:
         raise SystemExit(2) from None
 
 
+class PaymentsApp(faust.App):
+    """faust.App plus the lifecycle hooks of the fixes in streams_app/faust_fixes.py."""
+
+    async def on_first_start(self) -> None:
+        await super().on_first_start()
+        faust_fixes.on_worker_start(
+            Path(self.conf.tabledir), settings.faust_guarantee == "exactly_once", settings.faust_fixes
+        )
+
+    async def on_shutdown(self) -> None:
+        await super().on_shutdown()
+        faust_fixes.on_worker_stopped(Path(self.conf.tabledir))
+
+
 settings = load_settings()
 
-app = faust.App(
+app = PaymentsApp(
     settings.app_id,
     broker=settings.broker_url,
     processing_guarantee=settings.faust_guarantee,
@@ -51,3 +68,5 @@ app = faust.App(
     autodiscover=False,
     env=settings.faust_env(os.environ),
 )
+
+faust_fixes.install(app, settings.faust_fixes, exactly_once=settings.faust_guarantee == "exactly_once")

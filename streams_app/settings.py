@@ -26,6 +26,7 @@ from typing import Any, Callable, Literal, Mapping, get_args
 from urllib.parse import urlparse
 
 from .exceptions import SettingsError
+from .faust_fixes import FIXES
 
 Guarantee = Literal["at_least_once", "exactly_once", "at_most_once"]
 SinkMode = Literal["idempotent", "naive"]
@@ -112,6 +113,21 @@ def _name(text: str) -> str:
     return text
 
 
+def _fix_list(text: str) -> tuple[str, ...]:
+    value = text.strip().lower()
+    if value in {"all", ""}:
+        return tuple(FIXES)
+    if value == "none":
+        return ()
+    names = tuple(n.strip() for n in value.split(",") if n.strip())
+    unknown = [n for n in names if n not in FIXES]
+    if unknown:
+        raise ValueError(
+            f"unknown fix {', '.join(unknown)}; use all, none, or a comma list of: {', '.join(FIXES)}"
+        )
+    return names
+
+
 def _setting(env: str, default: Any, parse: Callable[[str], Any], doc: str) -> Any:
     return field(default=default, metadata={"env": env, "parse": parse, "doc": doc})
 
@@ -182,6 +198,11 @@ class Settings:
         "idempotent: idempotency key = event id, unique constraint, insert-or-ignore; "
         "naive: plain insert (shows why keys are needed).",
     )
+    faust_fixes: tuple[str, ...] = _setting(
+        "FAUST_FIXES", tuple(FIXES), _fix_list,
+        "Workarounds for faust-streaming delivery bugs (streams_app/faust_fixes.py): "
+        "all (default), none (stock Faust, to see the bugs in the lab), or a comma list.",
+    )
 
     # -- derived values -------------------------------------------------------
 
@@ -197,6 +218,10 @@ class Settings:
     def bootstrap(self) -> str:
         """``host:port`` for clients other than Faust (aiokafka, the lab)."""
         return self.broker_url.removeprefix("kafka://")
+
+    def fix_enabled(self, name: str) -> bool:
+        assert name in FIXES, name
+        return name in self.faust_fixes
 
     def topic(self, suffix: str) -> str:
         return f"{self.topic_prefix}.{suffix}"
@@ -238,9 +263,13 @@ class Settings:
     def describe(cls) -> list[tuple[str, str, str]]:
         """(env name, default, doc) of every setting: for the README and --help."""
         return [
-            (f.metadata["env"], str(f.default), f.metadata["doc"])
+            (f.metadata["env"], _show(f.default), f.metadata["doc"])
             for f in dataclasses.fields(cls)
         ]
+
+
+def _show(value: Any) -> str:
+    return ",".join(value) if isinstance(value, tuple) else str(value)
 
 
 #: Faust's own names for settings we own under another name; hidden from Faust.

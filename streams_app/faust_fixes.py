@@ -1,0 +1,207 @@
+"""Workarounds for faust-streaming 0.15.3 bugs that break delivery guarantees.
+
+Every change this project makes to Faust's behaviour is in this module, each
+under a name that ``FAUST_FIXES`` can switch off (``FAUST_FIXES=none`` runs
+stock Faust, which is how the lab shows what each bug does). Each entry says
+what stock Faust does, what that breaks, the upstream report, and the fix.
+
+Read with ../shared/notes/faust-semantics.md; paths below are relative to
+site-packages/faust.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+log = logging.getLogger(__name__)
+
+FIXES: Mapping[str, str] = {
+    "source-partition-transactions": (
+        "exactly_once: stock TransactionManager.send (transport/consumer.py) picks the "
+        "transactional producer by the partition of the OUTPUT record, while the source "
+        "offset is committed by the producer of the SOURCE partition. An event read from "
+        "partition 2 whose output hashes to partition 1 is split over two transactions "
+        "committed one after the other: a crash between them duplicates or loses it. "
+        "Outputs to a topic the app does not consume get no transactional producer at "
+        "all (faust-streaming#177), and outputs to a partition owned by another worker "
+        "fail with 'No transaction producer found'. Fix: every send made while "
+        "processing an event uses the transactional producer of that event's source "
+        "partition, the one that commits its offset."
+    ),
+    "commit-gate": (
+        "exactly_once: Faust commits from a timer while agents keep processing, so an "
+        "event processed during a commit has its outputs in transaction N and its offset "
+        "in N+1 (faust-streaming#517: duplicates in read_committed output after kill -9). "
+        "Table changelog records still in Faust's ProducerBuffer at commit time land in "
+        "the next transaction too. Fix: commits take the CommitGate "
+        "(streams_app/processing.py), which waits for events in progress and holds new "
+        "ones, and drain the ProducerBuffer before sending offsets."
+    ),
+    "persisted-offsets": (
+        "exactly_once: Table._on_changelog_sent registers the offset to persist under the "
+        "CHANGELOG partition, TableManager.on_commit looks it up under the SOURCE "
+        "partitions, so RocksDB's persisted offset is never written and every restart "
+        "replays the whole changelog. Fix: on commit, persist the pending changelog "
+        "offsets of the committed partition numbers (tables are co-partitioned)."
+    ),
+    "wipe-unclean-state": (
+        "exactly_once: RocksDB rows written by a transaction that was later aborted "
+        "(the worker was killed) stay in the local store, because recovery only replays "
+        "committed changelog records on top of it (robinhood/faust#340: a table loses "
+        "events after kill -9). A dedup table would then drop an event whose effects were "
+        "rolled back. Fix, as Kafka Streams does under EOS: a worker that did not stop "
+        "cleanly deletes its local table state and restores it from the committed "
+        "changelog."
+    ),
+    "route-metadata": (
+        "table_route asks the plain (non-transactional) producer for the key's partition; "
+        "under exactly_once that producer never sent anything, has no metadata for the "
+        "changelog topic and the view fails with TypeError 'NoneType' object is not "
+        "iterable. Fix: load the changelog topics' metadata into it at start-up."
+    ),
+}
+
+CLEAN_STOP_MARKER = "RUNNING"
+
+
+def install(app: Any, enabled: tuple[str, ...], exactly_once: bool) -> None:
+    """Apply the enabled fixes to ``app`` (and Faust's classes, once per process)."""
+    if exactly_once and "source-partition-transactions" in enabled:
+        _patch_transaction_routing()
+    if exactly_once and "commit-gate" in enabled:
+        _patch_gated_commit()
+    if exactly_once and "persisted-offsets" in enabled:
+        _patch_persisted_offsets()
+    if "route-metadata" in enabled:
+        app.task(_load_route_metadata_for(app))
+    log.info("faust fixes enabled: %s", ", ".join(enabled) or "none (stock Faust)")
+
+
+# -- source-partition-transactions -------------------------------------------
+
+
+def _patch_transaction_routing() -> None:
+    from faust.streams import current_event
+    from faust.transport.consumer import TransactionManager
+
+    stock_send = TransactionManager.send
+    if getattr(stock_send, "_fixed", False):
+        return
+
+    async def send(
+        self: TransactionManager, topic: str, key: Optional[bytes], value: Optional[bytes],
+        partition: Optional[int], timestamp: Optional[float], headers: Any,
+        *, transactional_id: Optional[str] = None,
+    ) -> Any:
+        event = current_event()
+        if event is None:  # changelog writes from the ProducerBuffer: partition = source
+            return await stock_send(self, topic, key, value, partition, timestamp, headers)
+        source = event.message.tp
+        group = self.app.assignor.group_for_topic(source.topic)
+        return await self.producer.send(
+            topic, key, value, self.consumer.key_partition(topic, key, partition),
+            timestamp, headers,
+            transactional_id=f"{self.app.conf.id}-{group}-{source.partition}",
+        )
+
+    send._fixed = True  # type: ignore[attr-defined]
+    TransactionManager.send = send  # type: ignore[method-assign]
+
+
+# -- commit-gate ---------------------------------------------------------------
+
+
+def _patch_gated_commit() -> None:
+    from faust.transport.consumer import Consumer
+    from faust.transport.producer import ProducerBuffer
+
+    from .processing import gate
+
+    stock_force_commit = Consumer.force_commit
+    if getattr(stock_force_commit, "_fixed", False):
+        return
+    stock_send_pending = ProducerBuffer._send_pending
+
+    async def send_pending(self: ProducerBuffer, fut: Any) -> None:
+        self._in_flight = getattr(self, "_in_flight", 0) + 1
+        try:
+            await stock_send_pending(self, fut)
+        finally:
+            self._in_flight -= 1
+
+    async def force_commit(self: Consumer, topics: Any = None, start_new_transaction: bool = True) -> bool:
+        async with gate.committing():
+            await _drain(self.app.producer.buffer)
+            return await stock_force_commit(self, topics, start_new_transaction=start_new_transaction)
+
+    force_commit._fixed = True  # type: ignore[attr-defined]
+    ProducerBuffer._send_pending = send_pending  # type: ignore[method-assign]
+    Consumer.force_commit = force_commit  # type: ignore[method-assign]
+
+
+async def _drain(buffer: Any) -> None:
+    """Wait until every buffered message has been handed to its producer."""
+    while buffer.size or getattr(buffer, "_in_flight", 0):
+        buffer.message_sent.clear()  # no await between the check and clear(): no race
+        await buffer.message_sent.wait()
+
+
+# -- persisted-offsets ---------------------------------------------------------
+
+
+def _patch_persisted_offsets() -> None:
+    from faust.tables.manager import TableManager
+
+    if getattr(TableManager.on_commit, "_fixed", False):
+        return
+
+    def on_commit(self: TableManager, offsets: Mapping[Any, int]) -> None:
+        committed = {tp.partition for tp in offsets}
+        pending = self._pending_persisted_offsets
+        for changelog_tp in [tp for tp in pending if tp.partition in committed]:
+            store, offset = pending.pop(changelog_tp)
+            store.set_persisted_offset(changelog_tp, offset)
+
+    on_commit._fixed = True  # type: ignore[attr-defined]
+    TableManager.on_commit = on_commit  # type: ignore[method-assign]
+
+
+# -- wipe-unclean-state --------------------------------------------------------
+
+
+def on_worker_start(tabledir: Path, exactly_once: bool, enabled: tuple[str, ...]) -> None:
+    """Called before tables open: wipe state left by a crash, then mark 'running'."""
+    marker = tabledir.parent / CLEAN_STOP_MARKER
+    if marker.exists() and exactly_once and "wipe-unclean-state" in enabled and tabledir.exists():
+        log.warning(
+            "the previous worker did not stop cleanly: deleting local table state in %s "
+            "(it may hold rows of aborted transactions); tables restore from the changelog",
+            tabledir,
+        )
+        shutil.rmtree(tabledir)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text("a worker is running; this file is removed on a clean stop\n")
+
+
+def on_worker_stopped(tabledir: Path) -> None:
+    (tabledir.parent / CLEAN_STOP_MARKER).unlink(missing_ok=True)
+
+
+# -- route-metadata --------------------------------------------------------------
+
+
+def _load_route_metadata_for(app: Any):
+    async def load_route_metadata() -> None:
+        await app.producer.maybe_start()
+        client = app.producer._ensure_producer()
+        for table in app.tables.values():
+            topic = table.changelog_topic.get_topic_name()
+            try:
+                await client.partitions_for(topic)
+            except Exception as exc:  # routing degrades to 'this worker' only; say so
+                log.warning("route-metadata: no metadata for %s: %r", topic, exc)
+
+    return load_route_metadata
