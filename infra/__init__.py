@@ -1,0 +1,1 @@
+"""Local services started for you: Kafka (and PostgreSQL elsewhere)."""
