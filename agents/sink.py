@@ -12,9 +12,10 @@ event again, and the charge happens again unless the database refuses it.
 - SINK_MODE=idempotent: the idempotency key is the event id, guarded by a
   UNIQUE constraint, inserted with ON CONFLICT DO NOTHING: redeliveries,
   crashes and rebalances all end in one charge per event.
-- PROCESSING_GUARANTEE=at_most_once: the offset is committed BEFORE the charge;
-  a crash in between loses the charge for good (crash point
-  ``sink.after_commit``). Shown for completeness, never recommended for money.
+- PROCESSING_GUARANTEE=at_most_once: the offset is committed BEFORE the charge
+  (streams_app/processing.py); a crash in between loses the charge for good
+  (crash point ``sink.after_commit``). Shown for completeness, never
+  recommended for money.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 
 ledger = Ledger(settings.sink_db)
 IDEMPOTENT = settings.sink_mode == "idempotent"
-COMMIT_BEFORE_EFFECT = settings.processing_guarantee == "at_most_once"
 
 #: Errors that mean "the database is not reachable right now": retry, never skip.
 TRANSIENT = (sqlite3.OperationalError, psycopg.OperationalError, SinkError)
@@ -46,13 +46,9 @@ TRANSIENT = (sqlite3.OperationalError, psycopg.OperationalError, SinkError)
 @app.agent(applied_payments)
 async def charge_payments(stream):
     """Perform the external side effect once per delivery (naive) or per event id."""
-    stream = stream.noack()  # acked by processing(), or before the effect in at_most_once
+    stream = stream.noack()  # acked by processing(): after the effect, or before it in at_most_once
     async for event in stream.events():
-        if COMMIT_BEFORE_EFFECT:
-            await stream.ack(event)
-            await app.consumer.commit({event.message.tp})
-            crashpoint("sink.after_commit")
-        async with processing(stream, event, stage="sink", acked=COMMIT_BEFORE_EFFECT):
+        async with processing(stream, event, stage="sink"):
             await charge(event.value)
             crashpoint("sink.after_effect")
 

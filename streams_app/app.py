@@ -69,4 +69,8 @@ app = PaymentsApp(
     env=settings.faust_env(os.environ),
 )
 
-faust_fixes.install(app, settings.faust_fixes, exactly_once=settings.faust_guarantee == "exactly_once")
+faust_fixes.install(
+    app, settings.faust_fixes,
+    exactly_once=settings.faust_guarantee == "exactly_once",
+    producer_idempotence=settings.producer_idempotence,
+)

@@ -50,7 +50,7 @@ def start_local_broker() -> None:
         console.print(f"BROKER_URL={settings.broker_url}: using that cluster, nothing started")
         return
     info = kafka.start(port=port)
-    console.print(f"Kafka {info.version} is up at {info.bootstrap} (log: {info.log_path})")
+    console.print(f"Kafka {kafka.DEFAULT_VERSION} is up at {info.bootstrap} (log: {info.log_path})")
 
 
 @app.command(
@@ -77,7 +77,7 @@ async def kafka(self: AppCommand, action: str) -> None:
         if info is None:
             console.print(f"Kafka on port {port} is down")
             raise SystemExit(1)
-        console.print(f"Kafka {info.version} is up at {info.bootstrap} (pid {info.pid}, log: {info.log_path})")
+        console.print(f"Kafka {local.DEFAULT_VERSION} is up at {info.bootstrap} (pid {info.pid}, log: {info.log_path})")
 
 
 @app.command(

@@ -26,7 +26,7 @@ CRASH_POINTS = {
     "dedup.after_forward": "dedup forwarded a unique event, before marking it seen",
     "apply.after_update": "apply updated the balance and sent the output, offset not committed",
     "sink.after_effect": "the sink's database write committed, the Kafka offset did not",
-    "sink.after_commit": "at_most_once: the offset is committed, the effect not done yet",
+    "sink.after_commit": "at_most_once: the sink committed the offset, the charge is not done yet",
 }
 
 

@@ -67,8 +67,11 @@ FIXES: Mapping[str, str] = {
 CLEAN_STOP_MARKER = "RUNNING"
 
 
-def install(app: Any, enabled: tuple[str, ...], exactly_once: bool) -> None:
+def install(
+    app: Any, enabled: tuple[str, ...], exactly_once: bool, producer_idempotence: bool,
+) -> None:
     """Apply the enabled fixes to ``app`` (and Faust's classes, once per process)."""
+    _set_producer_idempotence(producer_idempotence)
     if exactly_once and "source-partition-transactions" in enabled:
         _patch_transaction_routing()
     if exactly_once and "commit-gate" in enabled:
@@ -78,6 +81,25 @@ def install(app: Any, enabled: tuple[str, ...], exactly_once: bool) -> None:
     if "route-metadata" in enabled:
         app.task(_load_route_metadata_for(app))
     log.info("faust fixes enabled: %s", ", ".join(enabled) or "none (stock Faust)")
+
+
+# -- producer idempotence: a switch Faust lacks ---------------------------------
+
+
+def _set_producer_idempotence(enabled: bool) -> None:
+    """Faust turns on ``enable_idempotence`` only for its exactly_once producers
+    (transport/drivers/aiokafka.py ``Producer._settings_extra``); aiokafka's own
+    default is off. Under at_least_once a producer retry after a lost ack then
+    appends the batch twice. ``PRODUCER_IDEMPOTENCE`` decides for every producer
+    (exactly_once producers are always idempotent: transactions require it)."""
+    from faust.transport.drivers.aiokafka import Producer
+
+    def _settings_extra(self: Producer) -> Mapping[str, Any]:
+        if enabled or self.app.in_transaction:
+            return {"acks": "all", "enable_idempotence": True}
+        return {"enable_idempotence": False}
+
+    Producer._settings_extra = _settings_extra  # type: ignore[method-assign]
 
 
 # -- source-partition-transactions -------------------------------------------

@@ -38,7 +38,8 @@ from typing import AsyncIterator
 
 from faust.types import EventT, StreamT
 
-from .app import settings
+from .app import app, settings
+from .faults import crashpoint
 from .topics import dead_letters, place
 
 log = logging.getLogger(__name__)
@@ -88,23 +89,30 @@ gate = CommitGate()
 GATED = settings.faust_guarantee == "exactly_once" and settings.fix_enabled("commit-gate")
 
 
-@asynccontextmanager
-async def processing(
-    stream: StreamT, event: EventT, *, stage: str, acked: bool = False,
-) -> AsyncIterator[None]:
-    """Run one event's work; dead-letter it on an unexpected error; then ack it.
+#: at_most_once: every stage commits an event's offset BEFORE working on it.
+COMMIT_FIRST = settings.processing_guarantee == "at_most_once"
 
-    ``acked=True`` is for the at_most_once sink, which acked and committed the
-    event before its work on purpose.
+
+@asynccontextmanager
+async def processing(stream: StreamT, event: EventT, *, stage: str) -> AsyncIterator[None]:
+    """Run one event's work; dead-letter it on an unexpected error; ack it after.
+
+    Under at_most_once the ack and a synchronous offset commit come first
+    instead: a crash during the work then loses the event and never repeats it
+    (crash point ``{stage}.after_commit``).
     """
     async with gate.processing() if GATED else nullcontext():
+        if COMMIT_FIRST:
+            await stream.ack(event)
+            await app.consumer.commit({event.message.tp})
+            crashpoint(f"{stage}.after_commit")
         try:
             yield
         except Exception as exc:
             log.exception("%s: failed on %s; dead-lettering it", stage, place(event.message))
             await dead_letter(event, stage=stage, code="processing_error",
                               reason=f"{type(exc).__name__}: {exc}")
-        if not acked:
+        if not COMMIT_FIRST:
             await stream.ack(event)
 
 

@@ -198,6 +198,11 @@ class Settings:
         "idempotent: idempotency key = event id, unique constraint, insert-or-ignore; "
         "naive: plain insert (shows why keys are needed).",
     )
+    producer_idempotence: bool = _setting(
+        "PRODUCER_IDEMPOTENCE", True, parse_bool,
+        "Idempotent producer (KIP-98) under at_least_once too, so a retry after a lost "
+        "ack is not appended twice. Faust itself enables it only under exactly_once.",
+    )
     faust_fixes: tuple[str, ...] = _setting(
         "FAUST_FIXES", tuple(FIXES), _fix_list,
         "Workarounds for faust-streaming delivery bugs (streams_app/faust_fixes.py): "

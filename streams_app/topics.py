@@ -12,6 +12,11 @@ their own topics. Every topic has ``TOPIC_PARTITIONS`` partitions: Faust's
 assignor keeps equal partition numbers on one worker, which is what lets the
 tables of one stage be read by the same worker.
 
+Keys of the three internal keyed topics are JSON strings, as Faust writes
+table keys: a key then hashes to the same partition in the stream and in the
+table's changelog, which is what table_route uses to find the worker that
+owns an account.
+
 All five are declared ``internal=True``: the worker creates any that are
 missing, with these partition counts, before it subscribes. Faust creates no
 source topic otherwise, and one auto-created by a first send would get the
@@ -35,15 +40,15 @@ dead_letters = app.topic(
 )
 payment_events = app.topic(
     settings.topic("events"), key_type=str, value_type=Payment,
-    key_serializer="raw", partitions=PARTITIONS, internal=True,
+    key_serializer="json", partitions=PARTITIONS, internal=True,
 )
 unique_payments = app.topic(
     settings.topic("unique"), key_type=str, value_type=Payment,
-    key_serializer="raw", partitions=PARTITIONS, internal=True,
+    key_serializer="json", partitions=PARTITIONS, internal=True,
 )
 applied_payments = app.topic(
     settings.topic("applied"), key_type=str, value_type=AppliedPayment,
-    key_serializer="raw", partitions=PARTITIONS, internal=True,
+    key_serializer="json", partitions=PARTITIONS, internal=True,
 )
 
 ALL_TOPICS = (raw_payments, dead_letters, payment_events, unique_payments, applied_payments)

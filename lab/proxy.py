@@ -1,0 +1,141 @@
+"""A TCP fault proxy for Kafka: the broker appends a batch, its answer is lost.
+
+This is the first source of duplicates in the source text ("a producer sends
+a record, times out, and retries"), made real. The proxy sits between the
+worker and the broker's PROXIED listener (the broker advertises the proxy's
+address there, so clients never bypass it; see infra/kafka). It forwards every
+request unchanged. For a seeded share of Produce requests it forwards the
+request, lets the broker append the batch, then swallows the response and
+drops the connection, exactly what a network cut after the append looks like.
+
+The producer sees a failed request and sends the batch again:
+
+- without idempotence the broker appends it a second time: a duplicate in the log;
+- with idempotence (KIP-98) the batch carries the producer id and sequence
+  number, and the broker recognises it and does not append it again.
+
+Kafka's wire format: every request is ``int32 size`` + (``int16 api_key``,
+``int16 api_version``, ``int32 correlation_id``, ...) and every response
+``int32 size`` + (``int32 correlation_id``, ...). Produce is api key 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import struct
+import threading
+from dataclasses import dataclass, field
+
+PRODUCE = 0
+
+
+@dataclass
+class ProxyStats:
+    requests: int = 0
+    produce_requests: int = 0
+    dropped_responses: int = 0
+
+
+@dataclass
+class FaultProxy:
+    """Listen on ``listen_port``, forward to ``target_port``; drop some Produce answers."""
+
+    listen_port: int
+    target_port: int
+    drop_rate: float = 0.1
+    max_drops: int = 10
+    seed: int = 1
+    host: str = "127.0.0.1"
+    stats: ProxyStats = field(default_factory=ProxyStats)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+
+    # -- lifecycle (a thread with its own loop, so synchronous lab code can use it)
+
+    def start(self) -> "FaultProxy":
+        self._thread = threading.Thread(target=self._run, name="fault-proxy", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError(f"fault proxy did not start on port {self.listen_port}")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def __enter__(self) -> "FaultProxy":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._server = self._loop.run_until_complete(
+            asyncio.start_server(self._client, self.host, self.listen_port)
+        )
+        self._ready.set()
+        try:
+            self._loop.run_forever()
+        finally:
+            self._server.close()
+            self._loop.close()
+
+    # -- one client connection -------------------------------------------------
+
+    async def _client(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        try:
+            broker_r, broker_w = await asyncio.open_connection(self.host, self.target_port)
+        except OSError:
+            client_w.close()
+            return
+        doomed: set[int] = set()  # correlation ids whose response is to be lost
+        upstream = asyncio.ensure_future(self._requests(client_r, broker_w, doomed))
+        downstream = asyncio.ensure_future(self._responses(broker_r, client_w, doomed))
+        await asyncio.wait({upstream, downstream}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (upstream, downstream):
+            task.cancel()
+        for writer in (client_w, broker_w):
+            writer.close()
+
+    async def _requests(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                        doomed: set[int]) -> None:
+        while frame := await _read_frame(reader):
+            api_key, _version, correlation_id = struct.unpack_from(">hhi", frame, 4)
+            self.stats.requests += 1
+            if api_key == PRODUCE:
+                self.stats.produce_requests += 1
+                if self.stats.dropped_responses + len(doomed) < self.max_drops and \
+                        self._rng.random() < self.drop_rate:
+                    doomed.add(correlation_id)
+            writer.write(frame)
+            await writer.drain()
+
+    async def _responses(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         doomed: set[int]) -> None:
+        while frame := await _read_frame(reader):
+            (correlation_id,) = struct.unpack_from(">i", frame, 4)
+            if correlation_id in doomed:
+                # The broker has appended the batch; its answer never arrives.
+                self.stats.dropped_responses += 1
+                return  # closing the connection makes the client retry
+            writer.write(frame)
+            await writer.drain()
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> bytes | None:
+    """One size-prefixed Kafka frame (size included), or None at end of stream."""
+    try:
+        header = await reader.readexactly(4)
+        (size,) = struct.unpack(">i", header)
+        return header + await reader.readexactly(size)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None

@@ -1,0 +1,323 @@
+"""Run one lab experiment: pipeline up, traffic in, fault injected, drain, count.
+
+``run_experiment`` is what ``faust -A streams_app lab run`` calls. Each run
+gets its own topics, consumer group, tables and sink database (names embed a
+run id), so runs never see each other's data. The story of a run:
+
+1. create the topics, generate seeded traffic (valid payments, exact re-sends,
+   malformed records);
+2. inject the fault: a worker armed with a crash point kills itself with
+   SIGKILL at the Nth pass (restarted K times), or the runner SIGKILLs workers
+   at seeded random moments, or a second worker dies and a third joins, or a
+   TCP proxy drops produce answers;
+3. wait until the consumer group has committed past every record of every
+   pipeline topic (read back from Kafka, not asked of the workers);
+4. stop the workers cleanly and count with :mod:`lab.checker`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from streams_app.admin import ensure_topics, send_records
+from streams_app.settings import Settings
+from streams_app.traffic import Traffic, generate
+
+from .checker import check
+from .readback import committed_offsets, read_topic, uncommitted
+from .proxy import FaultProxy
+from .scenarios import FAULTS, GUARANTEES, SINKS, Fault, Prediction, predict
+from .workers import PipelineConfig, WorkerProcess
+
+SOURCE_TOPICS = ("raw", "events", "unique", "applied")
+
+
+@dataclass
+class Injected:
+    kills: int = 0
+    restarts: int = 0
+    rebalances: int = 0
+    retries: int = 0
+
+
+@dataclass
+class ExperimentResult:
+    guarantee: str
+    sink: str
+    fault: str
+    seed: int
+    faust_fixes: str
+    producer_idempotence: bool
+    counts: dict
+    injected: Injected
+    prediction: Prediction
+    drained: bool
+    seconds: float
+    run_id: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> dict[str, bool]:
+        return self.prediction.holds(self.counts)
+
+    @property
+    def as_predicted(self) -> bool:
+        return self.drained and all(self.verdict.values())
+
+    def as_json(self) -> dict:
+        return {
+            "guarantee": self.guarantee, "sink": self.sink, "fault": self.fault,
+            **{k: v for k, v in self.counts.items() if k != "mismatch_examples"},
+            **asdict(self.injected),
+            "seed": self.seed, "faust_fixes": self.faust_fixes,
+            "producer_idempotence": self.producer_idempotence,
+            "drained": self.drained, "seconds": round(self.seconds, 1),
+            "predicted": self.prediction.expect, "why": self.prediction.why,
+            "as_predicted": self.as_predicted, "run_id": self.run_id,
+            "mismatch_examples": self.counts.get("mismatch_examples", []),
+            "notes": self.notes,
+        }
+
+
+def run_experiment(
+    guarantee: str, sink: str, fault: str, *, events: int = 300, kills: int = 2, seed: int = 1,
+    bootstrap: str = "127.0.0.1:9092", workdir: Path | None = None, partitions: int = 4,
+    faust_fixes: str = "all", producer_idempotence: bool = True, drain_timeout: float = 180.0,
+) -> ExperimentResult:
+    """Run one cell of the matrix and return its counts and verdict."""
+    if guarantee not in GUARANTEES or sink not in SINKS or fault not in FAULTS:
+        raise ValueError(f"unknown guarantee/sink/fault: {guarantee}/{sink}/{fault}")
+    run_id = _run_id(guarantee, sink, fault, seed)
+    workdir = (workdir or Path("lab-runs")) / run_id
+    config = PipelineConfig(
+        run_id=run_id, workdir=workdir, bootstrap=bootstrap, guarantee=guarantee,
+        sink_mode=sink, partitions=partitions, faust_fixes=faust_fixes,
+        extra_env={"PRODUCER_IDEMPOTENCE": "true" if producer_idempotence else "false"},
+    )
+    traffic = generate(events, duplicate_rate=0.2, bad_rate=0.05, seed=seed, id_prefix=run_id)
+    run = _Run(config, traffic, FAULTS[fault], kills, random.Random(seed))
+    started = time.monotonic()
+    _create_topics(config)
+    try:
+        inject = _FAULT_RUNNERS.get(fault, _crash_points)
+        workers = inject(run)
+        drained = _wait_drained(run, workers, drain_timeout)
+    finally:
+        run.close()
+    counts = asyncio.run(check(config, traffic)).as_dict()
+    return ExperimentResult(
+        guarantee=guarantee, sink=sink, fault=fault, seed=seed, faust_fixes=faust_fixes,
+        producer_idempotence=producer_idempotence, counts=counts, injected=run.injected,
+        prediction=predict(guarantee, sink, fault, producer_idempotence),
+        drained=drained, seconds=time.monotonic() - started, run_id=run_id, notes=run.notes,
+    )
+
+
+@dataclass
+class _Run:
+    """One experiment in progress: what it runs on and what it has done so far."""
+
+    config: PipelineConfig
+    traffic: Traffic
+    fault: Fault
+    kills: int
+    rng: random.Random
+    injected: Injected = field(default_factory=Injected)
+    notes: list[str] = field(default_factory=list)
+    workers: list[WorkerProcess] = field(default_factory=list)
+    proxy: FaultProxy | None = None
+
+    def worker(self, name: str = "w1") -> WorkerProcess:
+        worker = WorkerProcess(self.config, name)
+        self.workers.append(worker)
+        return worker
+
+    def send(self, records: list) -> None:
+        asyncio.run(send_records(self.config.bootstrap, self.config.topic("raw"), records))
+
+    def close(self) -> None:
+        """Stop every worker cleanly (SIGTERM) and the proxy, whatever happened."""
+        for worker in self.workers:
+            try:
+                worker.stop()
+            except TimeoutError as exc:
+                self.notes.append(str(exc).splitlines()[0])
+        if self.proxy is not None:
+            self.injected.retries = self.proxy.stats.dropped_responses
+            self.proxy.stop()
+
+
+def _run_id(guarantee: str, sink: str, fault: str, seed: int) -> str:
+    short = {"at_least_once": "alo", "exactly_once": "eos", "at_most_once": "amo"}[guarantee]
+    return re.sub(r"[^A-Za-z0-9-]", "-", f"lab-{short}-{sink}-{fault}-{seed}-{uuid.uuid4().hex[:6]}")
+
+
+def _create_topics(config: PipelineConfig) -> None:
+    settings = Settings.from_env({
+        "TOPIC_PREFIX": config.run_id, "BROKER_URL": f"kafka://{config.bootstrap}",
+        "TOPIC_PARTITIONS": str(config.partitions),
+    })
+    asyncio.run(ensure_topics(settings))
+
+
+def _chunks(records: list, n: int) -> list[list]:
+    size = -(-len(records) // n)
+    return [records[i:i + size] for i in range(0, len(records), size)] or [[]]
+
+
+# -- fault injection ---------------------------------------------------------------
+
+
+def _crash_points(run: _Run) -> list[WorkerProcess]:
+    """A worker armed with the fault's crash point SIGKILLs itself there, K times."""
+    run.send(run.traffic.records)  # a backlog: the worker is busy from its first second
+    worker = run.worker()
+    if run.fault.crash_point is not None:
+        crash_at = run.fault.crash_point[run.config.guarantee]
+        top = max(2, min(25, len(run.traffic.unique_events) // (3 * max(run.kills, 1))))
+        for _ in range(run.kills):
+            nth = run.rng.randint(2, top)
+            worker.start(crash_at=f"{crash_at}:{nth}")
+            if not _wait_for_crash(worker, run.config, timeout=90.0):
+                run.notes.append(f"crash point {crash_at}:{nth} not reached before the drain")
+                return [worker]
+            run.injected.kills += 1
+            run.injected.restarts += 1
+    worker.start()
+    worker.wait_ready()
+    return [worker]
+
+
+def _wait_for_crash(worker: WorkerProcess, config: PipelineConfig, timeout: float) -> bool:
+    """True once the worker died by SIGKILL; False if it drained without crashing."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        code = worker.wait_exit(1.0)
+        if code is not None:
+            if code == -9:
+                return True
+            raise RuntimeError(f"worker exited with {code}, not by its crash point:\n{worker.log_tail()}")
+        if worker.running and _pending(config) == 0:
+            return False
+    raise TimeoutError(f"worker neither crashed nor drained in {timeout} s:\n{worker.log_tail()}")
+
+
+def _random_kills(run: _Run) -> list[WorkerProcess]:
+    """SIGKILL at a seeded random moment while each chunk of traffic is processed."""
+    worker = run.worker()
+    worker.start()
+    worker.wait_ready()
+    chunks = _chunks(run.traffic.records, run.kills + 1)
+    for chunk in chunks[:-1]:
+        run.send(chunk)
+        time.sleep(run.rng.uniform(0.05, 1.0))
+        worker.kill()
+        run.injected.kills += 1
+        worker.start()
+        run.injected.restarts += 1
+        worker.wait_ready()
+    run.send(chunks[-1])
+    return [worker]
+
+
+def _rebalance(run: _Run) -> list[WorkerProcess]:
+    """Two workers share the partitions; one is SIGKILLed mid-traffic, a third joins."""
+    w1, w2 = run.worker("w1"), run.worker("w2")
+    for w in (w1, w2):
+        w.start()
+    for w in (w1, w2):
+        w.wait_ready()
+    first, second, third = _chunks(run.traffic.records, 3)
+    run.send(first)
+    time.sleep(run.rng.uniform(0.1, 0.8))
+    w2.kill()
+    run.injected.kills += 1
+    run.injected.rebalances += 1  # the group drops w2 after its session timeout
+    run.send(second)
+    w3 = run.worker("w3")
+    w3.start()
+    w3.wait_ready()
+    run.injected.rebalances += 1
+    run.send(third)
+    return [w1, w3]
+
+
+def _producer_retry(run: _Run) -> list[WorkerProcess]:
+    """The worker talks to Kafka through a proxy that loses some produce answers."""
+    from infra import kafka
+
+    info = kafka.status(int(run.config.bootstrap.rsplit(":", 1)[1]))
+    if info is None:
+        raise RuntimeError("producer-retry needs the local broker (its PROXIED listener)")
+    run.proxy = FaultProxy(
+        listen_port=info.proxied_advertised_port, target_port=info.proxied_listener_port,
+        drop_rate=0.15, max_drops=max(3, run.kills * 3), seed=run.rng.randrange(1 << 30),
+    ).start()
+    # A short request timeout notices a lost answer in seconds, not Faust's 20 minutes.
+    run.config.extra_env.update({
+        "PRODUCER_REQUEST_TIMEOUT": "3", "BROKER_URL": f"kafka://{info.proxied_bootstrap}",
+    })
+    worker = run.worker()
+    worker.start()
+    worker.wait_ready()
+    run.send(run.traffic.records)
+    return [worker]
+
+
+_FAULT_RUNNERS = {
+    "random-kills": _random_kills,
+    "rebalance": _rebalance,
+    "producer-retry": _producer_retry,
+}
+
+
+# -- drain -----------------------------------------------------------------------------
+
+
+def _pending(config: PipelineConfig) -> int:
+    async def count() -> int:
+        committed = await committed_offsets(config.bootstrap, config.app_id)  # first: see module doc
+        total = 0
+        for suffix in SOURCE_TOPICS:
+            total += uncommitted(await read_topic(config.bootstrap, config.topic(suffix)), committed)
+        return total
+
+    return asyncio.run(count())
+
+
+def _wait_drained(run: _Run, workers: list[WorkerProcess], timeout: float) -> bool:
+    """Wait until the group committed past every record, twice, 2 s apart.
+
+    Reading the committed offsets BEFORE the topics makes this exact under
+    at_least_once and exactly_once: every output of a committed record was
+    written before its commit, so it is in the topics read afterwards. Under
+    at_most_once offsets are committed before the work, so the wait adds a
+    settle time for the work in flight.
+    """
+    config = run.config
+    deadline = time.monotonic() + timeout
+    clean_reads = 0
+    while time.monotonic() < deadline:
+        for worker in workers:
+            if not worker.running:  # died where nobody asked it to: restart, and say so
+                run.notes.append(f"{worker.name} exited unexpectedly ({worker.returncode}); restarted")
+                worker.start()
+                run.injected.restarts += 1
+                worker.wait_ready()
+        if _pending(config) == 0:
+            clean_reads += 1
+            if clean_reads == 2:
+                if config.guarantee == "at_most_once":
+                    time.sleep(3.0)
+                return True
+        else:
+            clean_reads = 0
+        time.sleep(2.0 if clean_reads else 1.0)
+    run.notes.append(f"not drained after {timeout:.0f} s: {_pending(config)} records uncommitted")
+    return False

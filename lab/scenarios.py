@@ -1,0 +1,128 @@
+"""The lab's vocabulary: guarantees, sinks, faults, and what the source text predicts.
+
+Each prediction is one of ``=0`` (must not happen), ``>0`` (the run makes it
+happen for certain: deterministic crash points, not luck) or ``any`` (may
+happen, depending on where a random kill lands). ``why`` is the one line of
+the source text the cell demonstrates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GUARANTEES = ("at_least_once", "exactly_once", "at_most_once")
+SINKS = ("naive", "idempotent")
+
+
+@dataclass(frozen=True)
+class Fault:
+    name: str
+    summary: str
+    #: crash point per guarantee (None: the fault kills from outside, or not at all)
+    crash_point: dict[str, str] | None = None
+
+
+FAULTS: dict[str, Fault] = {f.name: f for f in (
+    Fault("none", "no fault: the baseline"),
+    Fault(
+        "crash-before-commit",
+        "SIGKILL after processing, before the offset commit (at_most_once: after the "
+        "commit, before the effect, since it commits first)",
+        {"at_least_once": "dedup.after_forward", "exactly_once": "dedup.after_forward",
+         "at_most_once": "sink.after_commit"},
+    ),
+    Fault(
+        "crash-after-effect",
+        "SIGKILL after the database write committed, before the Kafka offset commit",
+        {g: "sink.after_effect" for g in GUARANTEES},
+    ),
+    Fault(
+        "crash-mid-transaction",
+        "SIGKILL after the balance update and its output were sent, before the commit "
+        "(inside an open transaction under exactly_once)",
+        {g: "apply.after_update" for g in GUARANTEES},
+    ),
+    Fault("random-kills", "SIGKILL at seeded random moments while traffic flows"),
+    Fault("rebalance", "two workers; one is SIGKILLed while traffic flows, then a third joins"),
+    Fault(
+        "producer-retry",
+        "a TCP proxy forwards the worker's produce requests and drops some responses, so "
+        "the producer resends a batch the broker already appended",
+    ),
+)}
+
+METRICS = ("duplicate_charges", "lost", "output_duplicates", "output_missing",
+           "balance_mismatches", "open_transactions", "log_duplicates")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    expect: dict[str, str]
+    why: str
+
+    def holds(self, counts: dict) -> dict[str, bool]:
+        return {m: _holds(rule, counts[m]) for m, rule in self.expect.items()}
+
+
+def _holds(rule: str, value: int) -> bool:
+    return {"=0": value == 0, ">0": value > 0, "any": True}[rule]
+
+
+def predict(guarantee: str, sink: str, fault: str, producer_idempotence: bool = True) -> Prediction:
+    """What the source text says this cell must show."""
+    e = dict.fromkeys(METRICS, "=0")
+    crashes = fault not in {"none", "producer-retry"}
+    if fault == "producer-retry" and guarantee != "exactly_once":
+        if not producer_idempotence:
+            e["log_duplicates"] = ">0"
+            for m in ("output_duplicates", "balance_mismatches"):
+                e[m] = "any"
+            e["duplicate_charges"] = "any" if sink == "naive" else "=0"
+            return Prediction(e, "a lost ack makes a non-idempotent producer append the batch twice")
+        return Prediction(e, "idempotent producer: the broker drops the resent batch by sequence number")
+    if guarantee == "at_most_once":
+        if crashes:
+            for m in ("lost", "output_missing", "balance_mismatches"):
+                e[m] = "any"
+        if fault == "crash-before-commit":
+            e["lost"] = ">0"
+            why = "committed before the effect, then crashed: the message is lost, never repeated"
+        elif crashes:
+            why = "at most once: a crash can lose work in flight but never repeat it"
+        else:
+            why = "no fault: nothing lost even when offsets are committed first"
+        return Prediction(e, why)
+
+    if guarantee == "exactly_once":
+        if sink == "naive" and fault == "crash-after-effect":
+            e["duplicate_charges"] = ">0"
+            why = "Kafka transactions end at Kafka: the database write is repeated on redelivery"
+        elif sink == "naive" and fault in {"random-kills", "rebalance", "crash-mid-transaction"}:
+            e["duplicate_charges"] = "any"
+            why = "the Kafka output stays exact; an external write without a key may repeat"
+        elif sink == "idempotent":
+            why = "transactions make Kafka output exact; the idempotency key makes the effect exact"
+        else:
+            why = "exactly once inside Kafka: output, state and offsets commit atomically"
+        return Prediction(e, why)
+
+    # at_least_once
+    if fault == "none":
+        return Prediction(e, "no fault: at-least-once delivers each event once")
+    for m in ("output_duplicates", "balance_mismatches", "log_duplicates"):
+        e[m] = "any"
+    if sink == "naive":
+        e["duplicate_charges"] = "any"
+    if fault == "crash-before-commit":
+        e["output_duplicates"] = e["balance_mismatches"] = ">0"
+        if sink == "naive":
+            e["duplicate_charges"] = ">0"
+        why = "processed, not committed: redelivered and processed again (the classic duplicate)"
+    elif fault == "crash-after-effect" and sink == "naive":
+        e["duplicate_charges"] = ">0"
+        why = "the charge committed, the offset did not: redelivery charges again"
+    elif sink == "idempotent":
+        why = "at-least-once plus an idempotency key: duplicates arrive, the database refuses them"
+    else:
+        why = "redelivery after a crash repeats effects that have no idempotency key"
+    return Prediction(e, why)

@@ -1,0 +1,172 @@
+"""Faust workers as subprocesses: start, wait until ready, stop cleanly or SIGKILL.
+
+The lab and the integration tests run the real ``faust -A streams_app worker``
+command, configured only through its environment, exactly as a user runs it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class PipelineConfig:
+    """One isolated pipeline: its own topics, group, tables and sink database."""
+
+    run_id: str
+    workdir: Path
+    bootstrap: str = "127.0.0.1:9092"
+    guarantee: str = "at_least_once"
+    sink_mode: str = "idempotent"
+    partitions: int = 4
+    sink_db: str = ""
+    faust_fixes: str = "all"
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if not self.sink_db:
+            self.sink_db = f"sqlite:///{self.workdir / 'sink.db'}"
+
+    @property
+    def app_id(self) -> str:
+        return self.run_id
+
+    def topic(self, suffix: str) -> str:
+        return f"{self.run_id}.{suffix}"
+
+    def env(self, name: str, web_port: int, crash_at: str | None = None) -> dict[str, str]:
+        """The environment of worker ``name``: everything the app reads, and nothing stale."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FAULT_")}
+        env.update({
+            "APP_ID": self.app_id,
+            "TOPIC_PREFIX": self.run_id,
+            "BROKER_URL": f"kafka://{self.bootstrap}",
+            "PROCESSING_GUARANTEE": self.guarantee,
+            "SINK_MODE": self.sink_mode,
+            "SINK_DB": self.sink_db,
+            "TOPIC_PARTITIONS": str(self.partitions),
+            "APP_DATADIR": str(self.workdir / f"{name}-data"),
+            "WEB_PORT": str(web_port),
+            "FAUST_FIXES": self.faust_fixes,
+            # Static membership: a worker restarted after SIGKILL takes back its
+            # place at once instead of waiting for the session timeout.
+            "CONSUMER_GROUP_INSTANCE_ID": f"{self.run_id}-{name}",
+            "BROKER_SESSION_TIMEOUT": "10",
+            "BROKER_HEARTBEAT_INTERVAL": "1",
+            "PYTHONUNBUFFERED": "1",
+        })
+        if crash_at:
+            env["FAULT_CRASH_AT"] = crash_at
+        env.update(self.extra_env)
+        return env
+
+
+class WorkerProcess:
+    """One ``faust worker`` subprocess; restartable under the same name and port."""
+
+    def __init__(self, config: PipelineConfig, name: str = "w1") -> None:
+        self.config = config
+        self.name = name
+        self.web_port = free_port()
+        self.log_path = config.workdir / f"{name}.log"
+        self.process: subprocess.Popen | None = None
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}"
+
+    def start(self, crash_at: str | None = None) -> None:
+        assert not self.running, f"{self.name} is already running"
+        log = self.log_path.open("ab")
+        log.write(f"\n==== start #{self.starts + 1} crash_at={crash_at}\n".encode())
+        log.flush()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "faust", "-A", "streams_app", "worker", "-l", "info"],
+            cwd=REPO, env=self.config.env(self.name, self.web_port, crash_at),
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log.close()
+        self.starts += 1
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        """Wait for the web server, which Faust starts only after table recovery."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.running:
+                raise RuntimeError(f"worker {self.name} exited with {self.returncode}:\n{self.log_tail()}")
+            try:
+                self.stats()
+                return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(0.25)
+        raise TimeoutError(f"worker {self.name} not ready after {timeout} s:\n{self.log_tail()}")
+
+    def stats(self) -> dict:
+        with urllib.request.urlopen(f"{self.url}/api/stats", timeout=5) as response:
+            return json.load(response)
+
+    def get_json(self, path: str) -> tuple[int, dict]:
+        try:
+            with urllib.request.urlopen(f"{self.url}{path}", timeout=10) as response:
+                return response.status, json.load(response)
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
+    def wait_exit(self, timeout: float) -> int | None:
+        if self.process is None:
+            return None
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        """Graceful stop (SIGTERM): Faust commits, flushes and closes its tables."""
+        if not self.running:
+            return self.returncode
+        os.killpg(self.process.pid, signal.SIGTERM)
+        code = self.wait_exit(timeout)
+        if code is None:
+            self.kill()
+            raise TimeoutError(f"worker {self.name} ignored SIGTERM for {timeout} s:\n{self.log_tail()}")
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL: no flush, no commit, no shutdown hook, as in a power cut."""
+        if self.running:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
