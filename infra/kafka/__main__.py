@@ -1,0 +1,68 @@
+"""``python -m infra.kafka start|stop|status|jars``: manage the local Kafka broker.
+
+One line of output per command. Exit codes: 0 success (for ``status``: the broker
+is up), 1 the broker is down (``status``) or failed to start, 2 Java or Maven
+missing or the jars could not be resolved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+from infra import kafka
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the command line, run one command and return the exit code."""
+    parser = argparse.ArgumentParser(prog="python -m infra.kafka", description=__doc__.split("\n")[0])
+    parser.add_argument("command", choices=["start", "stop", "status", "jars"])
+    parser.add_argument("--port", type=int, default=kafka.DEFAULT_PORT, help="main listener port (default %(default)s)")
+    parser.add_argument("--kafka-version", default=kafka.DEFAULT_VERSION, help="Kafka release (default %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except kafka.KafkaToolingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except kafka.BrokerStartError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _start(args: argparse.Namespace) -> int:
+    began = time.monotonic()
+    info = kafka.start(args.port, version=args.kafka_version)
+    print(f"Kafka up at {info.bootstrap} (pid {info.pid}, {time.monotonic() - began:.1f} s); log {info.log_path}")
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    pid = kafka.stop(args.port)
+    print(f"Kafka on port {args.port} stopped (pid {pid})" if pid else f"Kafka on port {args.port} was not running")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    info = kafka.status(args.port)
+    if info is None:
+        print(f"Kafka on port {args.port} is down")
+        return 1
+    print(f"Kafka up at {info.bootstrap} (pid {info.pid}); log {info.log_path}")
+    return 0
+
+
+def _jars(args: argparse.Namespace) -> int:
+    began = time.monotonic()
+    libs = kafka.ensure_jars(args.kafka_version)
+    count = len(list(libs.glob("*.jar")))
+    print(f"Kafka {args.kafka_version}: {count} jars in {libs} ({time.monotonic() - began:.1f} s)")
+    return 0
+
+
+_COMMANDS = {"start": _start, "stop": _stop, "status": _status, "jars": _jars}
+
+if __name__ == "__main__":
+    raise SystemExit(main())
