@@ -19,7 +19,7 @@ from __future__ import annotations
 from streams_app.app import app
 from streams_app.faults import crashpoint
 from streams_app.models import AppliedPayment
-from streams_app.processing import processing
+from streams_app.processing import first_deliveries, processing
 from streams_app.topics import applied_payments, unique_payments
 from tables.balances import add_to_balance
 from tables.counters import count
@@ -29,7 +29,7 @@ from tables.counters import count
 async def apply_payments(stream):
     """Apply each payment to its account and publish the new balance."""
     stream = stream.noack()  # acked by processing() once the event is handled
-    async for event in stream.events():
+    async for event in first_deliveries(stream):
         async with processing(stream, event, stage="apply"):
             payment = event.value
             balance = add_to_balance(payment.account, payment.currency, payment.amount)

@@ -28,7 +28,7 @@ import logging
 
 from streams_app.app import app, settings
 from streams_app.faults import crashpoint
-from streams_app.processing import processing
+from streams_app.processing import first_deliveries, processing
 from streams_app.topics import payment_events, unique_payments
 from tables.counters import count
 from tables.seen_events import is_duplicate, mark_seen
@@ -43,7 +43,7 @@ AWAIT_OUTPUT_BEFORE_MARKING = settings.faust_guarantee != "exactly_once"
 async def dedup_payments(stream):
     """Drop every event id already forwarded within the horizon."""
     stream = stream.noack()  # acked by processing() once the event is handled
-    async for event in stream.events():
+    async for event in first_deliveries(stream):
         async with processing(stream, event, stage="dedup"):
             payment = event.value
             if is_duplicate(payment.event_id):

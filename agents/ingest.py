@@ -30,7 +30,7 @@ from streams_app.app import app, settings
 from streams_app.exceptions import InvalidPayment
 from streams_app.faults import crashpoint
 from streams_app.models import parse_payment
-from streams_app.processing import dead_letter, processing
+from streams_app.processing import dead_letter, first_deliveries, processing
 from streams_app.topics import payment_events, place, raw_payments
 from tables.counters import count
 
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 async def ingest_payments(stream):
     """Validate each raw record; forward it keyed by event id or dead-letter it."""
     stream = stream.noack()  # acked by processing() once the record is handled
-    async for event in stream.events():
+    async for event in first_deliveries(stream):
         async with processing(stream, event, stage="ingest"):
             try:
                 payment = parse_payment(

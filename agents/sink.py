@@ -31,7 +31,7 @@ from streams_app.exceptions import SinkError
 from streams_app.faults import crashpoint
 from streams_app.ledger import Ledger
 from streams_app.models import AppliedPayment
-from streams_app.processing import processing
+from streams_app.processing import first_deliveries, processing
 from streams_app.topics import applied_payments
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ TRANSIENT = (sqlite3.OperationalError, psycopg.OperationalError, SinkError)
 async def charge_payments(stream):
     """Perform the external side effect once per delivery (naive) or per event id."""
     stream = stream.noack()  # acked by processing(): after the effect, or before it in at_most_once
-    async for event in stream.events():
+    async for event in first_deliveries(stream):
         async with processing(stream, event, stage="sink"):
             await charge(event.value)
             crashpoint("sink.after_effect")

@@ -19,6 +19,17 @@ from typing import Any, Mapping, Optional
 log = logging.getLogger(__name__)
 
 FIXES: Mapping[str, str] = {
+    "seek-uncommitted-partitions": (
+        "Every guarantee: after recovery Faust resumes the fetcher, clears the stream "
+        "queues and then seeks every partition to its committed offset, but aiokafka's "
+        "seek_to_committed skips partitions that have no committed offset yet (None or "
+        "0). Records fetched and queued before the seek are dropped with the queues and "
+        "never fetched again: a hole in the acked offsets, after which Faust never "
+        "commits that partition again (faust-streaming#596). It happens to any worker "
+        "restarted before its first commit of a partition, e.g. killed within the first "
+        "commit interval. Fix: partitions without a committed offset are sought to the "
+        "auto.offset.reset position too."
+    ),
     "source-partition-transactions": (
         "exactly_once: stock TransactionManager.send (transport/consumer.py) picks the "
         "transactional producer by the partition of the OUTPUT record, while the source "
@@ -72,6 +83,8 @@ def install(
 ) -> None:
     """Apply the enabled fixes to ``app`` (and Faust's classes, once per process)."""
     _set_producer_idempotence(producer_idempotence)
+    if "seek-uncommitted-partitions" in enabled:
+        _patch_seek_uncommitted()
     if exactly_once and "source-partition-transactions" in enabled:
         _patch_transaction_routing()
     if exactly_once and "commit-gate" in enabled:
@@ -100,6 +113,34 @@ def _set_producer_idempotence(enabled: bool) -> None:
         return {"enable_idempotence": False}
 
     Producer._settings_extra = _settings_extra  # type: ignore[method-assign]
+
+
+# -- seek-uncommitted-partitions ---------------------------------------------------
+
+
+def _patch_seek_uncommitted() -> None:
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    if getattr(AIOKafkaConsumerThread.seek_to_committed, "_fixed", False):
+        return
+
+    async def seek_to_committed(self: AIOKafkaConsumerThread) -> Mapping[Any, int]:
+        return await self.call_thread(_seek_all_to_committed, self._ensure_consumer(),
+                                      self.app.conf.consumer_auto_offset_reset)
+
+    seek_to_committed._fixed = True  # type: ignore[attr-defined]
+    AIOKafkaConsumerThread.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
+
+
+async def _seek_all_to_committed(consumer: Any, auto_offset_reset: str) -> Mapping[Any, int]:
+    committed = await consumer.seek_to_committed()  # seeks only offsets > 0
+    fresh = [tp for tp, offset in committed.items() if not offset]
+    if fresh:
+        if auto_offset_reset == "latest":
+            await consumer.seek_to_end(*fresh)
+        else:
+            await consumer.seek_to_beginning(*fresh)
+    return committed
 
 
 # -- source-partition-transactions -------------------------------------------

@@ -3,11 +3,22 @@
 Agents write::
 
     stream = stream.noack()                       # acks are ours, see below
-    async for event in stream.events():
+    async for event in first_deliveries(stream):
         async with processing(stream, event, stage="dedup"):
             ...                                   # the stage's work
 
-and get three guarantees that stock Faust does not give:
+and get four guarantees that stock Faust does not give:
+
+0. **A record is processed at most once per worker process.** After a
+   rebalance or a restart Faust resumes the streams before it seeks them to
+   the committed offsets, so records read in that window are delivered a
+   second time after the seek (the race of faust-streaming#217, still open on
+   the path with tables). Under exactly_once both copies' outputs would land in
+   the same transaction: a duplicate that no crash caused. The worker
+   remembers the highest offset it processed per partition and acks a
+   re-delivered record without processing it again. (A new process starts with
+   an empty memory: what a crash left uncommitted is processed again, as it
+   must be.)
 
 1. **An event is acked only when its work is done.** Faust's own loop acks in
    a ``finally`` block, even when the body raised (the event is then lost
@@ -36,7 +47,7 @@ import logging
 from contextlib import asynccontextmanager, nullcontext
 from typing import AsyncIterator
 
-from faust.types import EventT, StreamT
+from faust.types import TP, EventT, Message, StreamT
 
 from .app import app, settings
 from .faults import crashpoint
@@ -92,6 +103,20 @@ GATED = settings.faust_guarantee == "exactly_once" and settings.fix_enabled("com
 #: at_most_once: every stage commits an event's offset BEFORE working on it.
 COMMIT_FIRST = settings.processing_guarantee == "at_most_once"
 
+#: Highest offset processed per partition by this process (guarantee 0).
+_processed_up_to: dict[TP, int] = {}
+
+
+async def first_deliveries(stream: StreamT) -> AsyncIterator[EventT]:
+    """The stream's events, minus records this process has already processed."""
+    async for event in stream.events():
+        message = event.message
+        if message.offset <= _processed_up_to.get(message.tp, -1):
+            log.info("skipping %s: delivered again after a seek, already processed", place(message))
+            await stream.ack(event)
+            continue
+        yield event
+
 
 @asynccontextmanager
 async def processing(stream: StreamT, event: EventT, *, stage: str) -> AsyncIterator[None]:
@@ -101,19 +126,38 @@ async def processing(stream: StreamT, event: EventT, *, stage: str) -> AsyncIter
     instead: a crash during the work then loses the event and never repeats it
     (crash point ``{stage}.after_commit``).
     """
+    message = event.message
     async with gate.processing() if GATED else nullcontext():
         if COMMIT_FIRST:
             await stream.ack(event)
-            await app.consumer.commit({event.message.tp})
+            await _commit_through(message)
             crashpoint(f"{stage}.after_commit")
         try:
             yield
         except Exception as exc:
-            log.exception("%s: failed on %s; dead-lettering it", stage, place(event.message))
+            log.exception("%s: failed on %s; dead-lettering it", stage, place(message))
             await dead_letter(event, stage=stage, code="processing_error",
                               reason=f"{type(exc).__name__}: {exc}")
+        _processed_up_to[message.tp] = max(message.offset, _processed_up_to.get(message.tp, -1))
         if not COMMIT_FIRST:
             await stream.ack(event)
+
+
+async def _commit_through(message: Message, timeout: float = 5.0) -> None:
+    """Commit ``message``'s offset at the broker now (at_most_once only).
+
+    Faust's ``Consumer.commit`` returns without committing when another commit
+    is in flight, so the offset is committed with the consumer's own request.
+    If the group is rebalancing the commit is refused or held back: after
+    ``timeout`` the event is processed anyway (a duplicate is then possible)
+    and its offset committed with the next regular commit.
+    """
+    try:
+        done = await asyncio.wait_for(app.consumer._commit({message.tp: message.offset + 1}), timeout)
+    except asyncio.TimeoutError:
+        done = False
+    if not done:
+        log.warning("at_most_once: could not commit %s before processing it", place(message))
 
 
 async def dead_letter(event: EventT, *, stage: str, code: str, reason: str) -> None:

@@ -95,3 +95,5 @@ class Charges(View):
             "duplicate_charges": charges.duplicate_charges,
             "charged_amount": charges.total_amount,
         })
+
+
