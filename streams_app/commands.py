@@ -67,13 +67,14 @@ async def kafka(self: AppCommand, action: str) -> None:
             "local broker to manage. Unset BROKER_URL to use the embedded one."
         )
         raise SystemExit(1)
+    # infra.kafka is synchronous (it runs its own event loop): keep it off Faust's.
     if action == "start":
-        start_local_broker()
+        await asyncio.to_thread(start_local_broker)
     elif action == "stop":
-        local.stop(port=port)
+        await asyncio.to_thread(local.stop, port=port)
         console.print(f"Kafka on port {port} stopped")
     else:
-        info = local.status(port=port)
+        info = await asyncio.to_thread(local.status, port=port)
         if info is None:
             console.print(f"Kafka on port {port} is down")
             raise SystemExit(1)
@@ -151,7 +152,7 @@ async def demo(
     exit_when_done: bool,
 ) -> None:
     """Broker, worker, sample traffic and the dashboard URL: the README's first command."""
-    start_local_broker()
+    await asyncio.to_thread(start_local_broker)
     await ensure_topics(settings)
     log_path = Path("logs") / "worker.log"
     log_path.parent.mkdir(exist_ok=True)
@@ -220,3 +221,83 @@ async def _watch(url: str, traffic, worker: subprocess.Popen, exit_when_done: bo
                 console.print(line)
             await asyncio.sleep(2.0)
     raise click.ClickException(f"the worker exited with {worker.returncode}; see logs/worker.log")
+
+
+@app.command(
+    argument("action", type=click.Choice(["run", "matrix"])),
+    option("--guarantee", type=click.Choice(["at_least_once", "exactly_once", "at_most_once"]),
+           default="at_least_once", show_default=True, help="run: the processing guarantee."),
+    option("--sink", type=click.Choice(["naive", "idempotent"]), default="idempotent",
+           show_default=True, help="run: how the sink writes the external effect."),
+    option("--fault", type=click.Choice(["none", "crash-before-commit", "crash-after-effect",
+                                         "crash-mid-transaction", "random-kills", "rebalance",
+                                         "producer-retry"]),
+           default="none", show_default=True, help="run: the fault to inject."),
+    option("--events", type=int, default=300, show_default=True, help="Records per run."),
+    option("--kills", type=int, default=2, show_default=True, help="SIGKILLs per run."),
+    option("--seed", type=int, default=1, show_default=True, help="Seed of traffic and kill times."),
+    option("--json", "as_json", is_flag=True, help="run: print one JSON object."),
+    option("--stock-faust", is_flag=True, help="Run without this project's Faust fixes."),
+    option("--no-producer-idempotence", is_flag=True,
+           help="run: the worker's producer without idempotence (for producer-retry)."),
+    option("--quick", is_flag=True, help="matrix: the cells CI asserts, at small scale."),
+    option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"),
+           show_default=True, help="matrix: where semantics.md/.html/.png/.json go."),
+)
+async def lab(
+    self: AppCommand, action: str, guarantee: str, sink: str, fault: str, events: int, kills: int,
+    seed: int, as_json: bool, stock_faust: bool, no_producer_idempotence: bool, quick: bool, out: Path,
+) -> None:
+    """The semantics lab: inject a fault on the real broker and count what happened."""
+    from lab.matrix import QUICK, full_cells, run_cells
+    from lab.report import write_reports
+    from lab.runner import run_experiment
+
+    await asyncio.to_thread(start_local_broker)
+    workdir = Path("lab-runs")
+    if action == "run":
+        result = await asyncio.to_thread(
+            run_experiment, guarantee, sink, fault, events=events, kills=kills, seed=seed,
+            bootstrap=settings.bootstrap, workdir=workdir,
+            faust_fixes="none" if stock_faust else "all",
+            producer_idempotence=not no_producer_idempotence,
+        )
+        if as_json:
+            print(json.dumps(result.as_json()))
+        else:
+            _print_result(result)
+        return
+    cells = list(QUICK) if quick else full_cells()
+    with Progress(console=console) as progress:
+        task = progress.add_task("lab matrix", total=len(cells))
+
+        def advance(cell, result) -> None:
+            mark = "[green]as predicted[/green]" if result.as_predicted else "[red]NOT as predicted[/red]"
+            progress.console.print(f"{cell.label}: {mark} ({result.seconds:.0f} s)")
+            progress.advance(task)
+
+        results = await asyncio.to_thread(
+            run_cells, cells, events=events, kills=kills, seed=seed,
+            bootstrap=settings.bootstrap, workdir=workdir, on_result=advance,
+        )
+    scale = (f"Quick matrix: {events} records and {kills} kills per cell." if quick else
+             f"Full matrix: {events} records and {kills} kills per cell; exactly_once "
+             "random-kills and crash-mid-transaction cells at 5,000 records and 20 kills.")
+    for path in write_reports(results, out, title="Kafka delivery semantics, measured", scale=scale):
+        console.print(f"wrote {path}")
+
+
+def _print_result(result) -> None:
+    data = result.as_json()
+    table = Table(title=f"{result.guarantee} / {result.sink} / {result.fault} (seed {result.seed})")
+    for column in ("measure", "count", "predicted"):
+        table.add_column(column)
+    for key in ("events", "unique_events", "charged_unique", "duplicate_charges", "lost",
+                "output_duplicates", "output_missing", "open_transactions", "balance_mismatches",
+                "log_duplicates", "dead_lettered", "kills", "restarts", "rebalances", "retries"):
+        table.add_row(key, str(data[key]), data["predicted"].get(key, ""))
+    Console().print(table)
+    verdict = "[green]as predicted[/green]" if result.as_predicted else "[red]NOT as predicted[/red]"
+    Console().print(f"{verdict}: {result.prediction.why}")
+    for note in result.notes:
+        Console().print(f"note: {note}")

@@ -1,0 +1,100 @@
+"""The matrix: guarantee x sink x fault, each cell one experiment, and its report.
+
+``QUICK`` is the set of cells CI runs (every claim the tests assert, a few
+hundred events each); ``full_cells()`` is every combination, plus the
+producer-retry fault with idempotence off and on, plus stock-Faust cells that
+show what the fixes in streams_app/faust_fixes.py change.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .runner import ExperimentResult, run_experiment
+from .scenarios import FAULTS, GUARANTEES, SINKS
+
+
+@dataclass(frozen=True)
+class Cell:
+    guarantee: str
+    sink: str
+    fault: str
+    producer_idempotence: bool = True
+    faust_fixes: str = "all"
+    events: int | None = None  # None: the matrix's default
+    kills: int | None = None
+
+    @property
+    def label(self) -> str:
+        extra = []
+        if self.fault == "producer-retry":
+            extra.append("idempotence " + ("on" if self.producer_idempotence else "off"))
+        if self.faust_fixes != "all":
+            extra.append("stock Faust" if self.faust_fixes == "none" else f"fixes: {self.faust_fixes}")
+        suffix = f" ({', '.join(extra)})" if extra else ""
+        return f"{self.guarantee} / {self.sink} / {self.fault}{suffix}"
+
+
+QUICK: tuple[Cell, ...] = (
+    Cell("at_least_once", "naive", "crash-after-effect"),
+    Cell("at_least_once", "idempotent", "crash-after-effect"),
+    Cell("at_least_once", "idempotent", "random-kills"),
+    Cell("at_least_once", "naive", "crash-before-commit"),
+    Cell("at_most_once", "naive", "crash-before-commit"),
+    Cell("exactly_once", "idempotent", "random-kills"),
+    Cell("exactly_once", "idempotent", "crash-mid-transaction"),
+    Cell("exactly_once", "naive", "crash-after-effect"),
+    Cell("at_least_once", "idempotent", "producer-retry", producer_idempotence=False),
+    Cell("at_least_once", "idempotent", "producer-retry", producer_idempotence=True),
+    Cell("at_least_once", "idempotent", "rebalance"),
+    Cell("exactly_once", "idempotent", "rebalance"),
+)
+
+#: Stock Faust next to the fixed pipeline: the cells where a fix changes the outcome.
+STOCK: tuple[Cell, ...] = (
+    Cell("exactly_once", "idempotent", "crash-mid-transaction", faust_fixes="none"),
+    Cell("exactly_once", "idempotent", "random-kills", faust_fixes="none"),
+    Cell("at_least_once", "idempotent", "crash-after-effect", faust_fixes="none"),
+)
+
+
+def full_cells(eos_events: int = 5000, eos_kills: int = 20) -> list[Cell]:
+    """Every guarantee x sink x fault; exactly_once kill cells at the large scale."""
+    cells: list[Cell] = []
+    for guarantee in GUARANTEES:
+        for sink in SINKS:
+            for fault in FAULTS:
+                large = guarantee == "exactly_once" and fault in {"random-kills", "crash-mid-transaction"}
+                scale = {"events": eos_events, "kills": eos_kills} if large else {}
+                if fault == "producer-retry":
+                    cells += [Cell(guarantee, sink, fault, producer_idempotence=on) for on in (False, True)]
+                else:
+                    cells.append(Cell(guarantee, sink, fault, **scale))
+    return cells + list(STOCK)
+
+
+def run_cells(
+    cells: Iterable[Cell], *, events: int, kills: int, seed: int, bootstrap: str, workdir: Path,
+    on_result: Callable[[Cell, ExperimentResult], None] | None = None,
+) -> list[tuple[Cell, ExperimentResult]]:
+    results = []
+    for cell in cells:
+        result = run_experiment(
+            cell.guarantee, cell.sink, cell.fault,
+            events=cell.events or events, kills=cell.kills if cell.kills is not None else kills,
+            seed=seed, bootstrap=bootstrap, workdir=workdir, faust_fixes=cell.faust_fixes,
+            producer_idempotence=cell.producer_idempotence,
+        )
+        results.append((cell, result))
+        if on_result:
+            on_result(cell, result)
+    return results
+
+
+def save_json(results: list[tuple[Cell, ExperimentResult]], path: Path) -> None:
+    path.write_text(json.dumps(
+        [{"cell": cell.label, **result.as_json()} for cell, result in results], indent=1,
+    ))

@@ -1,0 +1,152 @@
+"""Write the matrix as reports/semantics.md, semantics.html, semantics.png and .json."""
+
+from __future__ import annotations
+
+import html
+import platform
+from datetime import datetime, timezone
+from importlib.metadata import version
+from pathlib import Path
+
+from streams_app.faust_fixes import FIXES
+
+from .matrix import Cell, save_json
+from .runner import ExperimentResult
+
+COLUMNS = (
+    ("duplicate_charges", "dup. charges"),
+    ("lost", "lost"),
+    ("output_duplicates", "output dups"),
+    ("output_missing", "output missing"),
+    ("balance_mismatches", "balance mismatches"),
+    ("open_transactions", "open txns"),
+    ("log_duplicates", "log dups"),
+)
+
+UPSTREAM = {
+    "seek-uncommitted-partitions": "faust-streaming#596",
+    "source-partition-transactions": "faust-streaming#177, #323",
+    "commit-gate": "faust-streaming#517",
+    "persisted-offsets": "(no upstream report found)",
+    "wipe-unclean-state": "robinhood/faust#340",
+    "route-metadata": "(no upstream report found)",
+}
+
+Results = list[tuple[Cell, ExperimentResult]]
+
+
+def versions() -> dict[str, str]:
+    from infra.kafka import DEFAULT_VERSION
+
+    return {
+        "Apache Kafka": DEFAULT_VERSION, "Python": platform.python_version(),
+        "faust-streaming": version("faust-streaming"), "aiokafka": version("aiokafka"),
+        "rocksdict": version("rocksdict"),
+    }
+
+
+def _cell(result: ExperimentResult, metric: str) -> str:
+    value = result.counts[metric]
+    rule = result.prediction.expect[metric]
+    ok = result.verdict[metric]
+    mark = "" if ok else " ✗"
+    return f"{value} ({rule}){mark}" if rule != "any" else f"{value}"
+
+
+def write_reports(results: Results, out: Path, *, title: str, scale: str) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "semantics.md", out / "semantics.html", out / "semantics.png", out / "semantics.json"]
+    paths[0].write_text(markdown(results, title=title, scale=scale))
+    paths[1].write_text(html_page(results, title=title, scale=scale))
+    chart(results, paths[2])
+    save_json(results, paths[3])
+    return paths
+
+
+def markdown(results: Results, *, title: str, scale: str) -> str:
+    held = sum(1 for _, r in results if r.as_predicted)
+    lines = [
+        f"# {title}", "",
+        f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by "
+        "`faust -A streams_app lab matrix`. " + scale,
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".", "",
+        f"**{held} of {len(results)} cells came out as the source text predicts.** "
+        "Each count is measured after the run drained, from the sink database and from "
+        "Kafka read back with `read_committed` by a fresh consumer; `(=0)`, `(>0)` are the "
+        "predictions, ✗ marks a prediction that failed.", "",
+        "| cell | " + " | ".join(label for _, label in COLUMNS) + " | kills / restarts | as predicted | why |",
+        "|---" * (len(COLUMNS) + 4) + "|",
+    ]
+    for cell, r in results:
+        row = [cell.label] + [_cell(r, m) for m, _ in COLUMNS] + [
+            f"{r.injected.kills} / {r.injected.restarts}",
+            "yes" if r.as_predicted else ("**no** (not drained)" if not r.drained else "**no**"),
+            r.prediction.why,
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "## What stock Faust does, and what this project does", "",
+              "faust-streaming is run with the workarounds of `streams_app/faust_fixes.py`. "
+              "Cells marked *stock Faust* run with `FAUST_FIXES=none`.", ""]
+    for name, text in FIXES.items():
+        lines.append(f"- **{name}** ({UPSTREAM.get(name, '')}): {text}")
+    notes = [(c, r) for c, r in results if r.notes or r.counts.get("mismatch_examples")]
+    if notes:
+        lines += ["", "## Notes on individual runs", ""]
+        for cell, r in notes:
+            detail = "; ".join(r.notes + r.counts.get("mismatch_examples", [])[:3])
+            lines.append(f"- {cell.label} (`{r.run_id}`): {detail}")
+    return "\n".join(lines) + "\n"
+
+
+def html_page(results: Results, *, title: str, scale: str) -> str:
+    head = "".join(f"<th>{html.escape(label)}</th>" for _, label in COLUMNS)
+    rows = []
+    for cell, r in results:
+        tds = "".join(
+            f"<td class='{'ok' if r.verdict[m] else 'bad'}'>{html.escape(_cell(r, m))}</td>" for m, _ in COLUMNS
+        )
+        rows.append(
+            f"<tr><th>{html.escape(cell.label)}</th>{tds}<td>{r.injected.kills} / {r.injected.restarts}</td>"
+            f"<td class='{'ok' if r.as_predicted else 'bad'}'>{'yes' if r.as_predicted else 'no'}</td>"
+            f"<td>{html.escape(r.prediction.why)}</td></tr>"
+        )
+    fixes = "".join(
+        f"<li><b>{html.escape(n)}</b> ({html.escape(UPSTREAM.get(n, ''))}): {html.escape(t)}</li>"
+        for n, t in FIXES.items()
+    )
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font:14px system-ui,sans-serif;margin:2rem}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:.3rem .5rem;text-align:left;vertical-align:top}}
+.ok{{background:#ecfdf5}} .bad{{background:#fee2e2;font-weight:600}}</style></head><body>
+<h1>{html.escape(title)}</h1><p>{html.escape(scale)} Versions: {html.escape(', '.join(f'{k} {v}' for k, v in versions().items()))}.</p>
+<img src="semantics.png" alt="duplicates and losses per cell" style="max-width:100%">
+<table><tr><th>cell</th>{head}<th>kills / restarts</th><th>as predicted</th><th>why</th></tr>
+{''.join(rows)}</table><h2>What stock Faust does, and what this project does</h2><ul>{fixes}</ul></body></html>
+"""
+
+
+def chart(results: Results, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [cell.label for cell, _ in results]
+    metrics = [("duplicate_charges", "duplicate charges"), ("lost", "lost events"),
+               ("output_duplicates", "duplicates in Kafka output"), ("balance_mismatches", "balance mismatches")]
+    fig, ax = plt.subplots(figsize=(12, 0.42 * len(results) + 1.5))
+    height = 0.2
+    for i, (metric, name) in enumerate(metrics):
+        values = [r.counts[metric] for _, r in results]
+        ax.barh([y + i * height for y in range(len(results))], values, height=height, label=name)
+    ax.set_yticks([y + 1.5 * height for y in range(len(results))])
+    ax.set_yticklabels([("" if r.as_predicted else "✗ ") + label for label, (_, r) in zip(labels, results)],
+                       fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xscale("symlog")
+    ax.set_xlabel("count after the run (symlog scale)")
+    ax.set_title("Duplicates and losses per guarantee / sink / fault")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
