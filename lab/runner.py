@@ -103,11 +103,11 @@ def run_experiment(
     traffic = generate(events, duplicate_rate=0.2, bad_rate=0.05, seed=seed, id_prefix=run_id)
     run = _Run(config, traffic, FAULTS[fault], kills, random.Random(seed))
     started = time.monotonic()
-    _create_topics(config)
+    create_topics(config)
     try:
         inject = _FAULT_RUNNERS.get(fault, _crash_points)
         workers = inject(run)
-        drained = _wait_drained(run, workers, drain_timeout)
+        drained = wait_drained(config, workers, drain_timeout, run.notes, run.injected)
     finally:
         run.close()
     counts = asyncio.run(check(config, traffic)).as_dict()
@@ -158,7 +158,7 @@ def _run_id(guarantee: str, sink: str, fault: str, seed: int) -> str:
     return re.sub(r"[^A-Za-z0-9-]", "-", f"lab-{short}-{sink}-{fault}-{seed}-{uuid.uuid4().hex[:6]}")
 
 
-def _create_topics(config: PipelineConfig) -> None:
+def create_topics(config: PipelineConfig) -> None:
     settings = Settings.from_env({
         "TOPIC_PREFIX": config.run_id, "BROKER_URL": f"kafka://{config.bootstrap}",
         "TOPIC_PARTITIONS": str(config.partitions),
@@ -291,7 +291,10 @@ def _pending(config: PipelineConfig) -> int:
     return asyncio.run(count())
 
 
-def _wait_drained(run: _Run, workers: list[WorkerProcess], timeout: float) -> bool:
+def wait_drained(
+    config: PipelineConfig, workers: list[WorkerProcess], timeout: float,
+    notes: list[str] | None = None, injected: Injected | None = None,
+) -> bool:
     """Wait until the group committed past every record, twice, 2 s apart.
 
     Reading the committed offsets BEFORE the topics makes this exact under
@@ -300,15 +303,16 @@ def _wait_drained(run: _Run, workers: list[WorkerProcess], timeout: float) -> bo
     at_most_once offsets are committed before the work, so the wait adds a
     settle time for the work in flight.
     """
-    config = run.config
+    notes = [] if notes is None else notes
     deadline = time.monotonic() + timeout
     clean_reads = 0
     while time.monotonic() < deadline:
         for worker in workers:
             if not worker.running:  # died where nobody asked it to: restart, and say so
-                run.notes.append(f"{worker.name} exited unexpectedly ({worker.returncode}); restarted")
+                notes.append(f"{worker.name} exited unexpectedly ({worker.returncode}); restarted")
                 worker.start()
-                run.injected.restarts += 1
+                if injected is not None:
+                    injected.restarts += 1
                 worker.wait_ready()
         if _pending(config) == 0:
             clean_reads += 1
@@ -319,5 +323,5 @@ def _wait_drained(run: _Run, workers: list[WorkerProcess], timeout: float) -> bo
         else:
             clean_reads = 0
         time.sleep(2.0 if clean_reads else 1.0)
-    run.notes.append(f"not drained after {timeout:.0f} s: {_pending(config)} records uncommitted")
+    notes.append(f"not drained after {timeout:.0f} s: {_pending(config)} records uncommitted")
     return False

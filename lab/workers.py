@@ -39,6 +39,7 @@ class PipelineConfig:
     partitions: int = 4
     sink_db: str = ""
     faust_fixes: str = "all"
+    store: str = "rocksdb://"
     extra_env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -63,6 +64,7 @@ class PipelineConfig:
             "PROCESSING_GUARANTEE": self.guarantee,
             "SINK_MODE": self.sink_mode,
             "SINK_DB": self.sink_db,
+            "STORE_URL": self.store,
             "TOPIC_PARTITIONS": str(self.partitions),
             "APP_DATADIR": str(self.workdir / f"{name}-data"),
             "WEB_PORT": str(web_port),

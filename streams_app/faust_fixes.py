@@ -69,9 +69,10 @@ FIXES: Mapping[str, str] = {
     ),
     "route-metadata": (
         "table_route asks the plain (non-transactional) producer for the key's partition; "
-        "under exactly_once that producer never sent anything, has no metadata for the "
-        "changelog topic and the view fails with TypeError 'NoneType' object is not "
-        "iterable. Fix: load the changelog topics' metadata into it at start-up."
+        "a producer that never sent to the table's changelog (every producer under "
+        "exactly_once, a fresh worker under at_least_once) has no metadata for it and the "
+        "view fails with TypeError 'NoneType' object is not iterable (HTTP 500). Fix: "
+        "Router.route_req first waits for that topic's metadata."
     ),
 }
 
@@ -92,7 +93,7 @@ def install(
     if exactly_once and "persisted-offsets" in enabled:
         _patch_persisted_offsets()
     if "route-metadata" in enabled:
-        app.task(_load_route_metadata_for(app))
+        _patch_route_metadata()
     log.info("faust fixes enabled: %s", ", ".join(enabled) or "none (stock Faust)")
 
 
@@ -256,15 +257,18 @@ def on_worker_stopped(tabledir: Path) -> None:
 # -- route-metadata --------------------------------------------------------------
 
 
-def _load_route_metadata_for(app: Any):
-    async def load_route_metadata() -> None:
-        await app.producer.maybe_start()
-        client = app.producer._ensure_producer()
-        for table in app.tables.values():
-            topic = table.changelog_topic.get_topic_name()
-            try:
-                await client.partitions_for(topic)
-            except Exception as exc:  # routing degrades to 'this worker' only; say so
-                log.warning("route-metadata: no metadata for %s: %r", topic, exc)
+def _patch_route_metadata() -> None:
+    from faust.app.router import Router
 
-    return load_route_metadata
+    stock_route_req = Router.route_req
+    if getattr(stock_route_req, "_fixed", False):
+        return
+
+    async def route_req(self: Router, table_name: str, key: Any, web: Any, request: Any) -> Any:
+        topic = self.app.tables[table_name].changelog_topic.get_topic_name()
+        await self.app.producer.maybe_start()
+        await self.app.producer._ensure_producer().partitions_for(topic)  # cached after the first call
+        return await stock_route_req(self, table_name, key, web, request)
+
+    route_req._fixed = True  # type: ignore[attr-defined]
+    Router.route_req = route_req  # type: ignore[method-assign]
