@@ -119,17 +119,26 @@ class WorkerProcess:
         return None if self.process is None else self.process.poll()
 
     def wait_ready(self, timeout: float = 90.0) -> None:
-        """Wait for the web server, which Faust starts only after table recovery."""
+        """Wait until this start logged "Worker: Ready" (table recovery is over)
+        and the web server answers."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.running:
                 raise RuntimeError(f"worker {self.name} exited with {self.returncode}:\n{self.log_tail()}")
-            try:
-                self.stats()
-                return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                time.sleep(0.25)
+            if self._ready_lines() >= self.starts:
+                try:
+                    self.stats()
+                    return
+                except (urllib.error.URLError, ConnectionError, TimeoutError):
+                    pass
+            time.sleep(0.25)
         raise TimeoutError(f"worker {self.name} not ready after {timeout} s:\n{self.log_tail()}")
+
+    def _ready_lines(self) -> int:
+        try:
+            return self.log_path.read_text(errors="replace").count("[^Worker]: Ready")
+        except FileNotFoundError:
+            return 0
 
     def stats(self) -> dict:
         with urllib.request.urlopen(f"{self.url}/api/stats", timeout=5) as response:

@@ -71,8 +71,9 @@ FIXES: Mapping[str, str] = {
         "table_route asks the plain (non-transactional) producer for the key's partition; "
         "a producer that never sent to the table's changelog (every producer under "
         "exactly_once, a fresh worker under at_least_once) has no metadata for it and the "
-        "view fails with TypeError 'NoneType' object is not iterable (HTTP 500). Fix: "
-        "Router.route_req first waits for that topic's metadata."
+        "view fails with TypeError 'NoneType' object is not iterable (HTTP 500; seen on a "
+        "fresh exactly_once worker, not on every run). Fix: Router.route_req first waits "
+        "for that topic's metadata."
     ),
 }
 

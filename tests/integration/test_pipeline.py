@@ -9,13 +9,13 @@ independent read_committed consumer and SQL on the sink database.
 from __future__ import annotations
 
 import asyncio
-import re
 
 import pytest
 
 from lab.checker import charges_by_event, check
 from streams_app.traffic import generate
 from tests.fixtures.kafka import wait_for
+from tests.fixtures.pipeline import recovery_start_offsets
 
 pytestmark = pytest.mark.integration
 
@@ -86,24 +86,6 @@ def test_graceful_restart_restores_tables_without_new_charges(pipeline_factory, 
     assert all(offset >= 0 for offset in starts), (
         f"expected the restart to read the changelog from the persisted offsets, not from the start: {starts}"
     )
-
-
-def recovery_start_offsets(log: str, changelog: str) -> list[int]:
-    """Offsets in the 'Reading Starts At - Active' tables Faust logs at recovery."""
-    offsets, in_table, current = [], False, ""
-    for line in log.splitlines():
-        if "Reading Starts At - Active" in line:
-            in_table = True
-            continue
-        if in_table and line.startswith("| "):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if cells[0] not in ("topic", "〃"):
-                current = cells[0]
-            if current.endswith(changelog) and re.fullmatch(r"-?\d+", cells[-1]):
-                offsets.append(int(cells[-1]))
-        elif in_table and not line.startswith(("|", "+")):
-            in_table = False
-    return offsets
 
 
 def test_naive_sink_without_faults_charges_each_event_once(pipeline_factory):

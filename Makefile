@@ -1,0 +1,45 @@
+# Two commands for a fresh clone:
+#   make run    local Kafka, the worker, sample traffic, the dashboard at http://127.0.0.1:6066/
+#   make test   every test, against a real Kafka (and PostgreSQL) started for you
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test test-unit lab matrix matrix-quick bench bench-full kafka-stop clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/faust -A streams_app demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit
+
+lab: $(STAMP)
+	$(BIN)/faust -A streams_app lab run --guarantee exactly_once --sink naive --fault crash-after-effect
+
+matrix-quick: $(STAMP)
+	$(BIN)/faust -A streams_app lab matrix --quick --out reports/quick
+
+matrix: $(STAMP)
+	$(BIN)/faust -A streams_app lab matrix --out reports
+
+bench: $(STAMP)
+	$(BIN)/python -m bench run --quick --out reports
+
+bench-full: $(STAMP)
+	$(BIN)/python -m bench run --full --out reports
+
+kafka-stop: $(STAMP)
+	$(BIN)/faust -A streams_app kafka stop
+
+clean:
+	rm -rf lab-runs logs *-data payments-sink.db*

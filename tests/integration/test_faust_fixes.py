@@ -1,0 +1,93 @@
+"""Regression tests for streams_app/faust_fixes.py: each shows the stock Faust
+behaviour (FAUST_FIXES=none) and the fixed one, on the real broker.
+
+The lab's matrix shows the end-to-end effect (duplicates, losses); these pin
+each fix to the mechanism it repairs, so a Faust upgrade that changes the
+mechanism fails here first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from lab.readback import end_offsets, read_topic
+from streams_app.faust_fixes import _seek_all_to_committed
+from streams_app.traffic import generate
+from tests.fixtures.pipeline import recovery_start_offsets
+
+pytestmark = pytest.mark.integration
+
+
+def test_seek_uncommitted_partitions(kafka_bootstrap, topic_factory):
+    """faust-streaming#596: aiokafka's seek_to_committed leaves a partition with no
+    committed offset where the fetcher already was; Faust has cleared the records
+    fetched up to there, so they are never processed and the commit stalls."""
+    topic = topic_factory(1)
+    tp = TopicPartition(topic, 0)
+
+    async def positions() -> tuple[int, int]:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+        await producer.start()
+        for i in range(10):
+            await producer.send_and_wait(topic, b"%d" % i)
+        await producer.stop()
+        consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=f"{topic}-g",
+                                    enable_auto_commit=False, auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            await consumer.getmany(timeout_ms=2000)  # the fetcher moves ahead, nothing committed
+            await consumer.seek_to_committed()  # stock: no committed offset -> no seek
+            stock = await consumer.position(tp)
+            await _seek_all_to_committed(consumer, "earliest")
+            fixed = await consumer.position(tp)
+            return stock, fixed
+        finally:
+            await consumer.stop()
+
+    stock, fixed = asyncio.run(positions())
+    assert stock == 10, "stock seek_to_committed left the position after the fetched records"
+    assert fixed == 0, "the fix seeks an uncommitted partition to auto.offset.reset (earliest)"
+
+
+@pytest.mark.parametrize("fixes", ["none", "all"])
+def test_dead_letters_are_inside_the_transaction(pipeline_factory, fixes):
+    """faust-streaming#177: under exactly_once stock Faust sends to a topic the app
+    does not consume (the DLQ) with the plain producer, outside any transaction:
+    the DLQ then has no transaction markers. With the fix it is transactional."""
+    pipeline = pipeline_factory("exactly_once", FAUST_FIXES=fixes)
+    pipeline.worker()
+    traffic = generate(120, bad_rate=0.2, seed=3, id_prefix=pipeline.config.run_id)
+    pipeline.send(traffic)
+    pipeline.drain()
+    dlq = pipeline.config.topic("dlq")
+    records = asyncio.run(read_topic(pipeline.config.bootstrap, dlq))
+    high_watermarks = asyncio.run(end_offsets(pipeline.config.bootstrap, [dlq])).high_watermark
+    markers = sum(high_watermarks.values()) - len(records)
+    assert len(records) == sum(traffic.bad.values()) > 0
+    if fixes == "none":
+        assert markers == 0, "stock Faust: DLQ writes outside any transaction"
+    else:
+        assert markers > 0, "fixed: DLQ writes commit with the source offsets (markers present)"
+
+
+@pytest.mark.parametrize("fixes", ["none", "all"])
+def test_persisted_offsets_under_exactly_once(pipeline_factory, fixes):
+    """Stock Faust never writes the RocksDB persisted offset under exactly_once,
+    so a graceful restart replays every changelog from offset -1 (the start)."""
+    pipeline = pipeline_factory("exactly_once", FAUST_FIXES=fixes)
+    worker = pipeline.worker()
+    pipeline.send(generate(200, seed=4, id_prefix=pipeline.config.run_id))
+    pipeline.drain()
+    assert worker.stop() == 0
+    worker.start()
+    worker.wait_ready()
+    restart = worker.log_path.read_text().rsplit("==== start", 1)[1]
+    starts = recovery_start_offsets(restart, "balances-changelog")
+    if fixes == "none":
+        assert starts and all(offset == -1 for offset in starts), starts
+    else:
+        assert all(offset >= 0 for offset in starts), starts

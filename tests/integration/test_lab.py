@@ -1,0 +1,85 @@
+"""The semantics lab's claims, asserted on the quick matrix against the real broker.
+
+Each test runs one cell of ``lab.matrix.QUICK``: a worker subprocess, a seeded
+fault (SIGKILL at a named crash point, random SIGKILLs, a rebalance, a proxy
+that loses produce answers), a drain, and independent counts. Where the source
+text predicts "> 0", the crash point makes it certain, not likely.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lab.runner import ExperimentResult, run_experiment
+
+pytestmark = pytest.mark.integration
+
+EVENTS = 300
+KILLS = 2
+
+
+def experiment(kafka_bootstrap: str, tmp_path: Path, guarantee: str, sink: str, fault: str,
+               **kwargs) -> ExperimentResult:
+    result = run_experiment(guarantee, sink, fault, events=EVENTS, kills=KILLS, seed=7,
+                            bootstrap=kafka_bootstrap, workdir=tmp_path, **kwargs)
+    assert result.drained, f"{guarantee}/{sink}/{fault} did not drain: {result.notes}"
+    if fault not in {"none", "producer-retry"}:
+        assert result.injected.kills >= 1, "expected the fault to kill a worker"
+    return result
+
+
+def test_at_least_once_naive_sink_charges_twice_after_a_crash_after_the_effect(kafka_bootstrap, tmp_path):
+    r = experiment(kafka_bootstrap, tmp_path, "at_least_once", "naive", "crash-after-effect")
+    assert r.counts["duplicate_charges"] > 0
+    assert r.counts["lost"] == 0
+
+
+@pytest.mark.parametrize("fault", ["crash-after-effect", "random-kills"])
+def test_at_least_once_idempotent_sink_absorbs_every_redelivery(kafka_bootstrap, tmp_path, fault):
+    r = experiment(kafka_bootstrap, tmp_path, "at_least_once", "idempotent", fault)
+    assert r.counts["duplicate_charges"] == 0
+    assert r.counts["lost"] == 0
+    assert r.counts["charged_unique"] == r.counts["unique_events"]
+
+
+def test_committing_before_processing_loses_messages_and_never_repeats_them(kafka_bootstrap, tmp_path):
+    r = experiment(kafka_bootstrap, tmp_path, "at_most_once", "naive", "crash-before-commit")
+    assert r.counts["lost"] > 0
+    assert r.counts["duplicate_charges"] == 0
+
+
+@pytest.mark.parametrize("fault", ["random-kills", "crash-mid-transaction"])
+def test_exactly_once_kafka_output_is_exact_after_sigkills(kafka_bootstrap, tmp_path, fault):
+    r = experiment(kafka_bootstrap, tmp_path, "exactly_once", "idempotent", fault)
+    assert r.counts["output_duplicates"] == 0
+    assert r.counts["output_missing"] == 0
+    assert r.counts["open_transactions"] == 0
+    assert r.counts["balance_mismatches"] == 0, r.counts["mismatch_examples"]
+    assert r.counts["duplicate_charges"] == 0 and r.counts["lost"] == 0
+
+
+def test_exactly_once_cannot_cover_an_external_effect_without_a_key(kafka_bootstrap, tmp_path):
+    r = experiment(kafka_bootstrap, tmp_path, "exactly_once", "naive", "crash-after-effect")
+    assert r.counts["duplicate_charges"] > 0
+    assert r.counts["output_duplicates"] == 0  # Kafka's own output stays exact
+
+
+@pytest.mark.parametrize("idempotence,duplicates_expected", [(False, True), (True, False)])
+def test_producer_retry_duplicates_the_log_unless_the_producer_is_idempotent(
+    kafka_bootstrap, tmp_path, idempotence, duplicates_expected
+):
+    r = experiment(kafka_bootstrap, tmp_path, "at_least_once", "idempotent", "producer-retry",
+                   producer_idempotence=idempotence)
+    assert r.injected.retries > 0, "expected the proxy to drop produce answers"
+    assert (r.counts["log_duplicates"] > 0) is duplicates_expected
+    assert r.counts["duplicate_charges"] == 0 and r.counts["lost"] == 0
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_rebalance_with_the_idempotent_sink_neither_duplicates_nor_loses(kafka_bootstrap, tmp_path, guarantee):
+    r = experiment(kafka_bootstrap, tmp_path, guarantee, "idempotent", "rebalance")
+    assert r.injected.rebalances >= 1
+    assert r.counts["duplicate_charges"] == 0
+    assert r.counts["lost"] == 0
