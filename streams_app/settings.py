@@ -139,13 +139,13 @@ class Settings:
     processing_guarantee: Guarantee = _setting(
         "PROCESSING_GUARANTEE", "at_least_once", _choice(get_args(Guarantee)),
         "at_least_once: nothing lost, effects may repeat; exactly_once: Kafka "
-        "transactions (one per partition); at_most_once: the sink commits before "
-        "the effect (the lab's lost-message mode).",
+        "transactions (one per partition); at_most_once: every stage commits an "
+        "event's offset before working on it (the lab's lost-message mode).",
     )
     broker_url: str = _setting(
         "BROKER_URL", "kafka://127.0.0.1:9092", _broker_url,
-        "Kafka bootstrap server. The local broker is started for you only when "
-        "this points at 127.0.0.1:KAFKA_PORT.",
+        "Kafka bootstrap server. `kafka start`, `demo` and the lab start a local "
+        "broker on its port only when the host is 127.0.0.1 or localhost.",
     )
     app_id: str = _setting(
         "APP_ID", "payments-pipeline", _name,
