@@ -12,6 +12,10 @@ event again, and the charge happens again unless the database refuses it.
 - SINK_MODE=idempotent: the idempotency key is the event id, guarded by a
   UNIQUE constraint, inserted with ON CONFLICT DO NOTHING: redeliveries,
   crashes and rebalances all end in one charge per event.
+- SINK_MODE=transactional: the charge and the record's offset are written in
+  one database transaction, and a record at or below the stored offset is
+  skipped: offsets stored with the effect, so the Kafka commit no longer
+  matters (streams_app/ledger.py).
 - PROCESSING_GUARANTEE=at_most_once: the offset is committed BEFORE the charge
   (streams_app/processing.py); a crash in between loses the charge for good
   (crash point ``sink.after_commit``). Shown for completeness, never
@@ -25,6 +29,7 @@ import logging
 import sqlite3
 
 import psycopg
+from faust.types import EventT
 
 from streams_app.app import app, settings
 from streams_app.exceptions import SinkError
@@ -38,6 +43,7 @@ log = logging.getLogger(__name__)
 
 ledger = Ledger(settings.sink_db)
 IDEMPOTENT = settings.sink_mode == "idempotent"
+OFFSETS_IN_DATABASE = settings.sink_mode == "transactional"
 
 #: Errors that mean "the database is not reachable right now": retry, never skip.
 TRANSIENT = (sqlite3.OperationalError, psycopg.OperationalError, SinkError)
@@ -49,23 +55,28 @@ async def charge_payments(stream):
     stream = stream.noack()  # acked by processing(): after the effect, or before it in at_most_once
     async for event in first_deliveries(stream):
         async with processing(stream, event, stage="sink"):
-            await charge(event.value)
+            await charge(event)
             crashpoint("sink.after_effect")
 
 
-async def charge(payment: AppliedPayment) -> bool:
+async def charge(event: EventT) -> bool:
     """Insert the charge, retrying while the database is unavailable.
 
     An outage must delay the effect, not skip it: the event stays unacked (so
     its offset is not committed) until the database takes the row.
     """
+    payment: AppliedPayment = event.value
+    fields = dict(event_id=payment.event_id, account=payment.account, amount=payment.amount,
+                  currency=payment.currency, created_at=payment.created_at)
     delay = 0.1
     while True:
         try:
-            return await ledger.charge(
-                event_id=payment.event_id, account=payment.account, amount=payment.amount,
-                currency=payment.currency, created_at=payment.created_at, idempotent=IDEMPOTENT,
-            )
+            if OFFSETS_IN_DATABASE:
+                message = event.message
+                return await ledger.charge_at_offset(
+                    topic=message.topic, partition=message.partition, offset=message.offset, **fields
+                )
+            return await ledger.charge(idempotent=IDEMPOTENT, **fields)
         except TRANSIENT as exc:
             log.warning("sink: database unavailable (%s); retrying in %.1f s", exc, delay)
             await asyncio.sleep(delay)

@@ -47,6 +47,7 @@ QUICK: tuple[Cell, ...] = (
     Cell("exactly_once", "idempotent", "random-kills"),
     Cell("exactly_once", "idempotent", "crash-mid-transaction"),
     Cell("exactly_once", "naive", "crash-after-effect"),
+    Cell("exactly_once", "transactional", "crash-after-effect"),
     Cell("at_least_once", "idempotent", "producer-retry", producer_idempotence=False),
     Cell("at_least_once", "idempotent", "producer-retry", producer_idempotence=True),
     Cell("at_least_once", "idempotent", "rebalance"),

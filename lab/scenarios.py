@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 GUARANTEES = ("at_least_once", "exactly_once", "at_most_once")
-SINKS = ("naive", "idempotent")
+SINKS = ("naive", "idempotent", "transactional")
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,9 @@ def predict(guarantee: str, sink: str, fault: str, producer_idempotence: bool = 
         return Prediction(e, why)
 
     if guarantee == "exactly_once":
+        if sink == "transactional" and crashes:
+            return Prediction(e, "offsets stored with the effect: a redelivered record is "
+                                 "skipped, and exactly_once upstream writes no duplicate records")
         if sink == "naive" and fault == "crash-after-effect":
             e["duplicate_charges"] = ">0"
             why = "Kafka transactions end at Kafka: the database write is repeated on redelivery"
@@ -111,12 +114,14 @@ def predict(guarantee: str, sink: str, fault: str, producer_idempotence: bool = 
         return Prediction(e, "no fault: at-least-once delivers each event once")
     for m in ("output_duplicates", "balance_mismatches", "log_duplicates"):
         e[m] = "any"
-    if sink == "naive":
+    if sink in {"naive", "transactional"}:
+        # transactional skips a redelivered record, but an at-least-once upstream
+        # can write a second record for one event: that one is charged again.
         e["duplicate_charges"] = "any"
     if fault == "crash-before-commit":
         e["output_duplicates"] = e["balance_mismatches"] = ">0"
-        if sink == "naive":
-            e["duplicate_charges"] = ">0"
+        if sink in {"naive", "transactional"}:
+            e["duplicate_charges"] = ">0"  # two records of one event: two charges
         why = "processed, not committed: redelivered and processed again (the classic duplicate)"
     elif fault == "crash-after-effect" and sink == "naive":
         e["duplicate_charges"] = ">0"

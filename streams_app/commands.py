@@ -227,7 +227,7 @@ async def _watch(url: str, traffic, worker: subprocess.Popen, exit_when_done: bo
     argument("action", type=click.Choice(["run", "matrix"])),
     option("--guarantee", type=click.Choice(["at_least_once", "exactly_once", "at_most_once"]),
            default="at_least_once", show_default=True, help="run: the processing guarantee."),
-    option("--sink", type=click.Choice(["naive", "idempotent"]), default="idempotent",
+    option("--sink", type=click.Choice(["naive", "idempotent", "transactional"]), default="idempotent",
            show_default=True, help="run: how the sink writes the external effect."),
     option("--fault", type=click.Choice(["none", "crash-before-commit", "crash-after-effect",
                                          "crash-mid-transaction", "random-kills", "rebalance",

@@ -8,6 +8,14 @@ charges twice depends only on how the row is written:
 - ``idempotent``: the idempotency key is the event id, a UNIQUE constraint
   guards it, and the insert is ``ON CONFLICT DO NOTHING``: the first delivery
   charges, every later one is a no-op that the database itself enforces.
+- ``transactional`` ("storing offsets outside Kafka"): the charge and the
+  record's position (topic, partition, next offset) are written in ONE
+  database transaction. A record at or below the stored position was already
+  charged and is skipped, so a crash between the database commit and the
+  Kafka commit repeats nothing; the Kafka commit no longer matters. It guards
+  against redelivery of the same record, not against two records carrying one
+  event (an upstream at-least-once duplicate): that needs exactly_once upstream
+  or an idempotency key.
 
 Both modes write ``event_id`` so duplicates can be counted afterwards:
 ``duplicate_charges = rows - distinct event ids``.
@@ -43,11 +51,23 @@ CREATE TABLE IF NOT EXISTS charges (
     charged_at      TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP
 );
 CREATE INDEX IF NOT EXISTS charges_event_id ON charges (event_id);
+CREATE TABLE IF NOT EXISTS sink_offsets (
+    topic       TEXT NOT NULL,
+    partition   INTEGER NOT NULL,
+    next_offset BIGINT NOT NULL,
+    PRIMARY KEY (topic, partition)
+);
 """
 
 _INSERT = (
     "INSERT INTO charges (event_id, idempotency_key, account, amount, currency, created_at) "
     "VALUES ({p}, {p}, {p}, {p}, {p}, {p}) ON CONFLICT (idempotency_key) DO NOTHING"
+)
+
+_STORED_OFFSET = "SELECT next_offset FROM sink_offsets WHERE topic = {p} AND partition = {p}"
+_STORE_OFFSET = (
+    "INSERT INTO sink_offsets (topic, partition, next_offset) VALUES ({p}, {p}, {p}) "
+    "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset"
 )
 
 _STATS = (
@@ -69,6 +89,7 @@ class ChargeStats:
 class _Connection(Protocol):
     def execute(self, sql: str, params: Any = ...) -> Any: ...
     def commit(self) -> None: ...
+    def rollback(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -107,7 +128,7 @@ class Ledger:
         self.url = url
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
         self._conn: _Connection | None = None
-        self._insert = ""
+        self._marker = "?"
 
     async def _run(self, fn: Callable[[_Connection], T]) -> T:
         loop = asyncio.get_running_loop()
@@ -115,9 +136,11 @@ class Ledger:
 
     def _with_connection(self, fn: Callable[[_Connection], T]) -> T:
         if self._conn is None:
-            self._conn, marker = _connect(self.url)
-            self._insert = _INSERT.format(p=marker)
+            self._conn, self._marker = _connect(self.url)
         return fn(self._conn)
+
+    def _sql(self, template: str) -> str:
+        return template.format(p=self._marker)
 
     async def charge(
         self, *, event_id: str, account: str, amount: int, currency: str,
@@ -128,10 +151,33 @@ class Ledger:
 
         def insert(conn: _Connection) -> bool:
             cursor = conn.execute(
-                self._insert, (event_id, key, account, amount, currency, created_at)
+                self._sql(_INSERT), (event_id, key, account, amount, currency, created_at)
             )
             conn.commit()
             return cursor.rowcount == 1
+
+        return await self._run(insert)
+
+    async def charge_at_offset(
+        self, *, topic: str, partition: int, offset: int, event_id: str, account: str,
+        amount: int, currency: str, created_at: str,
+    ) -> bool:
+        """Charge and store ``offset + 1`` as the partition's position, atomically;
+        return False (and change nothing) when the record was already charged."""
+
+        def insert(conn: _Connection) -> bool:
+            try:
+                row = conn.execute(self._sql(_STORED_OFFSET), (topic, partition)).fetchone()
+                if row is not None and offset < int(row[0]):
+                    conn.commit()
+                    return False
+                conn.execute(self._sql(_INSERT), (event_id, None, account, amount, currency, created_at))
+                conn.execute(self._sql(_STORE_OFFSET), (topic, partition, offset + 1))
+                conn.commit()
+                return True
+            except BaseException:
+                conn.rollback()
+                raise
 
         return await self._run(insert)
 

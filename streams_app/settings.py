@@ -29,7 +29,7 @@ from .exceptions import SettingsError
 from .faust_fixes import FIXES
 
 Guarantee = Literal["at_least_once", "exactly_once", "at_most_once"]
-SinkMode = Literal["idempotent", "naive"]
+SinkMode = Literal["idempotent", "naive", "transactional"]
 
 #: ``at_most_once`` is not a Faust guarantee: it is Faust's at_least_once with
 #: the sink committing the offset *before* the side effect (the lab's
@@ -196,7 +196,8 @@ class Settings:
     sink_mode: SinkMode = _setting(
         "SINK_MODE", "idempotent", _choice(get_args(SinkMode)),
         "idempotent: idempotency key = event id, unique constraint, insert-or-ignore; "
-        "naive: plain insert (shows why keys are needed).",
+        "naive: plain insert (shows why keys are needed); transactional: the charge and "
+        "the record's offset in ONE database transaction (the Kafka commit no longer matters).",
     )
     producer_idempotence: bool = _setting(
         "PRODUCER_IDEMPOTENCE", True, parse_bool,

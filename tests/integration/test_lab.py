@@ -66,6 +66,16 @@ def test_exactly_once_cannot_cover_an_external_effect_without_a_key(kafka_bootst
     assert r.counts["output_duplicates"] == 0  # Kafka's own output stays exact
 
 
+def test_offsets_stored_with_the_effect_make_the_kafka_commit_irrelevant(kafka_bootstrap, tmp_path):
+    """The same crash that makes the naive sink charge twice: with the charge and
+    the record's offset in one database transaction, the redelivered record is
+    skipped (and exactly_once upstream writes no second record of an event)."""
+    r = experiment(kafka_bootstrap, tmp_path, "exactly_once", "transactional", "crash-after-effect")
+    assert r.counts["duplicate_charges"] == 0
+    assert r.counts["lost"] == 0
+    assert r.counts["charged_unique"] == r.counts["unique_events"]
+
+
 @pytest.mark.parametrize("idempotence,duplicates_expected", [(False, True), (True, False)])
 def test_producer_retry_duplicates_the_log_unless_the_producer_is_idempotent(
     kafka_bootstrap, tmp_path, idempotence, duplicates_expected
