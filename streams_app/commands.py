@@ -281,8 +281,8 @@ async def lab(
             bootstrap=settings.bootstrap, workdir=workdir, on_result=advance,
         )
     scale = (f"Quick matrix: {events} records and {kills} kills per cell." if quick else
-             f"Full matrix: {events} records and {kills} kills per cell; exactly_once "
-             "random-kills and crash-mid-transaction cells at 5,000 records and 20 kills.")
+             f"Full matrix: {events} records and {kills} kills per cell; the exactly_once / "
+             "idempotent random-kills and crash-mid-transaction cells at 5,000 records and 20 kills.")
     for path in write_reports(results, out, title="Kafka delivery semantics, measured", scale=scale):
         console.print(f"wrote {path}")
 
