@@ -313,7 +313,10 @@ def wait_drained(
                 worker.start()
                 if injected is not None:
                     injected.restarts += 1
-                worker.wait_ready()
+                try:
+                    worker.wait_ready()
+                except RuntimeError:  # died again while starting: the next pass restarts it
+                    continue
         if _pending(config) == 0:
             clean_reads += 1
             if clean_reads == 2:

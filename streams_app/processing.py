@@ -107,6 +107,14 @@ COMMIT_FIRST = settings.processing_guarantee == "at_most_once"
 _processed_up_to: dict[TP, int] = {}
 
 
+@app.on_partitions_revoked.connect
+async def _forget_revoked(sender: object, revoked: set[TP], **kwargs: object) -> None:
+    """A partition that leaves this worker may come back after another worker
+    aborted or redid its uncommitted work: remember nothing about it."""
+    for tp in revoked:
+        _processed_up_to.pop(tp, None)
+
+
 async def first_deliveries(stream: StreamT) -> AsyncIterator[EventT]:
     """The stream's events, minus records this process has already processed."""
     async for event in stream.events():
