@@ -268,6 +268,10 @@ async def lab(
             _print_result(result)
         return
     cells = list(QUICK) if quick else full_cells()
+    scale = (f"Quick matrix: {events} records and {kills} kills per cell." if quick else
+             f"Full matrix: {events} records and {kills} kills per cell; the exactly_once / "
+             "idempotent random-kills and crash-mid-transaction cells at 5,000 records and 20 kills.")
+    done: list = []
     with Progress(console=console) as progress:
         task = progress.add_task("lab matrix", total=len(cells))
 
@@ -275,16 +279,16 @@ async def lab(
             mark = "[green]as predicted[/green]" if result.as_predicted else "[red]NOT as predicted[/red]"
             progress.console.print(f"{cell.label}: {mark} ({result.seconds:.0f} s)")
             progress.advance(task)
+            done.append((cell, result))
+            # Rewrite the report after every cell: an interrupted matrix still says what it measured.
+            progress_note = "" if len(done) == len(cells) else f" Partial: {len(done)} of {len(cells)} cells so far."
+            write_reports(done, out, title="Kafka delivery semantics, measured", scale=scale + progress_note)
 
-        results = await asyncio.to_thread(
+        await asyncio.to_thread(
             run_cells, cells, events=events, kills=kills, seed=seed,
             bootstrap=settings.bootstrap, workdir=workdir, on_result=advance,
         )
-    scale = (f"Quick matrix: {events} records and {kills} kills per cell." if quick else
-             f"Full matrix: {events} records and {kills} kills per cell; the exactly_once / "
-             "idempotent random-kills and crash-mid-transaction cells at 5,000 records and 20 kills.")
-    for path in write_reports(results, out, title="Kafka delivery semantics, measured", scale=scale):
-        console.print(f"wrote {path}")
+    console.print(f"wrote {out}/semantics.md, .html, .png and .json")
 
 
 def _print_result(result) -> None:
