@@ -149,7 +149,11 @@ class WorkerProcess:
             with urllib.request.urlopen(f"{self.url}{path}", timeout=10) as response:
                 return response.status, json.load(response)
         except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"{}")
+            body = exc.read()
+            try:
+                return exc.code, json.loads(body or b"{}")
+            except ValueError:  # aiohttp's own 404 page is plain text
+                return exc.code, {"text": body.decode(errors="replace")}
 
     def wait_exit(self, timeout: float) -> int | None:
         if self.process is None:

@@ -137,3 +137,5 @@ def test_unknown_account_is_a_404_with_a_reason(pipeline_factory):
     status, body = answers[-1]
     assert status == 404
     assert "nobody-here" in str(body)
+    # Faust's raw table dumps stay off unless WEB_TABLES_ENABLED=true.
+    assert worker.get_json("/table/balances/")[0] == 404
