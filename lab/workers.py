@@ -125,7 +125,7 @@ class WorkerProcess:
         while time.monotonic() < deadline:
             if not self.running:
                 raise RuntimeError(f"worker {self.name} exited with {self.returncode}:\n{self.log_tail()}")
-            if self._ready_lines() >= self.starts:
+            if self._ready_since_last_start():
                 try:
                     self.stats()
                     return
@@ -134,11 +134,12 @@ class WorkerProcess:
             time.sleep(0.25)
         raise TimeoutError(f"worker {self.name} not ready after {timeout} s:\n{self.log_tail()}")
 
-    def _ready_lines(self) -> int:
+    def _ready_since_last_start(self) -> bool:
         try:
-            return self.log_path.read_text(errors="replace").count("[^Worker]: Ready")
+            log = self.log_path.read_text(errors="replace")
         except FileNotFoundError:
-            return 0
+            return False
+        return "[^Worker]: Ready" in log.rsplit("==== start #", 1)[-1]
 
     def stats(self) -> dict:
         with urllib.request.urlopen(f"{self.url}/api/stats", timeout=5) as response:
