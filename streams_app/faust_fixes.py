@@ -19,6 +19,26 @@ from typing import Any, Mapping, Optional
 log = logging.getLogger(__name__)
 
 FIXES: Mapping[str, str] = {
+    "stalled-partition-heal": (
+        "at_least_once: Faust commits a partition only up to the first offset it has not "
+        "seen acked. A record lost between fetch and agent (a queue cleared on rebalance "
+        "or recovery, faust-streaming#596 and the resume-before-seek race) leaves a hole "
+        "that is never acked: the partition never commits again and a restart reprocesses "
+        "everything after it. Fix: a partition whose first uncommitted offset stays "
+        "unacked for 3 commit intervals while later ones are acked is sought back to its "
+        "committed offset; the hole is delivered again, records already processed are "
+        "skipped (streams_app/processing.py)."
+    ),
+    "lso-consistency-check": (
+        "exactly_once: Faust's recovery compares the table's persisted offset with the "
+        "changelog's read_committed end offset, which an open transaction of a SIGKILLed "
+        "worker holds back until the broker aborts it; the check then crashes every "
+        "worker that recovers that partition (ConsistencyError '... is higher than the "
+        "last offset in that topic (highwater)') in a crash loop. With persisted offsets "
+        "written only for committed transactions and local state wiped after an unclean "
+        "stop, the persisted offset is committed data: the check is switched off "
+        "(recovery_consistency_check=False)."
+    ),
     "seek-uncommitted-partitions": (
         "Every guarantee: after recovery Faust resumes the fetcher, clears the stream "
         "queues and then seeks every partition to its committed offset, but aiokafka's "
@@ -95,6 +115,10 @@ def install(
         _patch_persisted_offsets()
     if "route-metadata" in enabled:
         _patch_route_metadata()
+    if exactly_once and "lso-consistency-check" in enabled:
+        app.conf.recovery_consistency_check = False
+    if not exactly_once and "stalled-partition-heal" in enabled:
+        app.timer(app.conf.broker_commit_interval)(_heal_stalled_partitions_for(app))
     log.info("faust fixes enabled: %s", ", ".join(enabled) or "none (stock Faust)")
 
 
@@ -253,6 +277,41 @@ def on_worker_start(tabledir: Path, exactly_once: bool, enabled: tuple[str, ...]
 
 def on_worker_stopped(tabledir: Path) -> None:
     (tabledir.parent / CLEAN_STOP_MARKER).unlink(missing_ok=True)
+
+
+# -- stalled-partition-heal ---------------------------------------------------------
+
+
+def _heal_stalled_partitions_for(app: Any):
+    stalled_since: dict[Any, tuple[int, int]] = {}  # tp -> (committed, checks seen stalled)
+
+    async def heal_stalled_partitions() -> None:
+        from .processing import forget_below
+
+        consumer = app.consumer
+        for tp in list(consumer.assignment()):
+            acked = consumer._acked.get(tp)
+            committed = consumer._committed_offset.get(tp)
+            if committed is not None:
+                forget_below(tp, committed)
+            if not acked or committed is None or min(acked) - committed <= 1:
+                stalled_since.pop(tp, None)
+                continue
+            seen_at, checks = stalled_since.get(tp, (committed, 0))
+            checks = checks + 1 if seen_at == committed else 1
+            stalled_since[tp] = (committed, checks)
+            if checks >= 3:
+                log.warning(
+                    "stalled-partition-heal: %s has acked offsets from %d but offset %d was "
+                    "never acked; seeking back to %d to deliver it again",
+                    tp, min(acked), committed, committed,
+                )
+                acked.clear()
+                consumer._acked_index[tp].clear()
+                await consumer.seek(tp, committed)
+                stalled_since.pop(tp, None)
+
+    return heal_stalled_partitions
 
 
 # -- route-metadata --------------------------------------------------------------

@@ -15,7 +15,7 @@ and get four guarantees that stock Faust does not give:
    second time after the seek (the race of faust-streaming#217, still open on
    the path with tables). Under exactly_once both copies' outputs would land in
    the same transaction: a duplicate that no crash caused. The worker
-   remembers the highest offset it processed per partition and acks a
+   remembers the offsets it processed (until they are committed) and acks a
    re-delivered record without processing it again. (A new process starts with
    an empty memory: what a crash left uncommitted is processed again, as it
    must be.)
@@ -103,8 +103,10 @@ GATED = settings.faust_guarantee == "exactly_once" and settings.fix_enabled("com
 #: at_most_once: every stage commits an event's offset BEFORE working on it.
 COMMIT_FIRST = settings.processing_guarantee == "at_most_once"
 
-#: Highest offset processed per partition by this process (guarantee 0).
-_processed_up_to: dict[TP, int] = {}
+#: Offsets processed by this process and not yet known committed, per partition
+#: (guarantee 0). A set, not a high-water mark: after a hole (see the
+#: stalled-partition heal in faust_fixes) a lower offset may still be unprocessed.
+_processed: dict[TP, set[int]] = {}
 
 
 @app.on_partitions_revoked.connect
@@ -112,14 +114,21 @@ async def _forget_revoked(sender: object, revoked: set[TP], **kwargs: object) ->
     """A partition that leaves this worker may come back after another worker
     aborted or redid its uncommitted work: remember nothing about it."""
     for tp in revoked:
-        _processed_up_to.pop(tp, None)
+        _processed.pop(tp, None)
+
+
+def forget_below(tp: TP, committed: int) -> None:
+    """Drop what the group has committed past: it will not be delivered again."""
+    done = _processed.get(tp)
+    if done:
+        done.difference_update([o for o in done if o < committed])
 
 
 async def first_deliveries(stream: StreamT) -> AsyncIterator[EventT]:
     """The stream's events, minus records this process has already processed."""
     async for event in stream.events():
         message = event.message
-        if message.offset <= _processed_up_to.get(message.tp, -1):
+        if message.offset in _processed.get(message.tp, ()):
             log.info("skipping %s: delivered again after a seek, already processed", place(message))
             await stream.ack(event)
             continue
@@ -146,7 +155,7 @@ async def processing(stream: StreamT, event: EventT, *, stage: str) -> AsyncIter
             log.exception("%s: failed on %s; dead-lettering it", stage, place(message))
             await dead_letter(event, stage=stage, code="processing_error",
                               reason=f"{type(exc).__name__}: {exc}")
-        _processed_up_to[message.tp] = max(message.offset, _processed_up_to.get(message.tp, -1))
+        _processed.setdefault(message.tp, set()).add(message.offset)
         if not COMMIT_FIRST:
             await stream.ack(event)
 
