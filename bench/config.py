@@ -1,0 +1,108 @@
+"""What one benchmark run measures, and the two presets, ``--quick`` and ``--full``."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+Guarantee = Literal["at_least_once", "exactly_once"]
+GUARANTEES: tuple[Guarantee, ...] = ("at_least_once", "exactly_once")
+SHORT = {"at_least_once": "alo", "exactly_once": "eos"}
+
+#: Faust's defaults for the two knobs the benchmark turns (faust/types/settings).
+FAUST_DEFAULT_COMMIT_INTERVAL = "2.8"
+FAUST_DEFAULT_BUFFER = "4096"
+#: "Raised" stream buffer: the size Faust's documentation cites for >30,000 events/s.
+FAUST_RAISED_BUFFER = "131072"
+
+
+@dataclass(frozen=True)
+class FaustVariant:
+    """One Faust configuration: the env values of BROKER_COMMIT_INTERVAL and STREAM_BUFFER_MAXSIZE."""
+
+    commit_interval: str = FAUST_DEFAULT_COMMIT_INTERVAL
+    buffer_maxsize: str = FAUST_DEFAULT_BUFFER
+
+    @property
+    def is_default(self) -> bool:
+        return self == FaustVariant()
+
+    @property
+    def suffix(self) -> str:
+        """'' for the defaults, else e.g. '_ci0.1_buf131072'."""
+        parts = []
+        if self.commit_interval != FAUST_DEFAULT_COMMIT_INTERVAL:
+            parts.append(f"ci{self.commit_interval}")
+        if self.buffer_maxsize != FAUST_DEFAULT_BUFFER:
+            parts.append(f"buf{self.buffer_maxsize}")
+        return "".join(f"_{part}" for part in parts)
+
+
+FAUST_GRID = tuple(
+    FaustVariant(ci, buf)
+    for ci in (FAUST_DEFAULT_COMMIT_INTERVAL, "0.1")
+    for buf in (FAUST_DEFAULT_BUFFER, FAUST_RAISED_BUFFER)
+)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Every size, duration and repetition count of a run; see :func:`preset`."""
+
+    mode: str
+    bootstrap: str = "127.0.0.1:9092"
+    #: Backlog preloaded once per partition count (bad_rate=0).
+    records: int = 20_000
+    duplicate_rate: float = 0.2
+    #: Seed of streams_app.traffic.generate: the same records at every partition count.
+    seed: int = 1
+    #: A Faust run (the pipeline or the minimal agent) drains a copy of the backlog's
+    #: first N records in its own input topic (the pipeline's is {prefix}.raw, named
+    #: after its fresh TOPIC_PREFIX); None: all of them. Faust is an order of magnitude
+    #: slower than the others, so a smaller input keeps its runs about as long as
+    #: theirs; every system still drains its whole input.
+    faust_records: int | None = 5_000
+    partition_counts: tuple[int, ...] = (4,)
+    #: The partition count of the headline comparison, the Faust variants and the latency runs.
+    headline_partitions: int = 4
+    #: Runs of each system at the headline partition count, and of each latency measurement.
+    runs: int = 1
+    #: Runs at the other partition counts.
+    scaling_runs: int = 1
+    #: A run that has not drained its input after this long is stopped and flagged.
+    max_run_s: float = 600.0
+    sample_interval_s: float = 1.0
+    faust_variants: tuple[FaustVariant, ...] = FAUST_GRID
+    latency_warmup_s: float = 5.0
+    latency_duration_s: float = 10.0
+    broker_records: int = 300_000
+    transaction_durations_ms: tuple[int, ...] = (10, 100, 1000)
+    restore_keys: int = 50_000
+    restart_events: int = 2_000
+    horizons_s: tuple[float, ...] = (3600.0, 86400.0, 7 * 86400.0)
+    #: Seconds of py-spy sampling of each Faust worker (0: no profile).
+    profile_s: int = 10
+    pin_cpus: bool = True
+    workdir: Path = field(default_factory=lambda: Path("reports/tmp/bench"))
+
+    def replace(self, **changes: object) -> BenchConfig:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def runs_at(self, partitions: int) -> int:
+        return self.runs if partitions == self.headline_partitions else self.scaling_runs
+
+
+def preset(mode: str) -> BenchConfig:
+    """``quick``: 20k records (Faust 5k), 4 partitions, 1 run of everything.
+    ``full``: 200k records (Faust 8k) at 1, 4 and 8 partitions; 3 runs at 4 partitions
+    (every system and variant, latency), 1 run at 1 and 8 partitions; 1M-key restore."""
+    if mode == "quick":
+        return BenchConfig(mode="quick")
+    if mode == "full":
+        return BenchConfig(
+            mode="full", records=200_000, faust_records=8_000, partition_counts=(1, 4, 8), runs=3,
+            broker_records=1_000_000, restore_keys=1_000_000, restart_events=10_000,
+        )
+    raise ValueError(f"unknown mode {mode!r}: use quick or full")

@@ -1,0 +1,145 @@
+"""Everything the benchmark asks Kafka directly, independently of the systems measured.
+
+High watermarks sampled during a run, committed offsets and a full read of an
+output topic after it: the figures come from the broker, never from a system's
+own counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Self
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.partitioner import murmur2
+
+from lab.readback import committed_offsets, partitions_of
+
+TOPIC_READY_TIMEOUT_S = 15.0
+
+
+async def create_topics(
+    bootstrap: str, names: Iterable[str], partitions: int, configs: dict[str, str] | None = None,
+) -> None:
+    """Create ``names`` (those missing) and wait until every partition has a leader."""
+    names = list(names)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        response = await admin.create_topics(
+            [NewTopic(n, partitions, 1, topic_configs=configs or {}) for n in names]
+        )
+        for topic, code, *_ in response.topic_errors:
+            if code and code != TopicAlreadyExistsError.errno:
+                raise for_code(code)(f"creating topic {topic}")
+        deadline = time.monotonic() + TOPIC_READY_TIMEOUT_S
+        while True:
+            described = {t["topic"]: t for t in await admin.describe_topics(names)}
+            if all(
+                n in described and not described[n]["error_code"]
+                and len(described[n]["partitions"]) == partitions
+                and all(p["leader"] >= 0 for p in described[n]["partitions"])
+                for n in names
+            ):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topics without leaders after {TOPIC_READY_TIMEOUT_S} s: {names}")
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+
+
+async def delete_topics_naming(bootstrap: str, run_id: str) -> int:
+    """Delete every topic whose name contains ``run_id``: the benchmark's own, including
+    the changelogs Faust (``{app_id}-...``) and Quix (``changelog__{group}--...``) created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        doomed = [t for t in await admin.list_topics() if run_id in t]
+        if doomed:
+            await admin.delete_topics(doomed)
+        return len(doomed)
+    finally:
+        await admin.close()
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition the Java and aiokafka default partitioners pick for ``key``."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+class Watermarks:
+    """A group-less consumer that reports high watermarks: what has been appended."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+        self._partitions: dict[str, list[TopicPartition]] = {}
+        self._bootstrap = bootstrap
+
+    async def __aenter__(self) -> Self:
+        await self._consumer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._consumer.stop()
+
+    async def total(self, topic: str) -> int:
+        """Sum of the high watermarks of ``topic`` (records plus transaction markers)."""
+        if not self._partitions.get(topic):
+            self._partitions[topic] = await partitions_of(self._bootstrap, topic)
+        tps = self._partitions[topic]
+        return sum((await self._consumer.end_offsets(tps)).values()) if tps else 0
+
+
+async def committed_total(bootstrap: str, group: str, topic: str) -> int:
+    """Records of ``topic`` the group has committed past (the input it consumed)."""
+    return sum(offset for tp, offset in (await committed_offsets(bootstrap, group)).items() if tp.topic == topic)
+
+
+@dataclass(frozen=True)
+class OutputCount:
+    """What a read_committed reader finds in an output topic."""
+
+    records: int
+    distinct_ids: int
+    high_watermark: int
+
+    @property
+    def duplicates(self) -> int:
+        return self.records - self.distinct_ids
+
+
+async def count_output(bootstrap: str, topic: str, timeout: float = 300.0) -> OutputCount:
+    """Read ``topic`` to its last stable offset; count records and distinct event ids."""
+    partitions = await partitions_of(bootstrap, topic)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+        isolation_level="read_committed", auto_offset_reset="earliest",
+        max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024,
+    )
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        stable = await consumer.end_offsets(partitions)
+        records, ids = 0, set()
+        deadline = time.monotonic() + timeout
+        while any([await consumer.position(tp) < stable[tp] for tp in partitions]):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic} took over {timeout} s")
+            for tp, batch in (await consumer.getmany(timeout_ms=500, max_records=50_000)).items():
+                for record in batch:
+                    if record.offset < stable[tp]:
+                        records += 1
+                        ids.add(json.loads(record.value)["event_id"])
+    finally:
+        await consumer.stop()
+    async with Watermarks(bootstrap) as marks:
+        high = await marks.total(topic)
+    return OutputCount(records, len(ids), high)

@@ -1,0 +1,171 @@
+"""reports/bench.md: the JSON document (:func:`bench.report.document`) as tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+Doc = dict[str, Any]
+
+
+def _fmt(value: float | None, digits: int = 0, suffix: str = "") -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.{digits}f}{suffix}"
+
+
+def _with_range(entry: Doc, figure: str, digits: int = 0) -> str:
+    value, span = entry.get(figure), entry.get(f"{figure}_range")
+    if value is None:
+        return "n/a"
+    if span and entry.get("runs", 1) > 1:
+        return f"{value:,.{digits}f} ({span[0]:,.{digits}f}–{span[1]:,.{digits}f})"
+    return f"{value:,.{digits}f}"
+
+
+def _ratio(value: float | None, percent: bool = True) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.2f}× ({value:.0%})" if percent else f"{value:.2f}×"
+
+
+def markdown(doc: Doc) -> str:
+    systems, broker, ratios = doc["systems"], doc["broker"], doc["ratios"]
+    lines = [f"# {doc['title']}", ""]
+    lines += [_summary(doc), ""]
+    machine = doc["machine"]
+    lines += [(f"Mode **{doc['mode']}**, {doc['runs_note']}. Run `{doc['run_id']}`, "
+               f"{doc['started_at']}, {doc['duration_s'] // 60} min. "
+               f"CPU: {machine['cpu_model']}, {machine['cpus']} cores, {machine['memory_gb']} GB. "
+               f"CPU pinning: {machine['pinning']['description']}."), ""]
+    lines += ["Versions: " + ", ".join(f"{k} {v}" for k, v in doc["versions"].items()) + ".", ""]
+
+    config = doc["config"]
+    lines += [(f"## Side by side ({config['headline_partitions']} partitions, "
+               f"{config['records']:,}-record backlog, {config['duplicate_rate']:.0%} duplicates)"), "",
+              "| system | throughput ev/s | CPU-s / M events | peak RSS MB | p50 ms | p99 ms | in → out (expected) | correct |",
+              "|---|---|---|---|---|---|---|---|"]
+    for key, entry in systems.items():
+        lines.append(
+            f"| `{key}` {entry['label']} | {_with_range(entry, 'throughput_eps')} | "
+            f"{_with_range(entry, 'cpu_s_per_million', 1)} | {_with_range(entry, 'peak_rss_mb')} | "
+            f"{_with_range(entry, 'p50_ms')} | {_with_range(entry, 'p99_ms')} | "
+            f"{entry['events_in']:,} → {entry['events_out']:,} ({entry['expected_out']:,}"
+            f"{'' if entry['drained'] else ', NOT drained'}) | {'yes' if entry['correct'] else '**NO**'} |")
+    lines += ["", ("Throughput is output (unique) events per second; latency at half of each system's "
+                   "own throughput. Ranges are min–max over the runs."), ""]
+
+    lines += ["## Ratios (throughput medians; `cpu_` ratios compare CPU-seconds per event)", "",
+              "| ratio | value |", "|---|---|"]
+    lines += [f"| `{name}` | {_ratio(value, percent=not name.startswith('cpu_'))} |"
+              for name, value in ratios.items()]
+    lines += ["", "## Targets (reported, not asserted)", "", "| target | measured | met | margin | detail |",
+              "|---|---|---|---|---|"]
+    for t in doc["targets"]:
+        met = "n/a" if t["met"] is None else ("**met**" if t["met"] else "**missed**")
+        margin = "n/a" if t["margin"] is None else f"{t['margin']:+.0%}"
+        lines.append(f"| {t['target']} | {_fmt(t['measured'], 2)} | {met} | {margin} | {t['detail']} |")
+
+    lines += ["", "## The broker's own limit (Kafka perf tools, 200-byte records, acks=all)", "",
+              "| tool | records/s | CPU-s / M | peak RSS MB | p50 ms | p99 ms |", "|---|---|---|---|---|---|"]
+    for name, entry in broker.items():
+        lines.append(f"| `{name}` | {_with_range(entry, 'throughput_eps')} | "
+                     f"{_with_range(entry, 'cpu_s_per_million', 1)} | {_with_range(entry, 'peak_rss_mb')} | "
+                     f"{_with_range(entry, 'p50_ms')} | {_with_range(entry, 'p99_ms')} |")
+    lines += ["", ("`kafka_producer` latency is measured at half its maximum rate; the transactional "
+                   "runs' latency is at full rate (a commit every N ms). CPU includes JVM start-up."), ""]
+
+    partition_counts = doc["config"]["partition_counts"]
+    if len(partition_counts) > 1:
+        lines += ["## Throughput by partition count", "",
+                  "| system | " + " | ".join(f"{p} partitions" for p in partition_counts) + " |",
+                  "|---|" + "---|" * len(partition_counts)]
+        for key, entry in systems.items():
+            cells = [_with_range(entry["by_partitions"][str(p)], "throughput_eps")
+                     if str(p) in entry["by_partitions"] else "–" for p in partition_counts]
+            if sum(c != "–" for c in cells) > 1:
+                lines.append(f"| `{key}` | " + " | ".join(cells) + " |")
+        lines.append("")
+
+    lines += _notes_section(doc)
+    lines += _state_section(doc["state"])
+    lines += _profile_section(doc["profiles"])
+    lines += ["## How it was measured", ""] + [f"- **{k}**: {v}" for k, v in doc["method"].items()] + [""]
+    return "\n".join(lines)
+
+
+def _summary(doc: Doc) -> str:
+    r = doc["ratios"]
+    parts = []
+    if r.get("faust_eos_over_faust_alo") is not None:
+        parts.append(f"exactly_once runs the Faust pipeline at {r['faust_eos_over_faust_alo']:.0%} of its "
+                     f"at_least_once throughput (raw loop: {_pct(r.get('raw_eos_over_raw_alo'))}, "
+                     f"Quix: {_pct(r.get('quix_eos_over_quix_alo'))})")
+    if r.get("faust_alo_over_raw_alo") is not None:
+        parts.append(f"at_least_once Faust reaches {r['faust_alo_over_raw_alo']:.0%} of a raw aiokafka loop "
+                     f"and {_pct(r.get('faust_alo_over_quix_alo'))} of Quix Streams")
+    verdict = "every run's output was exactly its input's unique events" if doc["all_correct"] else \
+        "**some runs' output was wrong: see the correct column**"
+    return "**Answer:** " + "; ".join(parts) + f". Correctness: {verdict}."
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0%}"
+
+
+def _notes_section(doc: Doc) -> list[str]:
+    """Runs whose process crashed or did not stop cleanly, and measurements that failed."""
+    systems = doc["systems"]
+    notes = [f"- `{key}` p{run['partitions']} run {run['run'] + 1}: exit code {run['exit_code']}"
+             f"{'; ' + run['problem'] if run['problem'] else ''}"
+             for key, entry in systems.items() for run in entry["run_details"]
+             if run["exit_code"] or run["problem"]]
+    notes += [f"- failed once: {note}" for note in doc["notes"]]
+    notes += [f"- measurement failed: {error}" for error in doc["errors"]]
+    if not notes:
+        return []
+    intro = ("Processes that crashed during a run or did not exit 0 after SIGTERM (their output "
+             "was read back and checked all the same; a crashed run is not drained), and "
+             "measurements that could not be made. Details are in the logs under the workdir.")
+    return ["## Problems", "", intro, "", *notes, ""]
+
+
+def _state_section(state: Doc) -> list[str]:
+    lines = ["## Dedup state", ""]
+    restore = state["restore"]
+    if restore:
+        lines.append(
+            f"- Cold restore of {restore['keys_written']:,} keys ({restore['keys_restored']:,} found in "
+            f"RocksDB afterwards): {_fmt(restore['restore_s'], 1)} s reading the changelog, worker "
+            f"ready after {restore['ready_s']:.1f} s. RocksDB {restore['rocksdb_bytes_per_key']:.0f} "
+            f"bytes/key, changelog on the broker {_fmt(restore['changelog_bytes_per_key'])} bytes/key.")
+    for restart in state["restarts"]:
+        lines.append(f"- Restart after a graceful stop, {restart['guarantee']}: replayed "
+                     f"{restart['replayed']:,} of {restart['changelog_records']:,} changelog records, ready "
+                     f"after {restart['ready_s']:.1f} s, "
+                     + ("nothing to restore" if restart["restore_s"] is None
+                        else f"of which {restart['restore_s']:.1f} s restoring")
+                     + f" (the stop before it took {restart['first_stop_s']:.1f} s"
+                     f"{': ' + restart['first_stop_problem'] if restart['first_stop_problem'] else ''}).")
+    if state["size_by_horizon"]:
+        lines += ["", ("State size by DEDUP_HORIZON (steady state: unique ids/s × horizon, at the bytes "
+                       "per key measured above):"), "",
+                  "| horizon | unique ids/s | keys | RocksDB GB | changelog GB |", "|---|---|---|---|---|"]
+        for row in state["size_by_horizon"]:
+            lines.append(f"| {row['horizon_s'] / 3600:g} h | {row['unique_per_s']:,.0f} | {row['keys']:,.0f} | "
+                         f"{row['rocksdb_gb']:.2f} | {_fmt(row['changelog_gb'], 2)} |")
+    return lines + [""]
+
+
+def _profile_section(profiles: Doc) -> list[str]:
+    if not profiles:
+        return []
+    lines = ["## Where Faust's time goes (py-spy --gil, 10 s while draining)", ""]
+    for key, p in profiles.items():
+        lines += [f"### `{key}`: busy {p['busy_share']:.0%} of the wall time", "",
+                  "By thread: " + ", ".join(f"{t} {s:.0%}" for t, s in p["by_thread"]) + ". "
+                  "By origin of the innermost frame: " +
+                  ", ".join(f"{o} {s:.0%}" for o, s in p["by_origin"]) + ".", "",
+                  "| function (inclusive share of busy samples) | share |", "|---|---|"]
+        lines += [f"| `{f}` | {s:.0%} |" for f, s in p["hot"]]
+        lines.append("")
+    return lines
