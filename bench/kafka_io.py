@@ -55,20 +55,6 @@ async def create_topics(
         await admin.close()
 
 
-async def delete_topics_naming(bootstrap: str, run_id: str) -> int:
-    """Delete every topic whose name contains ``run_id``: the benchmark's own, including
-    the changelogs Faust (``{app_id}-...``) and Quix (``changelog__{group}--...``) created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        doomed = [t for t in await admin.list_topics() if run_id in t]
-        if doomed:
-            await admin.delete_topics(doomed)
-        return len(doomed)
-    finally:
-        await admin.close()
-
-
 def partition_for(key: bytes, partitions: int) -> int:
     """The partition the Java and aiokafka default partitioners pick for ``key``."""
     return (murmur2(key) & 0x7FFFFFFF) % partitions

@@ -23,12 +23,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TypeVar
 
+from streams_app.admin import delete_topics_containing
 from streams_app.traffic import generate
 
 from . import broker_perf, latency, machine, profile, state
 from .affinity import Pinning, pinned
 from .config import GUARANTEES, BenchConfig
-from .kafka_io import create_topics, delete_topics_naming
+from .kafka_io import create_topics
 from .metrics import Spread
 from .runs import (
     Backlog,
@@ -156,7 +157,7 @@ def _throughput_phase(ctx: Context, results: Results, advance: Callable[[], None
                 ctx.say(f"{spec.key:<28} p{partitions} run {run + 1}: {rate}, "
                         f"{result.events_out:,}/{result.expected_out:,} out"
                         f"{'' if result.drained else ' (NOT drained)'}{mark}")
-        asyncio.run(delete_topics_naming(config.bootstrap, f"{ctx.run_id}-p{partitions}"))
+        asyncio.run(delete_topics_containing(config.bootstrap, f"{ctx.run_id}-p{partitions}"))
 
 
 def _latency_phase(ctx: Context, results: Results, advance: Callable[[], None]) -> None:
@@ -246,7 +247,7 @@ def run(config: BenchConfig, say: Report, advance: Callable[[], None]) -> Result
             _state_phase(ctx, results)
             _profile_phase(ctx, results)
         finally:
-            asyncio.run(delete_topics_naming(config.bootstrap, run_id))
+            asyncio.run(delete_topics_containing(config.bootstrap, run_id))
     results.finished = time.time()
     return results
 

@@ -25,7 +25,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from streams_app.admin import ensure_topics, send_records
+from streams_app.admin import delete_topics_containing, ensure_topics, send_records
 from streams_app.settings import Settings
 from streams_app.traffic import Traffic, generate
 
@@ -89,8 +89,13 @@ def run_experiment(
     guarantee: str, sink: str, fault: str, *, events: int = 300, kills: int = 2, seed: int = 1,
     bootstrap: str = "127.0.0.1:9092", workdir: Path | None = None, partitions: int = 4,
     faust_fixes: str = "all", producer_idempotence: bool = True, drain_timeout: float = 180.0,
+    keep_topics: bool = False,
 ) -> ExperimentResult:
-    """Run one cell of the matrix and return its counts and verdict."""
+    """Run one cell of the matrix and return its counts and verdict.
+
+    The run's topics (named after its unique ``run_id``) are deleted once counted,
+    unless ``keep_topics``: kept, they let you inspect the run with Kafka's tools.
+    """
     if guarantee not in GUARANTEES or sink not in SINKS or fault not in FAULTS:
         raise ValueError(f"unknown guarantee/sink/fault: {guarantee}/{sink}/{fault}")
     run_id = _run_id(guarantee, sink, fault, seed)
@@ -111,6 +116,8 @@ def run_experiment(
     finally:
         run.close()
     counts = asyncio.run(check(config, traffic)).as_dict()
+    if not keep_topics:
+        asyncio.run(delete_topics_containing(bootstrap, run_id))
     return ExperimentResult(
         guarantee=guarantee, sink=sink, fault=fault, seed=seed, faust_fixes=faust_fixes,
         producer_idempotence=producer_idempotence, counts=counts, injected=run.injected,

@@ -40,6 +40,25 @@ async def ensure_topics(settings: Settings) -> list[str]:
         await admin.close()
 
 
+async def delete_topics_containing(bootstrap: str, fragment: str) -> int:
+    """Delete every topic whose name contains ``fragment``; return how many.
+
+    A run's topics share its unique id (``TOPIC_PREFIX`` and ``APP_ID``), so this
+    takes the changelogs and repartition topics Faust or Quix created along with
+    the pipeline's own. Lab and benchmark runs call it when done: a broker keeping
+    the partitions of hundreds of old runs starts slowly and wastes disk.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        doomed = [t for t in await admin.list_topics() if fragment in t]
+        if doomed:
+            await admin.delete_topics(doomed)
+        return len(doomed)
+    finally:
+        await admin.close()
+
+
 async def send_records(
     bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes]],
     *, idempotent: bool = True, on_sent: Callable[[int], None] | None = None,

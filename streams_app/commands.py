@@ -1,9 +1,9 @@
 """Commands of ``faust -A streams_app ...`` besides Faust's own ``worker``.
 
-    kafka start|stop|status   the local Apache Kafka (KRaft) broker
-    produce                   sample traffic with duplicates and malformed records
-    demo                      everything at once: broker, worker, traffic, dashboard
-    show-settings             every setting, its value in force and its meaning
+    kafka start|stop|status|reset   the local Apache Kafka (KRaft) broker
+    produce                         sample traffic with duplicates and malformed records
+    demo                            everything at once: broker, worker, traffic, dashboard
+    show-settings                   every setting, its value in force and its meaning
 """
 
 from __future__ import annotations
@@ -54,10 +54,10 @@ def start_local_broker() -> None:
 
 
 @app.command(
-    argument("action", type=click.Choice(["start", "stop", "status"])),
+    argument("action", type=click.Choice(["start", "stop", "status", "reset"])),
 )
 async def kafka(self: AppCommand, action: str) -> None:
-    """Start, stop or query the local Apache Kafka broker (KRaft mode)."""
+    """Start, stop, query or reset (stop and delete all data of) the local Kafka broker (KRaft mode)."""
     from infra import kafka as local
 
     port = local_broker_port()
@@ -73,6 +73,9 @@ async def kafka(self: AppCommand, action: str) -> None:
     elif action == "stop":
         await asyncio.to_thread(local.stop, port=port)
         console.print(f"Kafka on port {port} stopped")
+    elif action == "reset":
+        await asyncio.to_thread(local.reset, port=port)
+        console.print(f"Kafka on port {port} stopped and its data deleted; the next start formats fresh storage")
     else:
         info = await asyncio.to_thread(local.status, port=port)
         if info is None:
@@ -240,13 +243,15 @@ async def _watch(url: str, traffic, worker: subprocess.Popen, exit_when_done: bo
     option("--stock-faust", is_flag=True, help="Run without this project's Faust fixes."),
     option("--no-producer-idempotence", is_flag=True,
            help="run: the worker's producer without idempotence (for producer-retry)."),
+    option("--keep-topics", is_flag=True, help="run: keep the run's topics for inspection (deleted by default)."),
     option("--quick", is_flag=True, help="matrix: the cells CI asserts, at small scale."),
     option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"),
            show_default=True, help="matrix: where semantics.md/.html/.png/.json go."),
 )
 async def lab(
     self: AppCommand, action: str, guarantee: str, sink: str, fault: str, events: int, kills: int,
-    seed: int, as_json: bool, stock_faust: bool, no_producer_idempotence: bool, quick: bool, out: Path,
+    seed: int, as_json: bool, stock_faust: bool, no_producer_idempotence: bool, keep_topics: bool,
+    quick: bool, out: Path,
 ) -> None:
     """The semantics lab: inject a fault on the real broker and count what happened."""
     from lab.matrix import QUICK, full_cells, run_cells
@@ -260,7 +265,7 @@ async def lab(
             run_experiment, guarantee, sink, fault, events=events, kills=kills, seed=seed,
             bootstrap=settings.bootstrap, workdir=workdir,
             faust_fixes="none" if stock_faust else "all",
-            producer_idempotence=not no_producer_idempotence,
+            producer_idempotence=not no_producer_idempotence, keep_topics=keep_topics,
         )
         if as_json:
             print(json.dumps(result.as_json()))

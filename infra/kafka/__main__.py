@@ -1,4 +1,4 @@
-"""``python -m infra.kafka start|stop|status|jars``: manage the local Kafka broker.
+"""``python -m infra.kafka start|stop|status|reset|jars``: manage the local Kafka broker.
 
 One line of output per command. Exit codes: 0 success (for ``status``: the broker
 is up), 1 the broker is down (``status``) or failed to start, 2 Java or Maven
@@ -18,7 +18,7 @@ from infra import kafka
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line, run one command and return the exit code."""
     parser = argparse.ArgumentParser(prog="python -m infra.kafka", description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["start", "stop", "status", "jars"])
+    parser.add_argument("command", choices=["start", "stop", "status", "reset", "jars"])
     parser.add_argument("--port", type=int, default=kafka.DEFAULT_PORT, help="main listener port (default %(default)s)")
     parser.add_argument("--kafka-version", default=kafka.DEFAULT_VERSION, help="Kafka release (default %(default)s)")
     args = parser.parse_args(argv)
@@ -45,6 +45,13 @@ def _stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reset(args: argparse.Namespace) -> int:
+    pid = kafka.reset(args.port)
+    stopped = f"stopped (pid {pid}) and " if pid else ""
+    print(f"Kafka on port {args.port} {stopped}data deleted; the next start formats fresh storage")
+    return 0
+
+
 def _status(args: argparse.Namespace) -> int:
     info = kafka.status(args.port)
     if info is None:
@@ -62,7 +69,7 @@ def _jars(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"start": _start, "stop": _stop, "status": _status, "jars": _jars}
+_COMMANDS = {"start": _start, "stop": _stop, "status": _status, "reset": _reset, "jars": _jars}
 
 if __name__ == "__main__":
     raise SystemExit(main())

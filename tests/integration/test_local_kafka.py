@@ -21,6 +21,7 @@ from pathlib import Path
 import aiokafka.protocol
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.conn import create_conn
 from aiokafka.protocol.admin import ApiVersionRequest
 from aiokafka.protocol.api import Request
@@ -116,6 +117,37 @@ def test_second_broker_lifecycle_with_stale_pid_file(spare_broker: SpareBroker) 
     assert kafka.stop(port, home) is None
     stopped = _cli("stop", "--port", str(port), home=home)
     assert stopped.returncode == 0 and "was not running" in stopped.stdout
+
+
+def test_reset_stops_the_broker_and_starts_it_on_empty_storage(spare_broker: SpareBroker) -> None:
+    port, home = spare_broker.port, spare_broker.home
+    info = kafka.start(port, home)
+
+    async def topics() -> set[str]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=info.bootstrap)
+        await admin.start()
+        try:
+            return set(await admin.list_topics())
+        finally:
+            await admin.close()
+
+    async def create() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=info.bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic("left-over", 1, 1)])
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
+    assert "left-over" in asyncio.run(topics())
+
+    result = _cli("reset", "--port", str(port), home=home)
+    assert result.returncode == 0 and f"(pid {info.pid})" in result.stdout, result.stdout + result.stderr
+    assert kafka.status(port, home) is None and not info.data_dir.joinpath("data").exists()
+
+    info = kafka.start(port, home)
+    assert "left-over" not in asyncio.run(topics())
 
 
 def test_start_failure_quotes_the_first_error_and_the_log_tail(spare_broker: SpareBroker) -> None:
