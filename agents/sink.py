@@ -1,6 +1,7 @@
-"""sink: charge each applied payment in the external database.
+"""sink: charge each applied payment in the external system.
 
     {prefix}.applied (account -> AppliedPayment)  ->  SINK_DB table ``charges``
+                                                  or POST {PAYMENT_API_URL}/v1/charges
 
 The source text's last point made runnable: Kafka transactions end at Kafka.
 The database write is not part of any Kafka transaction, so under EVERY
@@ -13,9 +14,18 @@ event again, and the charge happens again unless the database refuses it.
   UNIQUE constraint, inserted with ON CONFLICT DO NOTHING: redeliveries,
   crashes and rebalances all end in one charge per event.
 - SINK_MODE=transactional: the charge and the record's offset are written in
-  one database transaction, and a record at or below the stored offset is
-  skipped: offsets stored with the effect, so the Kafka commit no longer
-  matters (streams_app/ledger.py).
+  one database transaction; on partition assignment the consumer is sought to
+  the offset stored in the database (streams_app/offsets.py), and a record
+  below it that still arrives is skipped inside the same transaction: offsets
+  stored with the effect, so the Kafka commit no longer matters
+  (streams_app/ledger.py).
+- SINK_TARGET=api: the same contract against an HTTP payment API
+  (payment_api/). naive sends no Idempotency-Key, and its client retries a
+  timed-out or dropped request: if the first attempt was charged, the retry
+  charges again. idempotent sends Idempotency-Key = event id: the API answers
+  a retry or a redelivery with the first charge, so one event is one charge
+  whatever the retries, crashes and rebalances. transactional is refused at
+  start-up (settings.py): an HTTP call cannot join a database transaction.
 - PROCESSING_GUARANTEE=at_most_once: the offset is committed BEFORE the charge
   (streams_app/processing.py); a crash in between loses the charge for good
   (crash point ``sink.after_commit``). Shown for completeness, never
@@ -29,13 +39,16 @@ import logging
 import sqlite3
 
 import psycopg
-from faust.types import EventT
+from faust.types import TP, EventT
 
+from payment_api.client import PaymentClient
+from payment_api.errors import RetryableError
 from streams_app.app import app, settings
 from streams_app.exceptions import SinkError
 from streams_app.faults import crashpoint
-from streams_app.ledger import Ledger
+from streams_app.ledger import ChargeStats, Ledger
 from streams_app.models import AppliedPayment
+from streams_app.offsets import register_offset_store
 from streams_app.processing import first_deliveries, processing
 from streams_app.topics import applied_payments
 
@@ -44,9 +57,25 @@ log = logging.getLogger(__name__)
 ledger = Ledger(settings.sink_db)
 IDEMPOTENT = settings.sink_mode == "idempotent"
 OFFSETS_IN_DATABASE = settings.sink_mode == "transactional"
+TO_API = settings.sink_target == "api"
+#: A bounded number of HTTP attempts per try; the loop in charge() tries again after it.
+API_RETRIES = 3
 
-#: Errors that mean "the database is not reachable right now": retry, never skip.
-TRANSIENT = (sqlite3.OperationalError, psycopg.OperationalError, SinkError)
+payments_api = PaymentClient(settings.payment_api_url, timeout=settings.payment_api_timeout) if TO_API else None
+
+#: Errors that mean "the external system is not reachable right now": retry, never skip.
+#: A refusal (payment_api.errors.RequestRejected, a 4xx) is not one: it is dead-lettered.
+TRANSIENT = (sqlite3.OperationalError, psycopg.OperationalError, SinkError, RetryableError)
+
+
+async def _stored_positions(tps: set[TP]) -> dict[TP, int]:
+    """Where each partition of the applied topic resumes: the offset stored with its last charge."""
+    stored = await ledger.stored_offsets(applied_payments.get_topic_name())
+    return {tp: stored[tp.partition] for tp in tps if tp.partition in stored}
+
+
+if OFFSETS_IN_DATABASE:
+    register_offset_store(applied_payments.get_topic_name(), _stored_positions)
 
 
 @app.agent(applied_payments)
@@ -60,10 +89,11 @@ async def charge_payments(stream):
 
 
 async def charge(event: EventT) -> bool:
-    """Insert the charge, retrying while the database is unavailable.
+    """Make the charge, retrying while the database or the API is unavailable;
+    return False when the external system says it was already made.
 
     An outage must delay the effect, not skip it: the event stays unacked (so
-    its offset is not committed) until the database takes the row.
+    its offset is not committed) until the external system takes the charge.
     """
     payment: AppliedPayment = event.value
     fields = dict(event_id=payment.event_id, account=payment.account, amount=payment.amount,
@@ -71,6 +101,12 @@ async def charge(event: EventT) -> bool:
     delay = 0.1
     while True:
         try:
+            if payments_api is not None:
+                result = await payments_api.charge(
+                    payment.amount, payment.currency, payment.account, reference=payment.event_id,
+                    idempotency_key=payment.event_id if IDEMPOTENT else None, retries=API_RETRIES,
+                )
+                return not result.replayed
             if OFFSETS_IN_DATABASE:
                 message = event.message
                 return await ledger.charge_at_offset(
@@ -78,6 +114,26 @@ async def charge(event: EventT) -> bool:
                 )
             return await ledger.charge(idempotent=IDEMPOTENT, **fields)
         except TRANSIENT as exc:
-            log.warning("sink: database unavailable (%s); retrying in %.1f s", exc, delay)
+            log.warning("sink: %s unavailable (%s); retrying in %.1f s", settings.sink_target, exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+async def charge_stats() -> ChargeStats:
+    """Charges counted by the external system itself (the database, or the payment API's
+    own database through GET /v1/stats), never by this agent."""
+    if payments_api is None:
+        return await ledger.stats()
+    api = await payments_api.stats()
+    return ChargeStats(api["charges"], api["distinct_references"], api["total_amount"])
+
+
+def effect_target() -> str:
+    """Where the charges go, without credentials: for the dashboard."""
+    return settings.payment_api_url if TO_API else settings.sink_db.split("@")[-1]
+
+
+@app.on_before_shutdown.connect
+async def _close_clients(sender: object, **kwargs: object) -> None:
+    if payments_api is not None:
+        await payments_api.close()

@@ -2,7 +2,8 @@
 
 Three independent sources, none of them the workers' own counters:
 
-- the sink database (SQL on the ``charges`` table): duplicate and lost charges;
+- the sink database, or the payment API's for an API sink (SQL on the
+  ``charges`` table): duplicate and lost charges;
 - Kafka read with ``read_committed`` by a fresh consumer: the applied output's
   duplicates and gaps, open transactions, and the ``balances`` changelog (the
   table's durable state) compared with sums recomputed from the input, the
@@ -50,9 +51,10 @@ class Counts:
         return asdict(self)
 
 
-def charges_by_event(sink_db: str) -> Counter[str]:
-    """event id -> number of charge rows, straight from the database."""
-    sql = "SELECT event_id, COUNT(*) FROM charges GROUP BY event_id"
+def charges_by_event(sink_db: str, column: str = "event_id") -> Counter[str]:
+    """event id -> number of charge rows, straight from the database (the payment
+    API's database keeps the event id in ``reference``)."""
+    sql = f"SELECT {column}, COUNT(*) FROM charges WHERE {column} IS NOT NULL GROUP BY {column}"
     if urlparse(sink_db).scheme == "sqlite":
         conn = sqlite3.connect(sink_db.removeprefix("sqlite:///"))
         try:
@@ -74,7 +76,10 @@ async def check(config: PipelineConfig, traffic: Traffic) -> Counts:
     expected_ids = set(traffic.unique_events)
     counts = Counts(events=len(traffic.records), unique_events=len(expected_ids))
 
-    charges = charges_by_event(config.sink_db)
+    if config.sink_target == "api":
+        charges = charges_by_event(config.payment_api_db, column="reference")
+    else:
+        charges = charges_by_event(config.sink_db)
     counts.charged_unique = len(expected_ids & set(charges))
     counts.duplicate_charges = sum(n - 1 for n in charges.values())
     counts.lost = len(expected_ids - set(charges))

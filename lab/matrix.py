@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .runner import ExperimentResult, run_experiment
-from .scenarios import FAULTS, GUARANTEES, SINKS
+from .scenarios import API_SINKS, DB_SINKS, FAULTS, GUARANTEES, applies
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,16 @@ QUICK: tuple[Cell, ...] = (
     Cell("at_least_once", "idempotent", "producer-retry", producer_idempotence=True),
     Cell("at_least_once", "idempotent", "rebalance"),
     Cell("exactly_once", "idempotent", "rebalance"),
+    Cell("at_least_once", "api-naive", "api-drop-after-commit"),
+    Cell("at_least_once", "api-idempotent", "api-drop-after-commit"),
+    Cell("exactly_once", "api-naive", "api-timeout"),
+    Cell("exactly_once", "api-idempotent", "api-timeout"),
+    Cell("exactly_once", "api-idempotent", "crash-after-effect"),
 )
+
+#: What an API sink meets in the full matrix: the API's own faults, and the Kafka-side
+#: crashes that redeliver to the sink (the other faults act upstream of any sink).
+API_FAULTS = ("crash-after-effect", "random-kills", "rebalance", "api-timeout", "api-drop-after-commit")
 
 #: Stock Faust next to the fixed pipeline: the cells where a fix changes the outcome.
 STOCK: tuple[Cell, ...] = (
@@ -63,12 +72,15 @@ STOCK: tuple[Cell, ...] = (
 
 
 def full_cells(eos_events: int = 5000, eos_kills: int = 20) -> list[Cell]:
-    """Every guarantee x sink x fault; the exactly_once claims (random kills and
+    """Every guarantee x database sink x fault, every guarantee x API sink x the faults
+    that reach it (:data:`API_FAULTS`); the exactly_once claims (random kills and
     kills inside transactions, idempotent sink) at the large scale."""
     cells: list[Cell] = []
     for guarantee in GUARANTEES:
-        for sink in SINKS:
+        for sink in DB_SINKS + API_SINKS:
             for fault in FAULTS:
+                if not applies(sink, fault) or (sink in API_SINKS and fault not in API_FAULTS):
+                    continue
                 large = (guarantee == "exactly_once" and sink == "idempotent"
                          and fault in {"random-kills", "crash-mid-transaction"})
                 scale = {"events": eos_events, "kills": eos_kills} if large else {}

@@ -32,8 +32,8 @@ from streams_app.traffic import Traffic, generate
 from .checker import check
 from .readback import committed_offsets, read_topic, uncommitted
 from .proxy import FaultProxy
-from .scenarios import FAULTS, GUARANTEES, SINKS, Fault, Prediction, predict
-from .workers import PipelineConfig, WorkerProcess
+from .scenarios import API_SINKS, FAULTS, GUARANTEES, SINKS, Fault, Prediction, applies, predict, sink_env
+from .workers import PaymentApiProcess, PipelineConfig, WorkerProcess
 
 SOURCE_TOPICS = ("raw", "events", "unique", "applied")
 
@@ -98,11 +98,15 @@ def run_experiment(
     """
     if guarantee not in GUARANTEES or sink not in SINKS or fault not in FAULTS:
         raise ValueError(f"unknown guarantee/sink/fault: {guarantee}/{sink}/{fault}")
+    if not applies(sink, fault):
+        raise ValueError(f"the fault {fault} is injected by the payment API: use one of {', '.join(API_SINKS)}")
     run_id = _run_id(guarantee, sink, fault, seed)
     workdir = (workdir or Path("lab-runs")) / run_id
+    env = sink_env(sink)
     config = PipelineConfig(
         run_id=run_id, workdir=workdir, bootstrap=bootstrap, guarantee=guarantee,
-        sink_mode=sink, partitions=partitions, faust_fixes=faust_fixes,
+        sink_mode=env["SINK_MODE"], sink_target=env["SINK_TARGET"], partitions=partitions,
+        faust_fixes=faust_fixes,
         extra_env={"PRODUCER_IDEMPOTENCE": "true" if producer_idempotence else "false"},
     )
     traffic = generate(events, duplicate_rate=0.2, bad_rate=0.05, seed=seed, id_prefix=run_id)
@@ -110,6 +114,8 @@ def run_experiment(
     started = time.monotonic()
     create_topics(config)
     try:
+        if config.sink_target == "api":
+            run.start_payment_api()
         inject = _FAULT_RUNNERS.get(fault, _crash_points)
         workers = inject(run)
         drained = wait_drained(config, workers, drain_timeout, run.notes, run.injected)
@@ -139,6 +145,16 @@ class _Run:
     notes: list[str] = field(default_factory=list)
     workers: list[WorkerProcess] = field(default_factory=list)
     proxy: FaultProxy | None = None
+    payment_api: PaymentApiProcess | None = None
+
+    def start_payment_api(self) -> None:
+        """The external system of an API sink; the API's own faults start armed."""
+        faults = {"api-timeout": {"delay_ms": API_SLOW_MS},
+                  "api-drop-after-commit": {"drop_after_commit": API_FAULTY_CHARGES}}.get(self.fault.name, {})
+        self.payment_api = PaymentApiProcess(self.config.workdir, **faults).start()
+        self.config.payment_api_url = self.payment_api.url
+        self.config.payment_api_db = self.payment_api.db_url
+        self.config.extra_env["PAYMENT_API_TIMEOUT"] = str(API_TIMEOUT_S)
 
     def worker(self, name: str = "w1") -> WorkerProcess:
         worker = WorkerProcess(self.config, name)
@@ -158,6 +174,12 @@ class _Run:
         if self.proxy is not None:
             self.injected.retries = self.proxy.stats.dropped_responses
             self.proxy.stop()
+        if self.payment_api is not None:
+            self.payment_api.stop()
+            self.injected.retries += sum(
+                w.log_path.read_text(errors="replace").count("as it raised RetryableError")
+                for w in self.workers if w.log_path.exists()
+            )
 
 
 def _run_id(guarantee: str, sink: str, fault: str, seed: int) -> str:
@@ -277,7 +299,31 @@ def _producer_retry(run: _Run) -> list[WorkerProcess]:
     return [worker]
 
 
+#: The sink's HTTP timeout in the lab, and how slow the API is under api-timeout.
+API_TIMEOUT_S = 0.5
+API_SLOW_MS = 1500
+#: Charges that meet the API's fault (slow, or answer dropped after the commit).
+API_FAULTY_CHARGES = 5
+
+
+def _api_faults(run: _Run) -> list[WorkerProcess]:
+    """The payment API misbehaves for its first charges (armed at its start), then recovers."""
+    worker = run.worker()
+    worker.start()
+    worker.wait_ready()
+    run.send(run.traffic.records)
+    assert run.payment_api is not None
+    if run.fault.name == "api-timeout":
+        deadline = time.monotonic() + 120.0
+        while run.payment_api.stats()["charges"] < API_FAULTY_CHARGES and time.monotonic() < deadline:
+            time.sleep(0.2)
+        run.payment_api.set_faults(delay_ms=0)
+    return [worker]
+
+
 _FAULT_RUNNERS = {
+    "api-timeout": _api_faults,
+    "api-drop-after-commit": _api_faults,
     "random-kills": _random_kills,
     "rebalance": _rebalance,
     "producer-retry": _producer_retry,

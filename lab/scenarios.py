@@ -11,7 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 GUARANTEES = ("at_least_once", "exactly_once", "at_most_once")
-SINKS = ("naive", "idempotent", "transactional")
+#: The database sinks (SINK_TARGET=database) and the payment API sinks (SINK_TARGET=api).
+DB_SINKS = ("naive", "idempotent", "transactional")
+API_SINKS = ("api-naive", "api-idempotent")
+SINKS = DB_SINKS + API_SINKS
+
+
+def sink_env(sink: str) -> dict[str, str]:
+    """The worker settings of a lab sink: ``api-naive`` is SINK_MODE=naive, SINK_TARGET=api."""
+    if sink in API_SINKS:
+        return {"SINK_MODE": sink.removeprefix("api-"), "SINK_TARGET": "api"}
+    return {"SINK_MODE": sink, "SINK_TARGET": "database"}
 
 
 @dataclass(frozen=True)
@@ -20,6 +30,8 @@ class Fault:
     summary: str
     #: crash point per guarantee (None: the fault kills from outside, or not at all)
     crash_point: dict[str, str] | None = None
+    #: the fault is injected by the payment API: only API sinks meet it
+    api_only: bool = False
 
 
 FAULTS: dict[str, Fault] = {f.name: f for f in (
@@ -49,7 +61,24 @@ FAULTS: dict[str, Fault] = {f.name: f for f in (
         "a TCP proxy forwards the worker's produce requests and drops some responses, so "
         "the producer resends a batch the broker already appended",
     ),
+    Fault(
+        "api-timeout",
+        "the payment API answers slower than the sink's timeout for its first charges: the "
+        "client gives up and retries while the first request goes on to charge",
+        api_only=True,
+    ),
+    Fault(
+        "api-drop-after-commit",
+        "the payment API commits a charge, then drops the connection without answering "
+        "(its first charges): the client cannot know it was charged and retries",
+        api_only=True,
+    ),
 )}
+
+
+def applies(sink: str, fault: str) -> bool:
+    """Whether the fault can meet the sink (the API's faults need an API sink)."""
+    return not FAULTS[fault].api_only or sink in API_SINKS
 
 METRICS = ("duplicate_charges", "lost", "output_duplicates", "output_missing",
            "balance_mismatches", "open_transactions", "log_duplicates")
@@ -71,6 +100,12 @@ def _holds(rule: str, value: int) -> bool:
 def predict(guarantee: str, sink: str, fault: str, producer_idempotence: bool = True) -> Prediction:
     """What the source text says this cell must show."""
     e = dict.fromkeys(METRICS, "=0")
+    if FAULTS[fault].api_only:
+        if sink == "api-naive":
+            e["duplicate_charges"] = ">0"
+            return Prediction(e, "no idempotency key: the client's retry after a lost answer is a second charge")
+        return Prediction(e, "the retry carries the first request's Idempotency-Key: the API replays the charge")
+    sink = sink.removeprefix("api-")  # against Kafka faults an API sink behaves as its database twin
     crashes = fault not in {"none", "producer-retry"}
     if fault == "producer-retry" and guarantee != "exactly_once":
         if not producer_idempotence:

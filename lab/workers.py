@@ -12,9 +12,9 @@ import socket
 import subprocess
 import sys
 import time
+import json
 import urllib.error
 import urllib.request
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +36,10 @@ class PipelineConfig:
     bootstrap: str = "127.0.0.1:9092"
     guarantee: str = "at_least_once"
     sink_mode: str = "idempotent"
+    sink_target: str = "database"
+    #: the payment API the sink calls when sink_target is "api", and its database
+    payment_api_url: str = ""
+    payment_api_db: str = ""
     partitions: int = 4
     sink_db: str = ""
     faust_fixes: str = "all"
@@ -63,6 +67,7 @@ class PipelineConfig:
             "BROKER_URL": f"kafka://{self.bootstrap}",
             "PROCESSING_GUARANTEE": self.guarantee,
             "SINK_MODE": self.sink_mode,
+            "SINK_TARGET": self.sink_target,
             "SINK_DB": self.sink_db,
             "STORE_URL": self.store,
             "TOPIC_PARTITIONS": str(self.partitions),
@@ -76,6 +81,8 @@ class PipelineConfig:
             "BROKER_HEARTBEAT_INTERVAL": "1",
             "PYTHONUNBUFFERED": "1",
         })
+        if self.payment_api_url:
+            env["PAYMENT_API_URL"] = self.payment_api_url
         if crash_at:
             env["FAULT_CRASH_AT"] = crash_at
         env.update(self.extra_env)
@@ -186,3 +193,65 @@ class WorkerProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return "(no log)"
+
+
+class PaymentApiProcess:
+    """The payment API (``python -m payment_api serve``) as a subprocess with its own SQLite file.
+
+    It stands for the external system of an API sink; its database is read back
+    by the checker, never the sink's own account of what it did.
+    """
+
+    def __init__(self, workdir: Path, delay_ms: int = 0, drop_after_commit: int = 0) -> None:
+        self.port = free_port()
+        self.db_path = workdir / "payment-api.db"
+        self.log_path = workdir / "payment-api.log"
+        self.args = ["--delay-ms", str(delay_ms), "--drop-after-commit", str(drop_after_commit)]
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def db_url(self) -> str:
+        return f"sqlite:///{self.db_path}"
+
+    def start(self, timeout: float = 30.0) -> PaymentApiProcess:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "payment_api", "serve", "--port", str(self.port), "--db", self.db_url,
+                 *self.args],
+                cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"payment API exited with {self.process.returncode}; see {self.log_path}")
+            try:
+                self.stats()
+                return self
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(0.2)
+        raise TimeoutError(f"payment API not answering after {timeout} s; see {self.log_path}")
+
+    def stats(self) -> dict:
+        with urllib.request.urlopen(f"{self.url}/v1/stats", timeout=5) as response:
+            return json.load(response)
+
+    def set_faults(self, **faults: int | bool) -> dict:
+        request = urllib.request.Request(
+            f"{self.url}/v1/_faults", data=json.dumps(faults).encode(), method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return json.load(response)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=15)

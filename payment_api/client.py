@@ -91,13 +91,19 @@ class PaymentClient:
         account: str,
         idempotency_key: str | None = None,
         retries: int = 3,
+        reference: str | None = None,
     ) -> ChargeResult:
         """Charge ``amount`` minor units, retrying up to ``retries`` times.
+
+        ``reference`` is stored with the charge for the caller's bookkeeping (the
+        lab counts charges per event with it); it does not deduplicate anything.
 
         Raises :class:`RequestRejected` for a refused request and
         :class:`RetryableError` when every attempt failed in a retryable way.
         """
-        payload = {"amount": amount, "currency": currency, "account": account}
+        payload: dict[str, Any] = {"amount": amount, "currency": currency, "account": account}
+        if reference is not None:
+            payload["reference"] = reference
         headers = {IDEMPOTENCY_KEY_HEADER: idempotency_key} if idempotency_key is not None else {}
         retrying = AsyncRetrying(
             stop=stop_after_attempt(retries + 1),

@@ -30,6 +30,12 @@ class ChargeRequest(BaseModel):
     amount: Annotated[int, Field(gt=0, le=MAX_AMOUNT, description="minor units, e.g. cents")]
     currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")]
     account: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$")]
+    reference: Annotated[
+        str | None,
+        Field(pattern=r"^[\x20-\x7e]{1,255}$",
+              description="the caller's own id for what is being paid (e.g. the Kafka event id); "
+                          "stored and returned, never used for deduplication: only Idempotency-Key is"),
+    ] = None
 
     def fingerprint(self) -> str:
         """Digest of the validated parameters, compared when an idempotency key is reused.
@@ -50,6 +56,7 @@ class Charge(BaseModel):
     currency: str
     account: str
     created_at: str
+    reference: str | None = None
 
     @classmethod
     def create(cls, request: ChargeRequest, now: float) -> Charge:
@@ -60,4 +67,5 @@ class Charge(BaseModel):
             currency=request.currency,
             account=request.account,
             created_at=datetime.fromtimestamp(now, UTC).isoformat(timespec="microseconds"),
+            reference=request.reference,
         )

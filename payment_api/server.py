@@ -10,7 +10,8 @@ Routes::
     POST /v1/charges           create a charge; optional Idempotency-Key header
     GET  /v1/charges/{id}      one charge (404 if unknown)
     GET  /v1/charges           ?account=...&limit=... oldest first
-    GET  /v1/stats             {"charges", "idempotency_keys", "replays", "conflicts", "mismatches"}
+    GET  /v1/stats             {"charges", "idempotency_keys", "distinct_references", "total_amount",
+                                "replays", "conflicts", "mismatches"}
     GET  /healthz              liveness
     GET|POST /v1/_faults       read / change the injected faults at runtime
 

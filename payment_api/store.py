@@ -108,6 +108,10 @@ class Stats:
 
     charges: int
     idempotency_keys: int
+    #: distinct ``reference`` values among the charges: with one reference per paid
+    #: thing, ``charges - distinct_references`` counts things charged more than once
+    distinct_references: int
+    total_amount: int
     replays: int
     conflicts: int
     mismatches: int
@@ -195,13 +199,19 @@ def store_from_url(url: str) -> Store:
     raise ValueError(f"unsupported database URL {url!r}: use sqlite:///path.db or postgresql://...")
 
 
-_CHARGE_COLUMNS: Final = "id, amount, currency, account, created_at"
+_TOTALS: Final = (
+    "SELECT (SELECT count(*) FROM charges), (SELECT count(*) FROM idempotency_keys), "
+    "(SELECT count(DISTINCT reference) FROM charges), (SELECT coalesce(sum(amount), 0) FROM charges)"
+)
+_CHARGE_COLUMNS: Final = "id, amount, currency, account, created_at, reference"
 _KEY_COLUMNS: Final = "fingerprint, state, locked_at, response_status, response_body"
 
 
 def _charge_from_row(row: tuple[Any, ...]) -> Charge:
-    charge_id, amount, currency, account, created_at = row
-    return Charge(id=charge_id, amount=amount, currency=currency, account=account, created_at=created_at)
+    charge_id, amount, currency, account, created_at, reference = row
+    return Charge(
+        id=charge_id, amount=amount, currency=currency, account=account, created_at=created_at, reference=reference
+    )
 
 
 # --------------------------------------------------------------------------- SQLite
@@ -212,7 +222,8 @@ CREATE TABLE IF NOT EXISTS charges (
     amount INTEGER NOT NULL CHECK (amount > 0),
     currency TEXT NOT NULL,
     account TEXT NOT NULL,
-    created_at TEXT NOT NULL
+    created_at TEXT NOT NULL,
+    reference TEXT
 );
 CREATE INDEX IF NOT EXISTS charges_by_account ON charges (account, created_at);
 CREATE TABLE IF NOT EXISTS idempotency_keys (
@@ -326,11 +337,9 @@ class SqliteStore(Store):
 
     async def stats(self) -> Stats:
         def read(conn: sqlite3.Connection) -> Stats:
-            charges, keys = conn.execute(
-                "SELECT (SELECT count(*) FROM charges), (SELECT count(*) FROM idempotency_keys)"
-            ).fetchone()
+            totals = conn.execute(_TOTALS).fetchone()
             counters = dict(conn.execute("SELECT name, value FROM counters").fetchall())
-            return _stats(charges, keys, counters)
+            return _stats(totals, counters)
 
         return await self._transaction(read, mode="DEFERRED")
 
@@ -342,8 +351,8 @@ class SqliteStore(Store):
     @staticmethod
     def _insert_charge(conn: sqlite3.Connection, charge: Charge) -> None:
         conn.execute(
-            f"INSERT INTO charges ({_CHARGE_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
-            (charge.id, charge.amount, charge.currency, charge.account, charge.created_at),
+            f"INSERT INTO charges ({_CHARGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+            (charge.id, charge.amount, charge.currency, charge.account, charge.created_at, charge.reference),
         )
 
     def _connect(self) -> None:
@@ -351,6 +360,9 @@ class SqliteStore(Store):
         conn = sqlite3.connect(self._path, isolation_level=None, timeout=10.0)
         conn.execute("PRAGMA journal_mode = WAL")
         conn.executescript(_SQLITE_SCHEMA)
+        # Databases created before charges had a reference (SQLite has no ADD COLUMN IF NOT EXISTS).
+        if "reference" not in {row[1] for row in conn.execute("PRAGMA table_info(charges)")}:
+            conn.execute("ALTER TABLE charges ADD COLUMN reference TEXT")
         self._conn = conn
 
     def _disconnect(self) -> None:
@@ -391,7 +403,8 @@ CREATE TABLE IF NOT EXISTS charges (
     amount BIGINT NOT NULL CHECK (amount > 0),
     currency TEXT NOT NULL,
     account TEXT NOT NULL,
-    created_at TEXT NOT NULL
+    created_at TEXT NOT NULL,
+    reference TEXT
 );
 CREATE INDEX IF NOT EXISTS charges_by_account ON charges (account, created_at);
 CREATE TABLE IF NOT EXISTS idempotency_keys (
@@ -410,6 +423,8 @@ CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value BIGINT NOT NULL
 );
+-- databases created before charges had a reference
+ALTER TABLE charges ADD COLUMN IF NOT EXISTS reference TEXT;
 """
 
 
@@ -518,14 +533,12 @@ class PostgresStore(Store):
 
     async def stats(self) -> Stats:
         async with self._transaction() as conn:
-            cursor = await conn.execute(
-                "SELECT (SELECT count(*) FROM charges), (SELECT count(*) FROM idempotency_keys)"
-            )
+            cursor = await conn.execute(_TOTALS)
             totals = await cursor.fetchone()
             assert totals is not None
             cursor = await conn.execute("SELECT name, value FROM counters")
             counters = dict(await cursor.fetchall())
-        return _stats(totals[0], totals[1], counters)
+        return _stats(totals, counters)
 
     async def prune_keys(self, created_before: float) -> int:
         async with self._transaction() as conn:
@@ -535,8 +548,8 @@ class PostgresStore(Store):
     @staticmethod
     async def _insert_charge(conn: AsyncConnection[tuple[Any, ...]], charge: Charge) -> None:
         await conn.execute(
-            f"INSERT INTO charges ({_CHARGE_COLUMNS}) VALUES (%s, %s, %s, %s, %s)",
-            (charge.id, charge.amount, charge.currency, charge.account, charge.created_at),
+            f"INSERT INTO charges ({_CHARGE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)",
+            (charge.id, charge.amount, charge.currency, charge.account, charge.created_at, charge.reference),
         )
 
     @asynccontextmanager
@@ -548,10 +561,13 @@ class PostgresStore(Store):
             yield conn
 
 
-def _stats(charges: int, keys: int, counters: dict[str, int]) -> Stats:
+def _stats(totals: tuple[Any, ...], counters: dict[str, int]) -> Stats:
+    charges, keys, references, amount = totals
     return Stats(
-        charges=charges,
-        idempotency_keys=keys,
+        charges=int(charges),
+        idempotency_keys=int(keys),
+        distinct_references=int(references),
+        total_amount=int(amount),
         replays=counters.get("replays", 0),
         conflicts=counters.get("conflicts", 0),
         mismatches=counters.get("mismatches", 0),

@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 import aiohttp
 import click
 from faust.cli import AppCommand, argument, option
+from lab.scenarios import FAULTS, SINKS
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -160,7 +161,9 @@ async def demo(
     log_path = Path("logs") / "worker.log"
     log_path.parent.mkdir(exist_ok=True)
     url = f"http://{settings.web_bind}:{settings.web_port}/"
-    console.print(f"starting the worker ({settings.processing_guarantee}); its log: {log_path}")
+    payment_api = await _start_payment_api() if settings.sink_target == "api" else None
+    console.print(f"starting the worker ({settings.processing_guarantee}, {settings.sink_mode} sink into the "
+                  f"{settings.sink_target}); its log: {log_path}")
     with log_path.open("ab") as log:
         worker = subprocess.Popen(
             [sys.executable, "-m", "faust", "-A", "streams_app", "worker", "-l", "info"],
@@ -177,12 +180,49 @@ async def demo(
         console.print(f"[bold]dashboard: {url}[/bold]")
         await _watch(url, traffic, worker, exit_when_done)
     finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGTERM)
+        for process in (worker, payment_api):
+            if process is not None and process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+
+
+async def _start_payment_api() -> subprocess.Popen | None:
+    """Start the payment API at PAYMENT_API_URL (it is the sink's external system);
+    None when one already answers there or the URL is not local."""
+    url = urlparse(settings.payment_api_url)
+    async with aiohttp.ClientSession() as session:
+        try:
+            async with session.get(f"{settings.payment_api_url}/healthz") as response:
+                if response.status == 200:
+                    console.print(f"payment API already up at {settings.payment_api_url}")
+                    return None
+        except aiohttp.ClientError:
+            pass
+    if url.hostname not in LOCAL_HOSTS:
+        raise click.ClickException(f"PAYMENT_API_URL={settings.payment_api_url} does not answer")
+    log_path = Path("logs") / "payment-api.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "payment_api", "serve", "--host", url.hostname, "--port", str(url.port or 80)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    deadline = time.monotonic() + 30
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise click.ClickException(f"the payment API exited with {process.returncode}; see {log_path}")
             try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
+                async with session.get(f"{settings.payment_api_url}/healthz") as response:
+                    if response.status == 200:
+                        console.print(f"payment API up at {settings.payment_api_url} (log: {log_path})")
+                        return process
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.3)
+    raise click.ClickException(f"the payment API did not answer within 30 s; see {log_path}")
 
 
 async def _wait_for_web(url: str, worker: subprocess.Popen, timeout: float = 90.0) -> None:
@@ -230,12 +270,10 @@ async def _watch(url: str, traffic, worker: subprocess.Popen, exit_when_done: bo
     argument("action", type=click.Choice(["run", "matrix"])),
     option("--guarantee", type=click.Choice(["at_least_once", "exactly_once", "at_most_once"]),
            default="at_least_once", show_default=True, help="run: the processing guarantee."),
-    option("--sink", type=click.Choice(["naive", "idempotent", "transactional"]), default="idempotent",
-           show_default=True, help="run: how the sink writes the external effect."),
-    option("--fault", type=click.Choice(["none", "crash-before-commit", "crash-after-effect",
-                                         "crash-mid-transaction", "random-kills", "rebalance",
-                                         "producer-retry"]),
-           default="none", show_default=True, help="run: the fault to inject."),
+    option("--sink", type=click.Choice(SINKS), default="idempotent", show_default=True,
+           help="run: how the sink makes the external effect (api-*: through the payment API)."),
+    option("--fault", type=click.Choice(list(FAULTS)), default="none", show_default=True,
+           help="run: the fault to inject (api-*: by the payment API, for the api-* sinks)."),
     option("--events", type=int, default=300, show_default=True, help="Records per run."),
     option("--kills", type=int, default=2, show_default=True, help="SIGKILLs per run."),
     option("--seed", type=int, default=1, show_default=True, help="Seed of traffic and kill times."),

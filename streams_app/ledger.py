@@ -10,8 +10,9 @@ charges twice depends only on how the row is written:
   charges, every later one is a no-op that the database itself enforces.
 - ``transactional`` ("storing offsets outside Kafka"): the charge and the
   record's position (topic, partition, next offset) are written in ONE
-  database transaction. A record at or below the stored position was already
-  charged and is skipped, so a crash between the database commit and the
+  database transaction. The sink resumes each partition at the stored position
+  (:meth:`Ledger.stored_offsets`, streams_app/offsets.py); a record below it
+  that still arrives was already charged and is skipped, so a crash between the database commit and the
   Kafka commit repeats nothing; the Kafka commit no longer matters. It guards
   against redelivery of the same record, not against two records carrying one
   event (an upstream at-least-once duplicate): that needs exactly_once upstream
@@ -65,6 +66,7 @@ _INSERT = (
 )
 
 _STORED_OFFSET = "SELECT next_offset FROM sink_offsets WHERE topic = {p} AND partition = {p}"
+_STORED_OFFSETS = "SELECT partition, next_offset FROM sink_offsets WHERE topic = {p}"
 _STORE_OFFSET = (
     "INSERT INTO sink_offsets (topic, partition, next_offset) VALUES ({p}, {p}, {p}) "
     "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset"
@@ -180,6 +182,16 @@ class Ledger:
                 raise
 
         return await self._run(insert)
+
+    async def stored_offsets(self, topic: str) -> dict[int, int]:
+        """partition -> next offset to read, as stored with the last charge of ``topic``."""
+
+        def read(conn: _Connection) -> dict[int, int]:
+            rows = conn.execute(self._sql(_STORED_OFFSETS), (topic,)).fetchall()
+            conn.commit()
+            return {int(partition): int(offset) for partition, offset in rows}
+
+        return await self._run(read)
 
     async def stats(self) -> ChargeStats:
         def read(conn: _Connection) -> ChargeStats:

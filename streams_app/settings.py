@@ -30,6 +30,7 @@ from .faust_fixes import FIXES
 
 Guarantee = Literal["at_least_once", "exactly_once", "at_most_once"]
 SinkMode = Literal["idempotent", "naive", "transactional"]
+SinkTarget = Literal["database", "api"]
 
 #: ``at_most_once`` is not a Faust guarantee: it is Faust's at_least_once with
 #: the sink committing the offset *before* the side effect (the lab's
@@ -105,6 +106,13 @@ def _sink_db(text: str) -> str:
             "expected sqlite:///path/to/file.db or postgresql://user:pass@host:port/db"
         )
     return text
+
+
+def _http_url(text: str) -> str:
+    url = urlparse(text)
+    if url.scheme not in {"http", "https"} or not url.hostname:
+        raise ValueError("expected http://HOST:PORT, e.g. http://127.0.0.1:8081")
+    return text.rstrip("/")
 
 
 def _name(text: str) -> str:
@@ -199,6 +207,21 @@ class Settings:
         "naive: plain insert (shows why keys are needed); transactional: the charge and "
         "the record's offset in ONE database transaction (the Kafka commit no longer matters).",
     )
+    sink_target: SinkTarget = _setting(
+        "SINK_TARGET", "database", _choice(get_args(SinkTarget)),
+        "Where the sink's effect goes: database (SINK_DB) or api (the payment API at "
+        "PAYMENT_API_URL: naive = no Idempotency-Key and retries on timeout, idempotent = "
+        "key = event id). transactional needs database: an HTTP call cannot join a database "
+        "transaction.",
+    )
+    payment_api_url: str = _setting(
+        "PAYMENT_API_URL", "http://127.0.0.1:8081", _http_url,
+        "Base URL of the payment API (python -m payment_api serve) for SINK_TARGET=api.",
+    )
+    payment_api_timeout: float = _setting(
+        "PAYMENT_API_TIMEOUT", 2.0, parse_duration,
+        "Seconds the sink waits for the payment API before it retries the charge.",
+    )
     producer_idempotence: bool = _setting(
         "PRODUCER_IDEMPOTENCE", True, parse_bool,
         "Idempotent producer (KIP-98) under at_least_once too, so a retry after a lost "
@@ -263,7 +286,14 @@ class Settings:
                 problems.append(f"{source}={text!r} is invalid: {exc}")
         if problems:
             raise SettingsError(problems)
-        return cls(**values)
+        settings = cls(**values)
+        if settings.sink_mode == "transactional" and settings.sink_target != "database":
+            raise SettingsError([
+                "SINK_MODE='transactional' needs SINK_TARGET='database': the offset can be stored "
+                "with the effect only in the same database transaction; use SINK_MODE=idempotent "
+                "with SINK_TARGET=api",
+            ])
+        return settings
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, str]]:

@@ -5,7 +5,7 @@
     GET /api/dedup                dedup counters and horizon
     GET /api/accounts/{account}   one account's balance, answered by the worker that
                                   owns the account's partition (table_route forwards)
-    GET /api/charges              the sink database's charge counts
+    GET /api/charges              charge counts from the external system (database or API)
 
 Counters come from the ``pipeline-counters`` table on this worker (active and
 standby partitions); charges are counted in the database itself, so the two
@@ -19,7 +19,7 @@ from typing import Any
 
 from faust.web import Request, Response, View
 
-from agents.sink import ledger
+from agents.sink import charge_stats, effect_target
 from tables.balances import balances
 from tables.counters import totals
 
@@ -30,11 +30,12 @@ DASHBOARD = (Path(__file__).parent / "dashboard.html").read_text()
 
 async def stats() -> dict[str, Any]:
     counts = totals()
-    charges = await ledger.stats()
+    charges = await charge_stats()
     return {
         "app_id": settings.app_id,
         "processing_guarantee": settings.processing_guarantee,
         "sink_mode": settings.sink_mode,
+        "sink_target": settings.sink_target,
         "consumed": counts.get("ingest.valid", 0) + counts.get("ingest.dead_lettered", 0),
         "valid": counts.get("ingest.valid", 0),
         "dead_lettered": counts.get("ingest.dead_lettered", 0),
@@ -86,9 +87,10 @@ class AccountBalance(View):
 @app.page("/api/charges")
 class Charges(View):
     async def get(self, request: Request) -> Response:
-        charges = await ledger.stats()
+        charges = await charge_stats()
         return self.json({
-            "sink_db": settings.sink_db.split("@")[-1],  # never echo credentials
+            "target": effect_target(),  # never echoes credentials
+            "sink_target": settings.sink_target,
             "sink_mode": settings.sink_mode,
             "charges": charges.charges,
             "charged_events": charges.charged_events,

@@ -8,11 +8,13 @@ text predicts "> 0", the crash point makes it certain, not likely.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from lab.runner import ExperimentResult, run_experiment
+from lab.runner import API_FAULTY_CHARGES, ExperimentResult, run_experiment
+from lab.scenarios import FAULTS
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +27,7 @@ def experiment(kafka_bootstrap: str, tmp_path: Path, guarantee: str, sink: str, 
     result = run_experiment(guarantee, sink, fault, events=EVENTS, kills=KILLS, seed=7,
                             bootstrap=kafka_bootstrap, workdir=tmp_path, **kwargs)
     assert result.drained, f"{guarantee}/{sink}/{fault} did not drain: {result.notes}"
-    if fault not in {"none", "producer-retry"}:
+    if fault not in {"none", "producer-retry"} and not FAULTS[fault].api_only:
         assert result.injected.kills >= 1, "expected the fault to kill a worker"
     return result
 
@@ -73,6 +75,43 @@ def test_offsets_stored_with_the_effect_make_the_kafka_commit_irrelevant(kafka_b
     r = experiment(kafka_bootstrap, tmp_path, "exactly_once", "transactional", "crash-after-effect")
     assert r.counts["duplicate_charges"] == 0
     assert r.counts["lost"] == 0
+    assert r.counts["charged_unique"] == r.counts["unique_events"]
+    # The restart resumed where the database said, ahead of Kafka's committed offset.
+    log = (tmp_path / r.run_id / "w1.log").read_text(errors="replace")
+    resumed = re.findall(r"offsets: \S+-applied-\d+ resumes at (\d+), stored with the effect "
+                         r"\(Kafka's committed offset: (\w+)\)", log)
+    assert resumed, "expected the restarted sink to seek to an offset stored in the database"
+    assert all(committed == "None" or int(stored) > int(committed) for stored, committed in resumed)
+
+
+def test_without_an_idempotency_key_every_lost_answer_is_a_second_charge(kafka_bootstrap, tmp_path):
+    """The API commits a charge and drops the connection, for its first charges: the
+    client cannot know, retries, and without a key each retry is a new charge."""
+    r = experiment(kafka_bootstrap, tmp_path, "at_least_once", "api-naive", "api-drop-after-commit")
+    assert r.counts["duplicate_charges"] == API_FAULTY_CHARGES  # one extra charge per lost answer
+    assert r.counts["lost"] == 0 and r.injected.retries >= 1
+
+
+def test_an_idempotency_key_makes_retries_after_lost_answers_harmless(kafka_bootstrap, tmp_path):
+    r = experiment(kafka_bootstrap, tmp_path, "at_least_once", "api-idempotent", "api-drop-after-commit")
+    assert r.injected.retries >= 1, "expected the client to retry after the dropped answers"
+    assert r.counts["duplicate_charges"] == 0 and r.counts["lost"] == 0
+    assert r.counts["charged_unique"] == r.counts["unique_events"]
+
+
+@pytest.mark.parametrize("sink,duplicates_expected", [("api-naive", True), ("api-idempotent", False)])
+def test_exactly_once_and_a_slow_api_charge_twice_unless_the_sink_sends_a_key(
+    kafka_bootstrap, tmp_path, sink, duplicates_expected
+):
+    r = experiment(kafka_bootstrap, tmp_path, "exactly_once", sink, "api-timeout")
+    assert r.injected.retries >= 1, "expected the client to time out and retry"
+    assert (r.counts["duplicate_charges"] > 0) is duplicates_expected
+    assert r.counts["lost"] == 0 and r.counts["output_duplicates"] == 0
+
+
+def test_an_idempotency_key_absorbs_a_redelivery_to_the_api_after_a_crash(kafka_bootstrap, tmp_path):
+    r = experiment(kafka_bootstrap, tmp_path, "exactly_once", "api-idempotent", "crash-after-effect")
+    assert r.counts["duplicate_charges"] == 0 and r.counts["lost"] == 0
     assert r.counts["charged_unique"] == r.counts["unique_events"]
 
 

@@ -408,3 +408,22 @@ def test_a_key_locked_by_a_crashed_server_is_retaken_after_the_lock_timeout(db_u
         stats = asyncio.run(get_stats(api.base_url))
     assert not replayed
     assert stats["charges"] == 1
+
+
+def test_a_reference_is_stored_and_counted_but_never_deduplicates(db_url: str) -> None:
+    async def scenario() -> None:
+        async with serve(db_url) as api, PaymentClient(api.base_url) as client:
+            first = await client.charge(1999, "EUR", "acct-1", reference="evt-7")
+            second = await client.charge(1999, "EUR", "acct-1", reference="evt-7")  # no key: a new charge
+            keyed = await client.charge(500, "EUR", "acct-1", reference="evt-8", idempotency_key="evt-8")
+            again = await client.charge(500, "EUR", "acct-1", reference="evt-8", idempotency_key="evt-8")
+            assert first.charge.id != second.charge.id and again.replayed and again.charge == keyed.charge
+            assert (await client.list_charges())[0].reference == "evt-7"
+            stats = await client.stats()
+            assert (stats["charges"], stats["distinct_references"], stats["total_amount"]) == (3, 2, 4498)
+            # Same key, other reference: other parameters, refused like any other mismatch.
+            with pytest.raises(RequestRejected) as rejected:
+                await client.charge(500, "EUR", "acct-1", reference="evt-9", idempotency_key="evt-8")
+            assert rejected.value.status == 422
+
+    asyncio.run(scenario())

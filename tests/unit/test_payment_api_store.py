@@ -72,7 +72,10 @@ def test_first_claim_locks_then_duplicates_conflict_mismatch_and_replay(db_url: 
         assert completed
         assert await claim(store) == Replay(201, charge.model_dump_json())
         assert isinstance(await claim(store, request=OTHER_REQUEST), Mismatch)
-        assert await store.stats() == Stats(charges=1, idempotency_keys=1, replays=1, conflicts=1, mismatches=2)
+        assert await store.stats() == Stats(
+            charges=1, idempotency_keys=1, distinct_references=0, total_amount=REQUEST.amount,
+            replays=1, conflicts=1, mismatches=2,
+        )
         assert await store.get_charge(charge.id) == charge
 
     run_with_store(db_url, scenario)

@@ -77,3 +77,18 @@ def test_durations(text, seconds):
 def test_bad_duration_says_the_format():
     with pytest.raises(SettingsError, match="DEDUP_HORIZON='a week'.*7d"):
         Settings.from_env({"DEDUP_HORIZON": "a week"})
+
+
+def test_the_sink_target_and_the_payment_api_url_are_validated():
+    s = Settings.from_env({"SINK_TARGET": "api", "PAYMENT_API_URL": "http://127.0.0.1:9000/"})
+    assert (s.sink_target, s.payment_api_url) == ("api", "http://127.0.0.1:9000")
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({"SINK_TARGET": "email", "PAYMENT_API_URL": "127.0.0.1:9000"})
+    message = str(err.value)
+    assert "SINK_TARGET='email'" in message and "database, api" in message
+    assert "PAYMENT_API_URL='127.0.0.1:9000'" in message and "http://HOST:PORT" in message
+
+
+def test_offsets_stored_with_the_effect_need_a_database():
+    with pytest.raises(SettingsError, match="SINK_MODE='transactional' needs SINK_TARGET='database'"):
+        Settings.from_env({"SINK_MODE": "transactional", "SINK_TARGET": "api"})
