@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -76,7 +77,11 @@ async def kafka(self: AppCommand, action: str) -> None:
         console.print(f"Kafka on port {port} stopped")
     elif action == "reset":
         await asyncio.to_thread(local.reset, port=port)
-        console.print(f"Kafka on port {port} stopped and its data deleted; the next start formats fresh storage")
+        # The tables' RocksDB files remember changelog offsets of topics that no longer
+        # exist; Faust would refuse to start on them (ConsistencyError).
+        await asyncio.to_thread(shutil.rmtree, settings.table_dir, True)
+        console.print(f"Kafka on port {port} stopped and its data deleted, and this app's table state "
+                      f"({settings.table_dir}); the next start formats fresh storage")
     else:
         info = await asyncio.to_thread(local.status, port=port)
         if info is None:
@@ -171,6 +176,7 @@ async def demo(
         )
     try:
         await _wait_for_web(url, worker)
+        before = await _charged_events(url)  # the sink's database or the API keep earlier runs' charges
         traffic = generate(count, duplicate_rate=duplicate_rate, bad_rate=bad_rate, seed=seed)
         console.print(
             f"sending {len(traffic.records)} records: {len(traffic.unique_events)} unique payments, "
@@ -178,7 +184,7 @@ async def demo(
         )
         await send_records(settings.bootstrap, settings.topic("raw"), traffic.records)
         console.print(f"[bold]dashboard: {url}[/bold]")
-        await _watch(url, traffic, worker, exit_when_done)
+        await _watch(url, traffic, worker, exit_when_done, before)
     finally:
         for process in (worker, payment_api):
             if process is not None and process.poll() is None:
@@ -241,20 +247,31 @@ async def _wait_for_web(url: str, worker: subprocess.Popen, timeout: float = 90.
     raise click.ClickException(f"the worker's web server did not answer at {url} within {timeout:.0f} s")
 
 
-async def _watch(url: str, traffic, worker: subprocess.Popen, exit_when_done: bool) -> None:
-    """Print the live counts until every unique event is charged (and on, unless asked to exit)."""
+async def _charged_events(url: str) -> int:
+    async with aiohttp.ClientSession() as session, session.get(url + "api/stats") as response:
+        return int((await response.json())["charged_events"])
+
+
+async def _watch(url: str, traffic, worker: subprocess.Popen, exit_when_done: bool, before: int) -> None:
+    """Print the live counts until every unique event of this run is charged (and on,
+    unless asked to exit). Counts are totals, earlier runs included."""
     expected = len(traffic.unique_events)
     done = False
     async with aiohttp.ClientSession() as session:
         while worker.poll() is None:
-            async with session.get(url + "api/stats") as response:
-                stats = await response.json()
+            try:
+                async with session.get(url + "api/stats") as response:
+                    stats = await response.json()
+            except aiohttp.ClientError:
+                await asyncio.sleep(1.0)  # the worker is stopping (the check below says why) or busy
+                continue
             line = (
                 f"consumed {stats['consumed']}  dead-lettered {stats['dead_lettered']}  "
                 f"duplicates dropped {stats['duplicates_dropped']}  applied {stats['applied']}  "
-                f"charges {stats['charges']}/{expected}  duplicate charges {stats['duplicate_charges']}"
+                f"payments charged {stats['charged_events'] - before}/{expected}  "
+                f"duplicate charges {stats['duplicate_charges']}"
             )
-            if not done and stats["charged_events"] >= expected:
+            if not done and stats["charged_events"] - before >= expected:
                 done = True
                 console.print(f"[green]all {expected} payments charged[/green]: {line}")
                 if exit_when_done:
