@@ -9,9 +9,9 @@ show what the fixes in streams_app/faust_fixes.py change.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 from .runner import ExperimentResult, run_experiment
 from .scenarios import API_SINKS, DB_SINKS, FAULTS, GUARANTEES, applies

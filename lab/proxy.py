@@ -58,7 +58,7 @@ class FaultProxy:
 
     # -- lifecycle (a thread with its own loop, so synchronous lab code can use it)
 
-    def start(self) -> "FaultProxy":
+    def start(self) -> FaultProxy:
         self._thread = threading.Thread(target=self._run, name="fault-proxy", daemon=True)
         self._thread.start()
         if not self._ready.wait(10):
@@ -71,7 +71,7 @@ class FaultProxy:
         if self._thread is not None:
             self._thread.join(10)
 
-    def __enter__(self) -> "FaultProxy":
+    def __enter__(self) -> FaultProxy:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 import platform
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
@@ -67,7 +67,7 @@ def markdown(results: Results, *, title: str, scale: str) -> str:
     held = sum(1 for _, r in results if r.as_predicted)
     lines = [
         f"# {title}", "",
-        f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by "
+        f"Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by "
         "`faust -A streams_app lab matrix`. " + scale,
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".", "",
         f"**{held} of {len(results)} cells came out as the source text predicts.** "

@@ -30,9 +30,19 @@ from streams_app.settings import Settings
 from streams_app.traffic import Traffic, generate
 
 from .checker import check
-from .readback import committed_offsets, read_topic, uncommitted
 from .proxy import FaultProxy
-from .scenarios import API_SINKS, FAULTS, GUARANTEES, SINKS, Fault, Prediction, applies, predict, sink_env
+from .readback import committed_offsets, read_topic, uncommitted
+from .scenarios import (
+    API_SINKS,
+    FAULTS,
+    GUARANTEES,
+    SINKS,
+    Fault,
+    Prediction,
+    applies,
+    predict,
+    sink_env,
+)
 from .workers import PaymentApiProcess, PipelineConfig, WorkerProcess
 
 SOURCE_TOPICS = ("raw", "events", "unique", "applied")

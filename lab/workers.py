@@ -6,13 +6,13 @@ command, configured only through its environment, exactly as a user runs it.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-import json
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field

@@ -53,8 +53,20 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from payment_api.errors import ApiError, ErrorType, error_body
-from payment_api.models import IDEMPOTENCY_KEY_HEADER, REPLAYED_HEADER, Charge, ChargeRequest
-from payment_api.store import Acquired, InProgress, Mismatch, Replay, Store, store_from_url
+from payment_api.models import (
+    IDEMPOTENCY_KEY_HEADER,
+    REPLAYED_HEADER,
+    Charge,
+    ChargeRequest,
+)
+from payment_api.store import (
+    Acquired,
+    InProgress,
+    Mismatch,
+    Replay,
+    Store,
+    store_from_url,
+)
 
 log = logging.getLogger(__name__)
 

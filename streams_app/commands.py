@@ -22,10 +22,11 @@ from urllib.parse import urlparse
 import aiohttp
 import click
 from faust.cli import AppCommand, argument, option
-from lab.scenarios import FAULTS, SINKS
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
+
+from lab.scenarios import FAULTS, SINKS
 
 from .admin import ensure_topics, send_records
 from .app import app, settings

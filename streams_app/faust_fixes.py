@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -181,9 +182,9 @@ def _patch_transaction_routing() -> None:
         return
 
     async def send(
-        self: TransactionManager, topic: str, key: Optional[bytes], value: Optional[bytes],
-        partition: Optional[int], timestamp: Optional[float], headers: Any,
-        *, transactional_id: Optional[str] = None,
+        self: TransactionManager, topic: str, key: bytes | None, value: bytes | None,
+        partition: int | None, timestamp: float | None, headers: Any,
+        *, transactional_id: str | None = None,
     ) -> Any:
         event = current_event()
         if event is None:  # changelog writes from the ProducerBuffer: partition = source

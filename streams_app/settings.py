@@ -20,9 +20,10 @@ import dataclasses
 import os
 import re
 import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, get_args
+from typing import Any, Literal, get_args
 from urllib.parse import urlparse
 
 from .exceptions import SettingsError
@@ -263,7 +264,7 @@ class Settings:
     # -- construction ---------------------------------------------------------
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read defaults, the optional TOML file, then the environment; validate all."""
         environ = os.environ if environ is None else environ
         raw: dict[str, tuple[str, str]] = {}  # field -> (where it came from, text)

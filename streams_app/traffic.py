@@ -11,7 +11,7 @@ import json
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 CURRENCY_OF = ("EUR", "USD", "GBP")
 
@@ -65,7 +65,7 @@ def generate(
     rng = random.Random(seed)
     traffic = Traffic()
     sent_valid: list[tuple[bytes, bytes]] = []
-    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
     for i in range(count):
         roll = rng.random()
         if roll < bad_rate:

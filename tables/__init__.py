@@ -9,4 +9,4 @@ from .balances import balances
 from .counters import counters
 from .seen_events import is_duplicate, mark_seen, seen_events
 
-__all__ = ["balances", "counters", "seen_events", "is_duplicate", "mark_seen"]
+__all__ = ["balances", "counters", "is_duplicate", "mark_seen", "seen_events"]

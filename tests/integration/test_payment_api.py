@@ -29,7 +29,14 @@ from multidict import CIMultiDict
 
 from payment_api.client import PaymentClient
 from payment_api.errors import RequestRejected, RetryableError
-from payment_api.server import FAULTS, STORE, Faults, Settings, create_app, prune_expired_keys
+from payment_api.server import (
+    FAULTS,
+    STORE,
+    Faults,
+    Settings,
+    create_app,
+    prune_expired_keys,
+)
 from payment_api.store import Store
 
 pytestmark = pytest.mark.integration

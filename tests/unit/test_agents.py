@@ -15,7 +15,12 @@ from agents.dedup import dedup_payments
 from agents.ingest import ingest_payments
 from streams_app import app
 from streams_app.models import Payment
-from streams_app.topics import applied_payments, dead_letters, payment_events, unique_payments
+from streams_app.topics import (
+    applied_payments,
+    dead_letters,
+    payment_events,
+    unique_payments,
+)
 from tables.balances import balances
 from tables.counters import totals
 from tables.seen_events import is_duplicate, seen_events

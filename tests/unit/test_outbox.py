@@ -19,7 +19,14 @@ from aiokafka import ConsumerRecord
 
 from outbox import EVENT_TYPE_HEADER, ORDER_PLACED, OUTBOX_ID_HEADER
 from outbox.consumer import MalformedEvent, OutboxEvent, apply_events, event_from_record
-from outbox.orders import CreditLimitExceeded, Order, OrderRequest, add_outbox_event, get_order, place_order
+from outbox.orders import (
+    CreditLimitExceeded,
+    Order,
+    OrderRequest,
+    add_outbox_event,
+    get_order,
+    place_order,
+)
 from outbox.relay import (
     CrashPoint,
     OutboxRow,
@@ -29,7 +36,12 @@ from outbox.relay import (
     relay_batch,
     run_relay,
 )
-from outbox.schema import Connection, connect, create_consumer_schema, create_outbox_schema
+from outbox.schema import (
+    Connection,
+    connect,
+    create_consumer_schema,
+    create_outbox_schema,
+)
 
 DISARMED = CrashPoint()
 
