@@ -7,52 +7,19 @@ own counters.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Self
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError, for_code
 from aiokafka.partitioner import murmur2
 
 from lab.readback import committed_offsets, partitions_of
+from streams_app.admin import create_topics
 
-TOPIC_READY_TIMEOUT_S = 15.0
+__all__ = ["create_topics"]  # re-exported: the benchmark creates its topics like the app
 
-
-async def create_topics(
-    bootstrap: str, names: Iterable[str], partitions: int, configs: dict[str, str] | None = None,
-) -> None:
-    """Create ``names`` (those missing) and wait until every partition has a leader."""
-    names = list(names)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        response = await admin.create_topics(
-            [NewTopic(n, partitions, 1, topic_configs=configs or {}) for n in names]
-        )
-        for topic, code, *_ in response.topic_errors:
-            if code and code != TopicAlreadyExistsError.errno:
-                raise for_code(code)(f"creating topic {topic}")
-        deadline = time.monotonic() + TOPIC_READY_TIMEOUT_S
-        while True:
-            described = {t["topic"]: t for t in await admin.describe_topics(names)}
-            if all(
-                n in described and not described[n]["error_code"]
-                and len(described[n]["partitions"]) == partitions
-                and all(p["leader"] >= 0 for p in described[n]["partitions"])
-                for n in names
-            ):
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"topics without leaders after {TOPIC_READY_TIMEOUT_S} s: {names}")
-            await asyncio.sleep(0.1)
-    finally:
-        await admin.close()
 
 
 def partition_for(key: bytes, partitions: int) -> int:

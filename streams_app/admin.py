@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterable
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from .settings import Settings
 
 PIPELINE_TOPICS = ("raw", "dlq", "events", "unique", "applied")
+TOPIC_READY_TIMEOUT_S = 15.0
 
 
 async def ensure_topics(settings: Settings) -> list[str]:
@@ -23,21 +25,50 @@ async def ensure_topics(settings: Settings) -> list[str]:
     Returns the names it created.
     """
     names = [settings.topic(suffix) for suffix in PIPELINE_TOPICS]
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    return await create_topics(settings.bootstrap, names, settings.partitions)
+
+
+async def create_topics(
+    bootstrap: str, names: Iterable[str], partitions: int, configs: dict[str, str] | None = None,
+    *, timeout: float = TOPIC_READY_TIMEOUT_S,
+) -> list[str]:
+    """Create the missing topics of ``names`` and wait until every partition has a leader.
+
+    Producing straight after a CreateTopics answer otherwise meets
+    NotLeaderForPartition (retried, but logged as a warning per partition).
+    Returns the names it created.
+    """
+    names = list(names)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        existing = set(await admin.list_topics())
-        missing = [n for n in names if n not in existing]
+        missing = [n for n in names if n not in set(await admin.list_topics())]
         if missing:
-            try:
-                await admin.create_topics(
-                    [NewTopic(n, settings.partitions, 1) for n in missing]
-                )
-            except TopicAlreadyExistsError:  # a worker created them meanwhile
-                pass
+            response = await admin.create_topics(
+                [NewTopic(n, partitions, 1, topic_configs=configs or {}) for n in missing]
+            )
+            for topic, code, *_ in response.topic_errors:
+                if code and code != TopicAlreadyExistsError.errno:  # a worker may create them meanwhile
+                    raise for_code(code)(f"creating topic {topic}")
+        deadline = time.monotonic() + timeout
+        while not await _have_leaders(admin, names, partitions):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topics without leaders after {timeout} s: {names}")
+            await asyncio.sleep(0.05)
         return missing
     finally:
         await admin.close()
+
+
+async def _have_leaders(admin: AIOKafkaAdminClient, names: list[str], partitions: int) -> bool:
+    # All topics: a Metadata request naming a missing topic would auto-create it.
+    described = {entry["topic"]: entry for entry in await admin.describe_topics()}
+    return all(
+        n in described and not described[n]["error_code"]
+        and len(described[n]["partitions"]) == partitions
+        and all(p["leader"] >= 0 for p in described[n]["partitions"])
+        for n in names
+    )
 
 
 async def delete_topics_containing(bootstrap: str, fragment: str) -> int:
