@@ -21,14 +21,19 @@ log = logging.getLogger(__name__)
 
 FIXES: Mapping[str, str] = {
     "stalled-partition-heal": (
-        "at_least_once: Faust commits a partition only up to the first offset it has not "
-        "seen acked. A record lost between fetch and agent (a queue cleared on rebalance "
-        "or recovery, faust-streaming#596 and the resume-before-seek race) leaves a hole "
-        "that is never acked: the partition never commits again and a restart reprocesses "
-        "everything after it. Fix: a partition whose first uncommitted offset stays "
-        "unacked for 3 commit intervals while later ones are acked is sought back to its "
-        "committed offset; the hole is delivered again, records already processed are "
-        "skipped (streams_app/processing.py)."
+        "Faust commits a partition only up to the first offset it has not seen acked. "
+        "Two things leave a head gap that is never acked, after which the partition never "
+        "commits again (lag grows forever; a restart reprocesses everything after it): "
+        "a record lost between fetch and agent (a queue cleared on rebalance or recovery, "
+        "faust-streaming#596 and the resume-before-seek race), and, on a topic written "
+        "in transactions, offsets that hold only transaction markers or aborted records "
+        "which Faust's gap tracking (Consumer._add_gap) missed. Fix: a partition whose "
+        "acked offsets start past its committed offset for 3 commit intervals is probed "
+        "with a read_committed reader. If the gap holds no committed record, it is "
+        "registered as a gap (nothing to deliver, nothing to duplicate). If it holds "
+        "one, at_least_once seeks back to deliver it again (records already processed "
+        "are skipped, streams_app/processing.py); exactly_once logs an error instead, "
+        "since a seek inside an open transaction would duplicate its outputs."
     ),
     "lso-consistency-check": (
         "exactly_once: Faust's recovery compares the table's persisted offset with the "
@@ -118,8 +123,8 @@ def install(
         _patch_route_metadata()
     if exactly_once and "lso-consistency-check" in enabled:
         app.conf.recovery_consistency_check = False
-    if not exactly_once and "stalled-partition-heal" in enabled:
-        app.timer(app.conf.broker_commit_interval)(_heal_stalled_partitions_for(app))
+    if "stalled-partition-heal" in enabled:
+        app.timer(app.conf.broker_commit_interval)(_heal_stalled_partitions_for(app, exactly_once))
     log.info("faust fixes enabled: %s", ", ".join(enabled) or "none (stock Faust)")
 
 
@@ -283,7 +288,7 @@ def on_worker_stopped(tabledir: Path) -> None:
 # -- stalled-partition-heal ---------------------------------------------------------
 
 
-def _heal_stalled_partitions_for(app: Any):
+def _heal_stalled_partitions_for(app: Any, exactly_once: bool):
     stalled_since: dict[Any, tuple[int, int]] = {}  # tp -> (committed, checks seen stalled)
 
     async def heal_stalled_partitions() -> None:
@@ -301,18 +306,71 @@ def _heal_stalled_partitions_for(app: Any):
             seen_at, checks = stalled_since.get(tp, (committed, 0))
             checks = checks + 1 if seen_at == committed else 1
             stalled_since[tp] = (committed, checks)
-            if checks >= 3:
+            if checks < 3:
+                continue
+            first_acked = min(acked)
+            try:
+                record = await first_committed_record(_bootstrap(app), tp, committed, first_acked)
+            except TimeoutError:  # an open transaction holds the range back: ask again later
+                continue
+            stalled_since.pop(tp, None)
+            if record is None or record >= first_acked:
+                log.info(
+                    "stalled-partition-heal: %s offsets %d-%d hold no committed record (transaction "
+                    "markers or aborted data); registering them as a gap so commits go on",
+                    tp, committed, first_acked - 1,
+                )
+                await consumer._add_gap(tp, committed, first_acked - 1)
+            elif not exactly_once:
                 log.warning(
-                    "stalled-partition-heal: %s has acked offsets from %d but offset %d was "
+                    "stalled-partition-heal: %s has acked offsets from %d but record %d was "
                     "never acked; seeking back to %d to deliver it again",
-                    tp, min(acked), committed, committed,
+                    tp, first_acked, record, committed,
                 )
                 acked.clear()
                 consumer._acked_index[tp].clear()
                 await consumer.seek(tp, committed)
-                stalled_since.pop(tp, None)
+            else:
+                log.error(
+                    "stalled-partition-heal: %s record %d was never delivered and its partition "
+                    "cannot commit; not sought back inside an open transaction. Restart the worker "
+                    "to process it (nothing committed is lost).", tp, record,
+                )
 
     return heal_stalled_partitions
+
+
+def _bootstrap(app: Any) -> str:
+    return ",".join(f"{url.host}:{url.port or 9092}" for url in app.conf.broker)
+
+
+async def first_committed_record(bootstrap: str, tp: Any, start: int, end: int,
+                                 timeout: float = 10.0) -> int | None:
+    """The offset of the first committed record of ``tp`` in [start, end), or None if
+    there is none (only transaction markers or aborted records). Read with a fresh
+    read_committed consumer outside any group. Raises TimeoutError while an open
+    transaction keeps the range from being read."""
+    import time
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                isolation_level="read_committed")
+    await consumer.start()
+    try:
+        partition = TopicPartition(tp.topic, tp.partition)
+        consumer.assign([partition])
+        consumer.seek(partition, start)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            records = (await consumer.getmany(partition, timeout_ms=500, max_records=1)).get(partition)
+            if records:
+                return records[0].offset if records[0].offset < end else None
+            if await consumer.position(partition) >= end:
+                return None
+        raise TimeoutError(f"{tp}: [{start}, {end}) not readable with read_committed in {timeout} s")
+    finally:
+        await consumer.stop()
 
 
 # -- route-metadata --------------------------------------------------------------

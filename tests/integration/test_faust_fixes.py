@@ -14,7 +14,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from lab.readback import end_offsets, read_topic
-from streams_app.faust_fixes import _seek_all_to_committed
+from streams_app.faust_fixes import _seek_all_to_committed, first_committed_record
 from streams_app.traffic import generate
 from tests.fixtures.pipeline import recovery_start_offsets
 
@@ -51,6 +51,36 @@ def test_seek_uncommitted_partitions(kafka_bootstrap, topic_factory):
     stock, fixed = asyncio.run(positions())
     assert stock == 10, "stock seek_to_committed left the position after the fetched records"
     assert fixed == 0, "the fix seeks an uncommitted partition to auto.offset.reset (earliest)"
+
+
+def test_the_stall_heal_tells_transaction_markers_from_undelivered_records(kafka_bootstrap, topic_factory):
+    """stalled-partition-heal under exactly_once: a head gap of transaction markers and
+    aborted records is registered as a gap (nothing to deliver); a gap holding a
+    committed record is not; a range an open transaction holds back is not decided."""
+    topic = topic_factory(1)
+    tp = TopicPartition(topic, 0)
+
+    async def scenario() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=f"{topic}-tx")
+        await producer.start()
+        try:
+            for value, commit in ((b"a", True), (b"b", False), (b"c", True)):
+                await producer.begin_transaction()
+                await producer.send_and_wait(topic, value)
+                await (producer.commit_transaction() if commit else producer.abort_transaction())
+            # offsets: 0 a, 1 commit marker, 2 b (aborted), 3 abort marker, 4 c, 5 commit marker
+            assert await first_committed_record(kafka_bootstrap, tp, 1, 4) is None
+            assert await first_committed_record(kafka_bootstrap, tp, 0, 4) == 0
+            assert await first_committed_record(kafka_bootstrap, tp, 1, 6) == 4
+            await producer.begin_transaction()
+            await producer.send_and_wait(topic, b"d")  # offset 6, transaction left open
+            with pytest.raises(TimeoutError):
+                await first_committed_record(kafka_bootstrap, tp, 5, 7, timeout=3.0)
+            await producer.abort_transaction()
+        finally:
+            await producer.stop()
+
+    asyncio.run(scenario())
 
 
 @pytest.mark.parametrize("fixes", ["none", "all"])
