@@ -156,17 +156,22 @@ class Deployment(ABC):
             try:
                 self._process.wait(timeout=STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
-                self._dump_stacks()
-                os.killpg(self._process.pid, signal.SIGKILL)
-                self._process.wait(timeout=30)
+                try:
+                    self._dump_stacks()
+                finally:  # whatever the dump did, the process must not outlive the run
+                    os.killpg(self._process.pid, signal.SIGKILL)
+                    self._process.wait(timeout=30)
                 self.stop_problem = (f"ignored SIGTERM for {STOP_TIMEOUT_S:.0f} s and was killed "
                                      f"(py-spy dump in {self.log_path})")
         return time.monotonic() - started
 
     def _dump_stacks(self) -> None:
         py_spy = Path(sys.executable).with_name("py-spy")
-        dump = subprocess.run([str(py_spy), "dump", "--pid", str(self.pid)],
-                              capture_output=True, text=True, check=False)
+        try:
+            dump = subprocess.run([str(py_spy), "dump", "--pid", str(self.pid)],
+                                  capture_output=True, text=True, check=False, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            dump = subprocess.CompletedProcess([], 1, "", f"py-spy dump failed: {exc!r}")
         with self.log_path.open("a") as log:
             log.write(f"\n==== py-spy dump after SIGTERM was ignored\n{dump.stdout}{dump.stderr}\n")
 

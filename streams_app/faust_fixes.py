@@ -35,6 +35,17 @@ FIXES: Mapping[str, str] = {
         "are skipped, streams_app/processing.py); exactly_once logs an error instead, "
         "since a seek inside an open transaction would duplicate its outputs."
     ),
+    "shutdown-commit": (
+        "Every guarantee: on SIGTERM Faust's consumer makes a last commit "
+        "(Consumer.commit_and_end_transactions) before it stops its consumer thread. When "
+        "that commit raises (seen under exactly_once: aiokafka's IllegalOperation 'Not in "
+        "the middle of a transaction' for a producer whose transaction had already ended), "
+        "the consumer's on_stop aborts, the thread is never stopped and the process hangs "
+        "after 'Closing event loop' until SIGKILL (robinhood/faust#484, #684). Fix: a "
+        "failed final commit is logged and the shutdown goes on. Nothing is lost: the "
+        "uncommitted events are delivered again to the partitions' next owner, and under "
+        "exactly_once their open transactions are aborted."
+    ),
     "lso-consistency-check": (
         "exactly_once: Faust's recovery compares the table's persisted offset with the "
         "changelog's read_committed end offset, which an open transaction of a SIGKILLed "
@@ -121,6 +132,8 @@ def install(
         _patch_persisted_offsets()
     if "route-metadata" in enabled:
         _patch_route_metadata()
+    if "shutdown-commit" in enabled:
+        _patch_shutdown_commit()
     if exactly_once and "lso-consistency-check" in enabled:
         app.conf.recovery_consistency_check = False
     if "stalled-partition-heal" in enabled:
@@ -371,6 +384,29 @@ async def first_committed_record(bootstrap: str, tp: Any, start: int, end: int,
         raise TimeoutError(f"{tp}: [{start}, {end}) not readable with read_committed in {timeout} s")
     finally:
         await consumer.stop()
+
+
+# -- shutdown-commit ---------------------------------------------------------------
+
+
+def _patch_shutdown_commit() -> None:
+    from faust.transport.consumer import Consumer
+
+    stock = Consumer.commit_and_end_transactions
+    if getattr(stock, "_fixed", False):
+        return
+
+    async def commit_and_end_transactions(self: Consumer) -> None:
+        try:
+            await stock(self)
+        except Exception as exc:  # noqa: BLE001 - any failure here must not block the shutdown
+            log.warning(
+                "shutdown-commit: the final commit failed (%r); stopping anyway. The uncommitted "
+                "events go to the partitions' next owner (open transactions are aborted).", exc,
+            )
+
+    commit_and_end_transactions._fixed = True  # type: ignore[attr-defined]
+    Consumer.commit_and_end_transactions = commit_and_end_transactions  # type: ignore[method-assign]
 
 
 # -- route-metadata --------------------------------------------------------------
