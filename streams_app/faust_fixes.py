@@ -406,6 +406,7 @@ def _patch_shutdown_commit() -> None:
             )
 
     commit_and_end_transactions._fixed = True  # type: ignore[attr-defined]
+    commit_and_end_transactions._stock = stock  # type: ignore[attr-defined]
     Consumer.commit_and_end_transactions = commit_and_end_transactions  # type: ignore[method-assign]
 
 
