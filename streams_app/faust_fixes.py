@@ -35,6 +35,17 @@ FIXES: Mapping[str, str] = {
         "are skipped, streams_app/processing.py); exactly_once logs an error instead, "
         "since a seek inside an open transaction would duplicate its outputs."
     ),
+    "changelog-metadata": (
+        "Every guarantee: the first write to a table checks that its changelog has as many "
+        "partitions as the source topic (tables/base.py _verify_source_topic_partitions), "
+        "reading the consumer's metadata snapshot. Right after the changelog topic is "
+        "created, or under load, the snapshot can still list it with 0 partitions, and the "
+        "check raises PartitionsMismatch ('... has 4 partitions, but the changelog topic "
+        "... has 0 partitions'): the write fails and the event is dead-lettered although "
+        "it is valid (cf. robinhood/faust#325, reported as intermittent). Fix: a changelog "
+        "the snapshot does not know yet (0 partitions) is not a mismatch; the check runs "
+        "again at the next write. A real mismatch (e.g. 4 against 8) still raises."
+    ),
     "shutdown-commit": (
         "Every guarantee: on SIGTERM Faust's consumer makes a last commit "
         "(Consumer.commit_and_end_transactions) before it stops its consumer thread. When "
@@ -134,6 +145,8 @@ def install(
         _patch_route_metadata()
     if "shutdown-commit" in enabled:
         _patch_shutdown_commit()
+    if "changelog-metadata" in enabled:
+        _patch_changelog_metadata()
     if exactly_once and "lso-consistency-check" in enabled:
         app.conf.recovery_consistency_check = False
     if "stalled-partition-heal" in enabled:
@@ -384,6 +397,26 @@ async def first_committed_record(bootstrap: str, tp: Any, start: int, end: int,
         raise TimeoutError(f"{tp}: [{start}, {end}) not readable with read_committed in {timeout} s")
     finally:
         await consumer.stop()
+
+
+# -- changelog-metadata ------------------------------------------------------------
+
+
+def _patch_changelog_metadata() -> None:
+    from faust.tables.base import Collection
+
+    stock = Collection._verify_source_topic_partitions
+    if getattr(stock, "_fixed", False):
+        return
+
+    def _verify_source_topic_partitions(self: Collection, source_topic: str) -> None:
+        if not self.app.consumer.topic_partitions(self.changelog_topic_name):
+            return  # not in the metadata snapshot yet: check again at the next write
+        stock(self, source_topic)
+
+    _verify_source_topic_partitions._fixed = True  # type: ignore[attr-defined]
+    _verify_source_topic_partitions._stock = stock  # type: ignore[attr-defined]
+    Collection._verify_source_topic_partitions = _verify_source_topic_partitions  # type: ignore[method-assign]
 
 
 # -- shutdown-commit ---------------------------------------------------------------

@@ -1,9 +1,12 @@
-"""The mechanism of a fix that cannot be provoked on demand against the broker.
+"""The mechanism of fixes whose failure cannot be provoked on demand against the broker.
 
-shutdown-commit: the failure it guards against (the final commit raising during
-SIGTERM) shows up only intermittently in the benchmark's exactly_once runs; here
-the stock and the fixed ``Consumer.commit_and_end_transactions`` get a consumer
-whose commit raises, exactly as aiokafka did in those runs.
+Both failures show up only intermittently (under load) in real runs; here the
+stock and the fixed Faust methods get exactly the state those runs had:
+
+- shutdown-commit: a consumer whose final commit raises aiokafka's
+  IllegalOperation during SIGTERM (benchmark exactly_once runs hung after it);
+- changelog-metadata: a metadata snapshot listing a just-created changelog with
+  0 partitions (CI lab runs dead-lettered valid events after it).
 """
 
 from __future__ import annotations
@@ -39,3 +42,49 @@ def test_with_the_fix_a_failed_final_commit_is_logged_and_the_shutdown_goes_on(m
     with caplog.at_level(logging.WARNING, logger=faust_fixes.__name__):
         asyncio.run(Consumer.commit_and_end_transactions(_ConsumerWhoseCommitFails()))
     assert "the final commit failed" in caplog.text and "Not in the middle of a transaction" in caplog.text
+
+
+class _MetadataSnapshot:
+    """The consumer's view of partition counts, as Faust's table check reads it."""
+
+    def __init__(self, counts: dict[str, int]) -> None:
+        self.counts = counts
+
+    def topic_partitions(self, topic: str) -> int | None:
+        return self.counts.get(topic)
+
+
+class _Table:
+    """The attributes Collection._verify_source_topic_partitions reads."""
+
+    name = "seen-events"
+    changelog_topic_name = "app-seen-events-changelog"
+
+    def __init__(self, counts: dict[str, int]) -> None:
+        self.app = type("App", (), {"consumer": _MetadataSnapshot(counts)})()
+        self._verified_source_topics_for_partitions: set[str] = set()
+
+
+def _verify():
+    from faust.tables.base import Collection
+
+    method = Collection._verify_source_topic_partitions
+    return getattr(method, "_stock", method), method
+
+
+def test_a_changelog_missing_from_the_metadata_snapshot_is_not_a_partition_mismatch():
+    from faust.exceptions import PartitionsMismatch
+
+    faust_fixes._patch_changelog_metadata()
+    stock, fixed = _verify()
+    not_yet_known = {"app.events": 4, "app-seen-events-changelog": 0}
+    with pytest.raises(PartitionsMismatch, match="has 0 partitions"):
+        stock(_Table(not_yet_known), "app.events")
+    table = _Table(not_yet_known)
+    fixed(table, "app.events")  # no error, and not cached as verified
+    assert table._verified_source_topics_for_partitions == set()
+    table.app.consumer.counts["app-seen-events-changelog"] = 4
+    fixed(table, "app.events")
+    assert table._verified_source_topics_for_partitions == {"app.events"}
+    with pytest.raises(PartitionsMismatch, match="has 8 partitions"):
+        fixed(_Table({"app.events": 4, "app-seen-events-changelog": 8}), "app.events")
