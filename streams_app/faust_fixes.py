@@ -88,7 +88,11 @@ FIXES: Mapping[str, str] = {
         "all (faust-streaming#177), and outputs to a partition owned by another worker "
         "fail with 'No transaction producer found'. Fix: every send made while "
         "processing an event uses the transactional producer of that event's source "
-        "partition, the one that commits its offset."
+        "partition, the one that commits its offset. Changelog writes sent later by the "
+        "ProducerBuffer keep Faust's routing, except when the group leader's metadata "
+        "missed a just-created changelog: stock send then raises KeyError in "
+        "PartitionAssignor.group_for_topic and crashes the worker; with a single topic "
+        "group (this app) that group is used."
     ),
     "commit-gate": (
         "exactly_once: Faust commits from a timer while agents keep processing, so an "
@@ -219,7 +223,15 @@ def _patch_transaction_routing() -> None:
     ) -> Any:
         event = current_event()
         if event is None:  # changelog writes from the ProducerBuffer: partition = source
-            return await stock_send(self, topic, key, value, partition, timestamp, headers)
+            groups = self.app.assignor._topic_groups
+            if topic in groups or len(set(groups.values())) != 1:
+                return await stock_send(self, topic, key, value, partition, timestamp, headers)
+            # The leader's metadata missed a just-created changelog, so stock send raises
+            # KeyError and crashes the ProducerBuffer; with one topic group there is no doubt.
+            group = next(iter(groups.values()))
+            p = self.consumer.key_partition(topic, key, partition)
+            return await self.producer.send(topic, key, value, p, timestamp, headers,
+                                            transactional_id=f"{self.app.conf.id}-{group}-{p}")
         source = event.message.tp
         group = self.app.assignor.group_for_topic(source.topic)
         return await self.producer.send(
