@@ -91,8 +91,9 @@ FIXES: Mapping[str, str] = {
         "partition, the one that commits its offset. Changelog writes sent later by the "
         "ProducerBuffer keep Faust's routing, except when the group leader's metadata "
         "missed a just-created changelog: stock send then raises KeyError in "
-        "PartitionAssignor.group_for_topic and crashes the worker; with a single topic "
-        "group (this app) that group is used."
+        "PartitionAssignor.group_for_topic and crashes the worker; when every other "
+        "topic is in one group (topics are grouped by partition count; this app has one "
+        "count) that group is used."
     ),
     "commit-gate": (
         "exactly_once: Faust commits from a timer while agents keep processing, so an "
@@ -224,11 +225,13 @@ def _patch_transaction_routing() -> None:
         event = current_event()
         if event is None:  # changelog writes from the ProducerBuffer: partition = source
             groups = self.app.assignor._topic_groups
-            if topic in groups or len(set(groups.values())) != 1:
+            # Faust groups topics by partition count; its single-partition leader topic aside,
+            # this app has one group. If the leader's metadata missed a just-created changelog,
+            # stock send raises KeyError here and crashes the ProducerBuffer.
+            candidates = {g for t, g in groups.items() if not t.endswith("__assignor-__leader")}
+            if topic in groups or len(candidates) != 1:
                 return await stock_send(self, topic, key, value, partition, timestamp, headers)
-            # The leader's metadata missed a just-created changelog, so stock send raises
-            # KeyError and crashes the ProducerBuffer; with one topic group there is no doubt.
-            group = next(iter(groups.values()))
+            group = candidates.pop()
             p = self.consumer.key_partition(topic, key, partition)
             return await self.producer.send(topic, key, value, p, timestamp, headers,
                                             transactional_id=f"{self.app.conf.id}-{group}-{p}")
