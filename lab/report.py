@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import platform
+import subprocess
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -39,10 +40,23 @@ def versions() -> dict[str, str]:
     from infra.kafka import DEFAULT_VERSION
 
     return {
-        "Apache Kafka": DEFAULT_VERSION, "Python": platform.python_version(),
+        "this project": _commit(), "Apache Kafka": DEFAULT_VERSION, "Python": platform.python_version(),
         "faust-streaming": version("faust-streaming"), "aiokafka": version("aiokafka"),
         "rocksdict": version("rocksdict"),
     }
+
+
+def _commit() -> str:
+    """The git commit the lab ran (with ``+changes`` when the work tree differed)."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown commit"
+    return f"commit {head}{'+changes' if dirty else ''}"
 
 
 def _cell(result: ExperimentResult, metric: str) -> str:
