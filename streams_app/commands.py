@@ -330,8 +330,8 @@ async def lab(
         return
     cells = list(QUICK) if quick else full_cells()
     scale = (f"Quick matrix: {events} records and {kills} kills per cell." if quick else
-             f"Full matrix: {events} records and {kills} kills per cell; the exactly_once / "
-             "idempotent random-kills and crash-mid-transaction cells at 5,000 records and 20 kills.")
+             f"Full matrix: {events} records and {kills} kills per at_least_once and at_most_once "
+             "cell; every exactly_once cell at 5,000 records and 20 kills (where the fault kills).")
     done: list = []
     with Progress(console=console) as progress:
         task = progress.add_task("lab matrix", total=len(cells))
