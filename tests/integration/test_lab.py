@@ -78,7 +78,7 @@ def test_offsets_stored_with_the_effect_make_the_kafka_commit_irrelevant(kafka_b
     assert r.counts["charged_unique"] == r.counts["unique_events"]
     # The restart resumed where the database said, ahead of Kafka's committed offset.
     log = (tmp_path / r.run_id / "w1.log").read_text(errors="replace")
-    resumed = re.findall(r"offsets: \S+-applied-\d+ resumes at (\d+), stored with the effect "
+    resumed = re.findall(r"offsets: \S+\.applied-\d+ resumes at (\d+), stored with the effect "
                          r"\(Kafka's committed offset: (\w+)\)", log)
     assert resumed, "expected the restarted sink to seek to an offset stored in the database"
     assert all(committed == "None" or int(stored) > int(committed) for stored, committed in resumed)
