@@ -31,9 +31,10 @@ FIXES: Mapping[str, str] = {
         "acked offsets start past its committed offset for 3 commit intervals is probed "
         "with a read_committed reader. If the gap holds no committed record, it is "
         "registered as a gap (nothing to deliver, nothing to duplicate). If it holds "
-        "one, at_least_once seeks back to deliver it again (records already processed "
-        "are skipped, streams_app/processing.py); exactly_once logs an error instead, "
-        "since a seek inside an open transaction would duplicate its outputs."
+        "one, the partition is sought back to deliver it again; the records after it "
+        "that were already processed (under exactly_once, into the open transaction) "
+        "are skipped when they come again (streams_app/processing.py), so nothing is "
+        "repeated."
     ),
     "changelog-metadata": (
         "Every guarantee: the first write to a table checks that its changelog has as many "
@@ -170,7 +171,7 @@ def install(
     if exactly_once and "lso-consistency-check" in enabled:
         app.conf.recovery_consistency_check = False
     if "stalled-partition-heal" in enabled:
-        app.timer(app.conf.broker_commit_interval)(_heal_stalled_partitions_for(app, exactly_once))
+        app.timer(app.conf.broker_commit_interval)(_heal_stalled_partitions_for(app))
     log.info("faust fixes enabled: %s", ", ".join(enabled) or "none (stock Faust)")
 
 
@@ -344,7 +345,7 @@ def on_worker_stopped(tabledir: Path) -> None:
 # -- stalled-partition-heal ---------------------------------------------------------
 
 
-def _heal_stalled_partitions_for(app: Any, exactly_once: bool):
+def _heal_stalled_partitions_for(app: Any):
     stalled_since: dict[Any, tuple[int, int]] = {}  # tp -> (committed, checks seen stalled)
 
     async def heal_stalled_partitions() -> None:
@@ -377,7 +378,9 @@ def _heal_stalled_partitions_for(app: Any, exactly_once: bool):
                     tp, committed, first_acked - 1,
                 )
                 await consumer._add_gap(tp, committed, first_acked - 1)
-            elif not exactly_once:
+            else:
+                # Records after the hole that were processed (under exactly_once: into the open
+                # transaction) come again and are skipped by first_deliveries, unrepeated.
                 log.warning(
                     "stalled-partition-heal: %s has acked offsets from %d but record %d was "
                     "never acked; seeking back to %d to deliver it again",
@@ -386,12 +389,6 @@ def _heal_stalled_partitions_for(app: Any, exactly_once: bool):
                 acked.clear()
                 consumer._acked_index[tp].clear()
                 await consumer.seek(tp, committed)
-            else:
-                log.error(
-                    "stalled-partition-heal: %s record %d was never delivered and its partition "
-                    "cannot commit; not sought back inside an open transaction. Restart the worker "
-                    "to process it (nothing committed is lost).", tp, record,
-                )
 
     return heal_stalled_partitions
 
