@@ -109,21 +109,11 @@ COMMIT_FIRST = settings.processing_guarantee == "at_most_once"
 _processed: dict[TP, set[int]] = {}
 
 
-@app.on_partitions_assigned.connect
-async def _forget_unassigned(sender: object, assigned: set[TP], **kwargs: object) -> None:
-    """A partition that left this worker may come back after another worker aborted
-    or redid its uncommitted work: remember nothing about it.
-
-    A partition the worker keeps across the rebalance is remembered. Faust revokes
-    every partition at the start of a rebalance, but it keeps the transaction of a
-    partition it gets back open when it had no new offset to commit; events processed
-    into that transaction and delivered again after the seek must be skipped, or the
-    transaction commits their outputs twice (seen in the lab at 5,000 events:
-    duplicates in ``applied`` after an exactly_once rebalance). Their outputs are then
-    either committed with their offsets (and not delivered again) or still in that
-    open transaction.
-    """
-    for tp in set(_processed) - set(assigned):
+@app.on_partitions_revoked.connect
+async def _forget_revoked(sender: object, revoked: set[TP], **kwargs: object) -> None:
+    """A partition that leaves this worker may come back after another worker
+    aborted or redid its uncommitted work: remember nothing about it."""
+    for tp in revoked:
         _processed.pop(tp, None)
 
 
