@@ -216,36 +216,34 @@ async def _start_payment_api() -> subprocess.Popen | None:
             [sys.executable, "-m", "payment_api", "serve", "--host", url.hostname, "--port", str(url.port or 80)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
-    deadline = time.monotonic() + 30
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise click.ClickException(f"the payment API exited with {process.returncode}; see {log_path}")
-            try:
-                async with session.get(f"{settings.payment_api_url}/healthz") as response:
-                    if response.status == 200:
-                        console.print(f"payment API up at {settings.payment_api_url} (log: {log_path})")
-                        return process
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.3)
-    raise click.ClickException(f"the payment API did not answer within 30 s; see {log_path}")
+    await _wait_until_answering(f"{settings.payment_api_url}/healthz", process, 30.0,
+                                name="the payment API", log_path=log_path)
+    console.print(f"payment API up at {settings.payment_api_url} (log: {log_path})")
+    return process
 
 
 async def _wait_for_web(url: str, worker: subprocess.Popen, timeout: float = 90.0) -> None:
+    await _wait_until_answering(url + "api/stats", worker, timeout,
+                                name="the worker", log_path=Path("logs") / "worker.log")
+
+
+async def _wait_until_answering(
+    url: str, process: subprocess.Popen, timeout: float, *, name: str, log_path: Path,
+) -> None:
+    """Poll ``url`` until it answers 200; fail clearly if ``process`` exits or time runs out."""
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:
-            if worker.poll() is not None:
-                raise click.ClickException(f"the worker exited with {worker.returncode}; see logs/worker.log")
+            if process.poll() is not None:
+                raise click.ClickException(f"{name} exited with {process.returncode}; see {log_path}")
             try:
-                async with session.get(url + "api/stats") as response:
+                async with session.get(url) as response:
                     if response.status == 200:
                         return
             except aiohttp.ClientError:
                 pass
-            await asyncio.sleep(0.5)
-    raise click.ClickException(f"the worker's web server did not answer at {url} within {timeout:.0f} s")
+            await asyncio.sleep(0.3)
+    raise click.ClickException(f"{name} did not answer at {url} within {timeout:.0f} s; see {log_path}")
 
 
 async def _charged_events(url: str) -> int:
