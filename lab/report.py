@@ -31,6 +31,12 @@ UPSTREAM = {
     "persisted-offsets": "(no upstream report found)",
     "wipe-unclean-state": "robinhood/faust#340",
     "route-metadata": "(no upstream report found)",
+    "commit-at-revocation": "faust-streaming#502",
+    "stalled-partition-heal": "faust-streaming#596; cf. robinhood/faust#625",
+    "changelog-metadata": "cf. robinhood/faust#325",
+    "shutdown-commit": "robinhood/faust#484, #684",
+    "lso-consistency-check": "(no upstream report found)",
+    "seek-after-queue-clear": "the faust-streaming#596 family",
 }
 
 Results = list[tuple[Cell, ExperimentResult]]

@@ -243,7 +243,7 @@ def _wait_for_crash(worker: WorkerProcess, config: PipelineConfig, timeout: floa
             if code == -9:
                 return True
             raise RuntimeError(f"worker exited with {code}, not by its crash point:\n{worker.log_tail()}")
-        if worker.running and _pending(config) == 0:
+        if worker.running and uncommitted_records(config) == 0:
             return False
     raise TimeoutError(f"worker neither crashed nor drained in {timeout} s:\n{worker.log_tail()}")
 
@@ -344,7 +344,8 @@ _FAULT_RUNNERS = {
 # -- drain -----------------------------------------------------------------------------
 
 
-def _pending(config: PipelineConfig) -> int:
+def uncommitted_records(config: PipelineConfig) -> int:
+    """Records of the source topics past the group's committed offsets."""
     async def count() -> int:
         committed = await committed_offsets(config.bootstrap, config.app_id)  # first: see module doc
         total = 0
@@ -381,7 +382,7 @@ def wait_drained(
                     worker.wait_ready()
                 except RuntimeError:  # died again while starting: the next pass restarts it
                     continue
-        if _pending(config) == 0:
+        if uncommitted_records(config) == 0:
             clean_reads += 1
             if clean_reads == 2:
                 if config.guarantee == "at_most_once":
@@ -390,5 +391,5 @@ def wait_drained(
         else:
             clean_reads = 0
         time.sleep(2.0 if clean_reads else 1.0)
-    notes.append(f"not drained after {timeout:.0f} s: {_pending(config)} records uncommitted")
+    notes.append(f"not drained after {timeout:.0f} s: {uncommitted_records(config)} records uncommitted")
     return False

@@ -14,8 +14,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from lab.readback import end_offsets, read_topic
-from streams_app.faust_fixes import _seek_all_to_committed, first_committed_record
+from lab.runner import uncommitted_records
+from streams_app.faust_fixes import FIXES, _seek_all_to_committed, first_committed_record
 from streams_app.traffic import generate
+from tests.fixtures.kafka import wait_for
 from tests.fixtures.pipeline import recovery_start_offsets
 
 pytestmark = pytest.mark.integration
@@ -121,3 +123,31 @@ def test_persisted_offsets_under_exactly_once(pipeline_factory, fixes):
         assert starts and all(offset == -1 for offset in starts), starts
     else:
         assert all(offset >= 0 for offset in starts), starts
+
+
+@pytest.mark.parametrize("fixed", [False, True], ids=["stock", "fixed"])
+def test_revocation_commits_what_was_processed(pipeline_factory, fixed):
+    """faust-streaming#502: stock Faust forgets a revoked partition's acked offsets
+    before its revocation handler commits, so a rebalance commits nothing: under
+    at_least_once everything since the last commit is processed again, under
+    exactly_once a kept partition processes it again into its open transaction.
+    The timer never commits here (interval 600 s): only the revocation can. (Under
+    exactly_once nothing would reach the later stages without a commit, so this runs
+    at_least_once; the lab's exactly_once rebalance cells show the duplicates.)"""
+    fixes = ",".join(n for n in FIXES if fixed or n != "commit-at-revocation")
+    pipeline = pipeline_factory("at_least_once", FAUST_FIXES=fixes, BROKER_COMMIT_INTERVAL="600")
+    w1 = pipeline.worker("w1")
+    traffic = generate(60, duplicate_rate=0.2, seed=5, id_prefix=pipeline.config.run_id)
+    pipeline.send(traffic)
+    unique = len(traffic.unique_events)
+    wait_for(lambda: w1.stats()["applied"] == unique, 60,
+             lambda: f"w1 applied {w1.stats()['applied']} of {unique} events")
+    before = uncommitted_records(pipeline.config)
+    assert before > 0, "nothing may be committed before the rebalance (commit interval 600 s)"
+    pipeline.worker("w2")  # joins the group: a rebalance revokes every partition of w1
+    after = uncommitted_records(pipeline.config)
+    if fixed:
+        assert after == 0, f"{after} processed records left uncommitted by the revocation"
+    else:
+        # nothing committed; the reprocessing after the rebalance even adds records
+        assert after >= before, f"stock Faust committed at revocation ({before} -> {after} uncommitted)"
