@@ -15,7 +15,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from lab.readback import end_offsets, read_topic
 from lab.runner import uncommitted_records
-from streams_app.faust_fixes import FIXES, _seek_all_to_committed, first_committed_record
+from streams_app.faust_fixes import (
+    FIXES,
+    _seek_all_to_committed,
+    first_committed_record,
+)
 from streams_app.traffic import generate
 from tests.fixtures.kafka import wait_for
 from tests.fixtures.pipeline import recovery_start_offsets
