@@ -1,0 +1,66 @@
+"""streams_app.processing.first_deliveries: which records a stage processes.
+
+Faust delivers some records twice (after a seek back to the committed offset, and
+the last record read when it comes again); under exactly_once both copies would
+commit. These tests give the generator the consumer state those deliveries meet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+from faust.types import TP
+
+from streams_app import processing
+
+P = TP("payments.unique", 3)
+
+
+class _Stream:
+    def __init__(self, offsets: list[int], committed: dict[TP, int]) -> None:
+        self.offsets = offsets
+        self.acked: list[int] = []
+        self.app = SimpleNamespace(consumer=SimpleNamespace(_committed_offset=committed))
+
+    async def events(self):
+        for offset in self.offsets:
+            yield SimpleNamespace(message=SimpleNamespace(tp=P, offset=offset, topic=P.topic, partition=P.partition))
+
+    async def ack(self, event) -> None:
+        self.acked.append(event.message.offset)
+
+
+def _delivered(stream: _Stream) -> list[int]:
+    async def collect() -> list[int]:
+        return [event.message.offset async for event in processing.first_deliveries(stream)]
+
+    return asyncio.run(collect())
+
+
+def test_new_records_are_delivered(monkeypatch):
+    monkeypatch.setattr(processing, "_processed", {})
+    stream = _Stream([10, 11, 12], {P: 10})
+    assert _delivered(stream) == [10, 11, 12]
+    assert stream.acked == []
+
+
+def test_a_record_processed_and_not_yet_committed_is_skipped_and_acked(monkeypatch):
+    monkeypatch.setattr(processing, "_processed", {P: {11}})
+    stream = _Stream([10, 11, 12], {P: 10})
+    assert _delivered(stream) == [10, 12]
+    assert stream.acked == [11]
+
+
+def test_a_record_below_the_committed_offset_is_never_processed_again(monkeypatch):
+    """Its memory is gone (forget_below dropped it once committed), the offset says it is done."""
+    monkeypatch.setattr(processing, "_processed", {})
+    stream = _Stream([145, 147], {P: 146})
+    assert _delivered(stream) == [147]
+    assert stream.acked == [145]
+
+
+def test_without_a_committed_offset_only_the_memory_decides(monkeypatch):
+    monkeypatch.setattr(processing, "_processed", {P: {0}})
+    stream = _Stream([0, 1], {})
+    assert _delivered(stream) == [1]
