@@ -120,7 +120,21 @@ def run_cells(
     return results
 
 
-def save_json(results: list[tuple[Cell, ExperimentResult]], path: Path) -> None:
+def save_json(results: list[tuple[Cell, ExperimentResult]], path: Path, *, code: str) -> None:
     path.write_text(json.dumps(
-        [{"cell": cell.label, **result.as_json()} for cell, result in results], indent=1,
+        [{"cell": cell.label, "code": code, **result.as_json()} for cell, result in results], indent=1,
     ))
+
+
+def measured_before(path: Path, cells: Iterable[Cell], *, code: str) -> list[tuple[Cell, ExperimentResult]]:
+    """The cells of a saved matrix (``semantics.json``) measured on the same code,
+    for ``lab matrix --resume``: a matrix takes hours, and a run that was stopped
+    goes on where it stopped. Cells measured on other code are run again."""
+    if not path.exists() or code.endswith("+changes") or code == "unknown":
+        return []
+    by_label = {cell.label: cell for cell in cells}
+    return [
+        (by_label[saved["cell"]], ExperimentResult.from_json(saved))
+        for saved in json.loads(path.read_text())
+        if saved.get("code") == code and saved.get("cell") in by_label
+    ]

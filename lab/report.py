@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import html
 import platform
 import subprocess
@@ -32,6 +33,7 @@ UPSTREAM = {
     "wipe-unclean-state": "robinhood/faust#340",
     "route-metadata": "(no upstream report found)",
     "commit-at-revocation": "faust-streaming#502",
+    "recovery-idle-wait": "cf. faust-streaming#47",
     "stalled-partition-heal": "faust-streaming#596; cf. robinhood/faust#625",
     "changelog-metadata": "cf. robinhood/faust#325",
     "shutdown-commit": "robinhood/faust#484, #684",
@@ -46,10 +48,31 @@ def versions() -> dict[str, str]:
     from infra.kafka import DEFAULT_VERSION
 
     return {
-        "this project": _commit(), "Apache Kafka": DEFAULT_VERSION, "Python": platform.python_version(),
+        "this project": f"{_commit()} (code {code_version()})", "Apache Kafka": DEFAULT_VERSION, "Python": platform.python_version(),
         "faust-streaming": version("faust-streaming"), "aiokafka": version("aiokafka"),
         "rocksdict": version("rocksdict"),
     }
+
+
+#: The directories whose content decides what a lab run measures.
+CODE_DIRS = ("streams_app", "agents", "tables", "lab", "payment_api", "infra", "outbox")
+
+
+def code_version() -> str:
+    """A fingerprint of the code a lab run measures: the git trees of :data:`CODE_DIRS`
+    (docs, notes and reports may change in between), ``+changes`` if they differ
+    from HEAD. ``lab matrix --resume`` reuses only cells measured on the same one."""
+    repo = Path(__file__).resolve().parent.parent
+    dirs = [d for d in CODE_DIRS if (repo / d).is_dir()]
+    try:
+        trees = subprocess.run(["git", "rev-parse", *(f"HEAD:{d}" for d in dirs)], cwd=repo,
+                               capture_output=True, text=True, check=True).stdout.split()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *dirs],
+                               cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    digest = hashlib.sha1(" ".join(trees).encode()).hexdigest()[:12]
+    return f"{digest}+changes" if dirty else digest
 
 
 def _commit() -> str:
@@ -79,7 +102,7 @@ def write_reports(results: Results, out: Path, *, title: str, scale: str) -> lis
     paths[0].write_text(markdown(results, title=title, scale=scale))
     paths[1].write_text(html_page(results, title=title, scale=scale))
     chart(results, paths[2])
-    save_json(results, paths[3])
+    save_json(results, paths[3], code=code_version())
     return paths
 
 

@@ -22,7 +22,7 @@ import random
 import re
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from streams_app.admin import delete_topics_containing, ensure_topics, send_records
@@ -93,6 +93,21 @@ class ExperimentResult:
             "mismatch_examples": self.counts.get("mismatch_examples", []),
             "notes": self.notes,
         }
+
+    @classmethod
+    def from_json(cls, data: dict) -> ExperimentResult:
+        """The inverse of :meth:`as_json` (a saved matrix cell, for ``lab matrix --resume``)."""
+        meta = {"guarantee", "sink", "fault", "seed", "faust_fixes", "producer_idempotence", "drained",
+                "seconds", "predicted", "why", "as_predicted", "run_id", "notes", "cell", "code"}
+        injected = {f.name for f in fields(Injected)}
+        counts = {k: v for k, v in data.items() if k not in meta | injected}
+        return cls(
+            guarantee=data["guarantee"], sink=data["sink"], fault=data["fault"], seed=data["seed"],
+            faust_fixes=data["faust_fixes"], producer_idempotence=data["producer_idempotence"],
+            counts=counts, injected=Injected(**{k: data[k] for k in injected}),
+            prediction=Prediction(data["predicted"], data["why"]), drained=data["drained"],
+            seconds=data["seconds"], run_id=data["run_id"], notes=data.get("notes", []),
+        )
 
 
 def run_experiment(

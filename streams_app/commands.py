@@ -301,15 +301,17 @@ async def _watch(url: str, traffic, worker: subprocess.Popen, exit_when_done: bo
     option("--quick", is_flag=True, help="matrix: the cells CI asserts, at small scale."),
     option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"),
            show_default=True, help="matrix: where semantics.md/.html/.png/.json go."),
+    option("--resume", is_flag=True,
+           help="matrix: keep the cells of OUT/semantics.json measured on this same code; run the rest."),
 )
 async def lab(
     self: AppCommand, action: str, guarantee: str, sink: str, fault: str, events: int, kills: int,
     seed: int, as_json: bool, stock_faust: bool, no_producer_idempotence: bool, keep_topics: bool,
-    quick: bool, out: Path,
+    quick: bool, out: Path, resume: bool,
 ) -> None:
     """The semantics lab: inject a fault on the real broker and count what happened."""
-    from lab.matrix import QUICK, full_cells, run_cells
-    from lab.report import write_reports
+    from lab.matrix import QUICK, full_cells, measured_before, run_cells
+    from lab.report import code_version, write_reports
     from lab.runner import run_experiment
 
     await asyncio.to_thread(start_local_broker)
@@ -330,9 +332,12 @@ async def lab(
     scale = (f"Quick matrix: {events} records and {kills} kills per cell." if quick else
              f"Full matrix: {events} records and {kills} kills per at_least_once and at_most_once "
              "cell; every exactly_once cell at 5,000 records and 20 kills (where the fault kills).")
-    done: list = []
+    done: list = measured_before(out / "semantics.json", cells, code=code_version()) if resume else []
+    if done:
+        console.print(f"resuming: {len(done)} of {len(cells)} cells were measured on this code already")
+    todo = [cell for cell in cells if cell not in {c for c, _ in done}]
     with Progress(console=console) as progress:
-        task = progress.add_task("lab matrix", total=len(cells))
+        task = progress.add_task("lab matrix", total=len(cells), completed=len(done))
 
         def advance(cell, result) -> None:
             mark = "[green]as predicted[/green]" if result.as_predicted else "[red]NOT as predicted[/red]"
@@ -341,10 +346,11 @@ async def lab(
             done.append((cell, result))
             # Rewrite the report after every cell: an interrupted matrix still says what it measured.
             progress_note = "" if len(done) == len(cells) else f" Partial: {len(done)} of {len(cells)} cells so far."
-            write_reports(done, out, title="Kafka delivery semantics, measured", scale=scale + progress_note)
+            in_order = sorted(done, key=lambda measured: cells.index(measured[0]))
+            write_reports(in_order, out, title="Kafka delivery semantics, measured", scale=scale + progress_note)
 
         await asyncio.to_thread(
-            run_cells, cells, events=events, kills=kills, seed=seed,
+            run_cells, todo, events=events, kills=kills, seed=seed,
             bootstrap=settings.bootstrap, workdir=workdir, on_result=advance,
         )
     console.print(f"wrote {out}/semantics.md, .html, .png and .json")

@@ -11,8 +11,10 @@ site-packages/faust.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
+import types
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,18 @@ FIXES: Mapping[str, str] = {
         "applied, 2 wrong balances). Fix: the bookkeeping is dropped after the handler, so "
         "its commit covers every processed event, as Kafka's own clients commit in "
         "onPartitionsRevoked."
+    ),
+    "recovery-idle-wait": (
+        "exactly_once: a changelog written in transactions ends with a commit marker, so "
+        "its high watermark is one past the last record and table recovery never sees it "
+        "reached. Faust then decides the rest is transaction markers only after its "
+        "changelog queue stayed empty for two 5-second waits (tables/recovery.py "
+        "_slurp_changelogs, the aborted-transaction check added for faust-streaming#47): "
+        "every exactly_once start and every rebalance stalled 10 to 15 s with nothing "
+        "left to read (lab logs: 'Still fetching changelog topics ... remaining=769' "
+        "for 14 s, then 'Aborted tx until highwater'). Fix: the same check after two "
+        "1-second waits; the check itself (the reader's position has passed the high "
+        "watermark, twice in a row with an empty queue) is Faust's."
     ),
     "changelog-metadata": (
         "Every guarantee: the first write to a table checks that its changelog has as many "
@@ -183,6 +197,8 @@ def install(
         _patch_seek_after_queue_clear()
     if "commit-at-revocation" in enabled:
         _patch_commit_at_revocation()
+    if exactly_once and "recovery-idle-wait" in enabled:
+        _patch_recovery_idle_wait()
     if "changelog-metadata" in enabled:
         _patch_changelog_metadata()
     if exactly_once and "lso-consistency-check" in enabled:
@@ -509,6 +525,35 @@ def _patch_commit_at_revocation() -> None:
     on_partitions_revoked._fixed = True  # type: ignore[attr-defined]
     on_partitions_revoked._stock = stock  # type: ignore[attr-defined]
     Consumer.on_partitions_revoked = on_partitions_revoked  # type: ignore[method-assign]
+
+
+# -- recovery-idle-wait -------------------------------------------------------------
+
+#: How long the changelog queue must stay empty, twice, before recovery checks whether
+#: only transaction markers are left (Faust: 5 s).
+RECOVERY_IDLE_S = 1.0
+
+
+class _RecoveryAsyncio(types.ModuleType):
+    """``asyncio`` as tables/recovery.py sees it: its one ``wait_for`` (the changelog
+    queue's idle wait) is capped at :data:`RECOVERY_IDLE_S`; all else is asyncio's."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    @staticmethod
+    async def wait_for(awaitable: Any, timeout: float | None) -> Any:
+        if timeout is not None:
+            timeout = min(timeout, RECOVERY_IDLE_S)
+        return await asyncio.wait_for(awaitable, timeout=timeout)
+
+
+def _patch_recovery_idle_wait() -> None:
+    from faust.tables import recovery
+
+    if isinstance(recovery.asyncio, _RecoveryAsyncio):
+        return
+    recovery.asyncio = _RecoveryAsyncio("asyncio")
 
 
 # -- changelog-metadata ------------------------------------------------------------

@@ -88,3 +88,24 @@ def test_a_changelog_missing_from_the_metadata_snapshot_is_not_a_partition_misma
     assert table._verified_source_topics_for_partitions == {"app.events"}
     with pytest.raises(PartitionsMismatch, match="has 8 partitions"):
         fixed(_Table({"app.events": 4, "app-seen-events-changelog": 8}), "app.events")
+
+
+def test_recovery_idle_wait_caps_only_the_changelog_queue_wait(monkeypatch):
+    """recovery-idle-wait: tables/recovery.py's one asyncio.wait_for (5 s, twice, before
+    Faust looks for trailing transaction markers) waits at most RECOVERY_IDLE_S."""
+    from faust.tables import recovery
+
+    monkeypatch.setattr(recovery, "asyncio", asyncio)
+    faust_fixes._patch_recovery_idle_wait()
+    assert isinstance(recovery.asyncio, faust_fixes._RecoveryAsyncio)
+    assert recovery.asyncio.TimeoutError is asyncio.TimeoutError and recovery.asyncio.sleep is asyncio.sleep
+
+    async def idle_wait() -> float:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(asyncio.TimeoutError):
+            await recovery.asyncio.wait_for(asyncio.Event().wait(), timeout=5.0)
+        return loop.time() - started
+
+    monkeypatch.setattr(faust_fixes, "RECOVERY_IDLE_S", 0.05)
+    assert asyncio.run(idle_wait()) < 1.0
