@@ -138,6 +138,17 @@ class Restore:
     changelog_bytes_per_key: float | None
 
 
+def seconds_to_ready(deployment: FaustDeployment, pinning: Pinning) -> float:
+    """Start the worker, return how long it took to be ready, stop it (SIGTERM)."""
+    started = time.monotonic()
+    deployment.start(pinning)
+    try:
+        deployment.worker.wait_ready(timeout=READY_TIMEOUT_S)
+        return time.monotonic() - started
+    finally:
+        deployment.stop()
+
+
 def measure_restore(deployment: FaustDeployment, keys: int, pinning: Pinning) -> Restore:
     """Fill the dedup changelog with ``keys`` ids, start a worker on empty state, time it."""
     asyncio.run(deployment.prepare())
@@ -148,13 +159,7 @@ def measure_restore(deployment: FaustDeployment, keys: int, pinning: Pinning) ->
     rows = ((json.dumps(f"{deployment.run_id}-{i}").encode(), json.dumps(now).encode()) for i in range(keys))
     asyncio.run(send_records(deployment.bootstrap, changelog, rows))
     changelog_size = broker_bytes(changelog)
-    started = time.monotonic()
-    deployment.start(pinning)
-    try:
-        deployment.worker.wait_ready(timeout=READY_TIMEOUT_S)
-        ready_s = time.monotonic() - started
-    finally:
-        deployment.stop()
+    ready_s = seconds_to_ready(deployment, pinning)
     restored, size = count_keys(deployment.table_dir)
     return Restore(
         keys_written=keys, keys_restored=restored,
@@ -204,13 +209,7 @@ def measure_restart(deployment: FaustDeployment, events: int, pinning: Pinning, 
     finally:
         first_stop_s = deployment.stop()
     first_stop_problem = deployment.stop_problem
-    started = time.monotonic()
-    deployment.start(pinning)
-    try:
-        deployment.worker.wait_ready(timeout=READY_TIMEOUT_S)
-        ready_s = time.monotonic() - started
-    finally:
-        deployment.stop()
+    ready_s = seconds_to_ready(deployment, pinning)
     lines = last_start(deployment.log_path)
     changelog = changelog_of(deployment)
     highwater = offsets_table(lines, "Highwater - Active", changelog)
