@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-unit lab matrix matrix-quick bench bench-full kafka-stop clean
+.PHONY: run test test-unit lab matrix matrix-resume matrix-quick bench bench-full kafka-stop clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ matrix-quick: $(STAMP)
 
 matrix: $(STAMP)
 	$(BIN)/faust -A streams_app lab matrix --out reports
+
+# Go on with an interrupted matrix: cells already in reports/semantics.json from the same code are kept.
+matrix-resume: $(STAMP)
+	$(BIN)/faust -A streams_app lab matrix --resume --out reports
 
 bench: $(STAMP)
 	$(BIN)/python -m bench run --quick --out reports
