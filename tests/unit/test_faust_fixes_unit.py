@@ -109,3 +109,47 @@ def test_recovery_idle_wait_caps_only_the_changelog_queue_wait(monkeypatch):
 
     monkeypatch.setattr(faust_fixes, "RECOVERY_IDLE_S", 0.05)
     assert asyncio.run(idle_wait()) < 1.0
+
+
+# -- exact-gaps ---------------------------------------------------------------------------
+
+TP3 = ("payments.events", 3)
+
+
+def test_a_head_hole_of_one_offset_stops_the_commit():
+    """Stock Faust commits past a single never-acked offset at the head (here 45: a
+    record dropped between fetch and agent is then lost); the fix does not."""
+    acked = [46, 47, 48]
+    assert faust_fixes.strict_new_offset(acked, None, committed=45) == (None, 0)
+    assert faust_fixes.strict_new_offset([45, 46, 47, 50], None, committed=45) == (48, 3)
+    assert faust_fixes.strict_new_offset([0, 1], None, committed=None) == (2, 2)
+
+
+def test_offsets_the_client_skipped_after_a_seek_are_a_gap():
+    """After a seek to 45 the client returns 47 first: 45-46 hold no record for us
+    (a commit marker, an aborted record), so they are a gap and commits go on."""
+    track = faust_fixes.FetchTrack()
+    track.sought(TP3, 45)
+    assert track.delivered(TP3, 47) == (45, 47)
+    assert track.delivered(TP3, 48) is None
+    assert track.delivered(TP3, 52) == (49, 52)
+
+
+def test_nothing_is_inferred_when_the_next_offset_is_unknown():
+    track = faust_fixes.FetchTrack()
+    assert track.delivered(TP3, 10) is None  # never sought
+    track.undelivered(TP3)  # records of a batch were fetched and not delivered
+    assert track.delivered(TP3, 20) is None
+    track.sought(TP3, None)  # a partition without a committed offset
+    assert track.delivered(TP3, 0) is None
+
+
+def test_records_fetched_before_the_partitions_latest_seek_are_stale():
+    track = faust_fixes.FetchTrack()
+    track.sought(TP3, 10)
+    batch = track.batch_started()
+    assert not track.stale(TP3, batch)
+    track.sought(TP3, 5)  # the heal seeks back while that batch is being delivered
+    assert track.stale(TP3, batch)
+    assert not track.stale(("payments.raw", 0), batch)  # other partitions are not affected
+    assert not track.stale(TP3, track.batch_started())
