@@ -448,7 +448,10 @@ def _heal_stalled_partitions_for(app: Any):
                 )
                 acked.clear()
                 consumer._acked_index[tp].clear()
-                await consumer.seek(tp, committed)
+                try:
+                    await quiescent_seek(consumer, lambda: consumer.seek(tp, committed))
+                except Exception as exc:  # noqa: BLE001 - e.g. the partition was revoked meanwhile
+                    log.warning("stalled-partition-heal: seeking %s back failed (%r); trying again later", tp, exc)
 
     return heal_stalled_partitions
 
@@ -501,7 +504,7 @@ def _patch_seek_after_queue_clear() -> None:
             consumer = self.app.consumer
             if self.app.consumer_generation_id != generation_id or not consumer.assignment():
                 return  # another rebalance is under way: it seeks again itself
-            await consumer.perform_seek()
+            await quiescent_seek(consumer, consumer.perform_seek)
             log.info("seek-after-queue-clear: stream partitions sought to their committed offsets "
                      "again after Faust cleared its stream queues")
 
@@ -517,30 +520,18 @@ def _patch_seek_after_queue_clear() -> None:
 
 
 class FetchTrack:
-    """What the client returns for each stream partition, between seeks.
+    """The offset the client returns next for each stream partition.
 
-    ``epoch[tp]`` counts the seeks of ``tp``; a batch remembers the epochs it was
-    fetched in (:meth:`batch_started`). ``expected[tp]`` is the offset the client
-    returns next: the sought offset after a seek, then one past the last record
-    delivered; None when not known (no seek yet, or records of a batch were not
-    delivered), and then no gap is inferred.
+    ``expected[tp]`` is the sought offset after a seek, then one past the last
+    record delivered; None when not known (never sought, or records of a batch
+    were fetched and not delivered), and then no gap is inferred.
     """
 
     def __init__(self) -> None:
-        self.epoch: dict[Any, int] = {}
         self.expected: dict[Any, int | None] = {}
-        self.batch_epochs: dict[Any, int] = {}
 
     def sought(self, tp: Any, offset: int | None) -> None:
-        self.epoch[tp] = self.epoch.get(tp, 0) + 1
         self.expected[tp] = offset if offset is not None and offset >= 0 else None
-
-    def batch_started(self) -> dict[Any, int]:
-        return dict(self.epoch)
-
-    def stale(self, tp: Any, batch_epochs: Mapping[Any, int]) -> bool:
-        """True for a record of ``tp`` fetched before ``tp``'s latest seek."""
-        return self.epoch.get(tp, 0) != batch_epochs.get(tp, 0)
 
     def delivered(self, tp: Any, offset: int) -> tuple[int, int] | None:
         """Record that the client returned ``offset``; the range [from, to) it skipped
@@ -563,19 +554,40 @@ def _track(consumer: Any) -> FetchTrack:
     return track
 
 
-def strict_new_offset(acked: list[int], gaps: Any, committed: int | None) -> tuple[int | None, int]:
-    """Faust's Consumer._new_offset, except that the head of the acked offsets must
-    start AT the committed offset (the next offset to read): (offset to commit or
-    None, how many acked offsets to drop from the front). ``acked`` is sorted and
-    already merged with the gaps below its maximum, as Faust does."""
-    if not acked:
-        return None, 0
-    if committed is not None and acked[0] > committed:
+def strict_new_offset(acked: list[int], committed: int | None) -> tuple[int | None, int]:
+    """Faust's Consumer._new_offset, except that the acked offsets (sorted, merged with
+    the gaps below their maximum) must start AT the committed offset, the next offset
+    to read: (offset to commit or None, how many acked offsets it takes from the front)."""
+    if not acked or (committed is not None and acked[0] > committed):
         return None, 0
     from faust.utils.functional import consecutive_numbers
 
     batch = next(consecutive_numbers(acked))
     return batch[-1] + 1, len(batch)
+
+
+async def quiescent_seek(consumer: Any, seek: Any) -> None:
+    """Run ``seek()`` (a coroutine function) while the fetcher delivers nothing.
+
+    A seek while the fetcher runs lets records of a batch fetched before it through
+    after it: they move Faust's read offset past the records fetched again from the
+    sought offset, which Faust then drops as already read. Stopping the consumer's
+    flow first ends the batch in progress (Faust's getmany stops delivering it) and
+    holds the next fetch until the flow resumes (what Consumer.wait_for_stopped_flow
+    is for). A flow already stopped (a rebalance) is left stopped.
+    """
+    if not consumer.flow_active:
+        await seek()
+        return
+    app = consumer.app
+    generation = app.consumer_generation_id
+    consumer.stop_flow()
+    try:
+        await consumer.wait_for_stopped_flow()
+        await seek()
+    finally:
+        if app.consumer_generation_id == generation:  # else a rebalance owns the flow now
+            consumer.resume_flow()
 
 
 def _patch_exact_gaps() -> None:
@@ -586,12 +598,11 @@ def _patch_exact_gaps() -> None:
     stock_wait_next_records = Consumer._wait_next_records
     stock_getmany = Consumer.getmany
     stock_perform_seek = Consumer.perform_seek
+    stock_seek = Consumer.seek
+    stock_add_gap = Consumer._add_gap
 
     async def _wait_next_records(self: Consumer, timeout: float) -> Any:
-        track = _track(self)
-        epochs = track.batch_started()
         records, active = await stock_wait_next_records(self, timeout)
-        track.batch_epochs = epochs
         self._fetched_batch = records or {}
         return records, active
 
@@ -601,37 +612,47 @@ def _patch_exact_gaps() -> None:
         yielded: dict[Any, int] = {}
         acks_enabled_for = self.app.topics.acks_enabled_for
         async for tp, message in stock_getmany(self, timeout):
-            if track.stale(tp, track.batch_epochs):
-                continue  # fetched before this partition's latest seek: it comes again
             yielded[tp] = yielded.get(tp, 0) + 1
             skipped = track.delivered(tp, message.offset)
             if skipped is not None and acks_enabled_for(message.topic):
                 gap = self._gap[tp]
-                gap.addi(skipped[0], skipped[1])
+                gap.addi(*skipped)
                 gap.merge_overlaps()
             yield tp, message
         for tp, records in self._fetched_batch.items():
-            if not track.stale(tp, track.batch_epochs) and yielded.get(tp, 0) < len(records):
+            if yielded.get(tp, 0) < len(records):
                 track.undelivered(tp)  # stock getmany stopped early (flow stopped, new generation)
+
+    def _sought(self: Consumer, tp: Any, offset: int | None) -> None:
+        _track(self).sought(tp, offset)
+        if offset is not None and self._gap.get(tp):
+            self._gap[tp].chop(offset, float("inf"))  # inferred from records that come again
 
     async def perform_seek(self: Consumer) -> None:
         await stock_perform_seek(self)
-        track = _track(self)
         acks_enabled_for = self.app.topics.acks_enabled_for
         for tp in self.assignment():
             if acks_enabled_for(tp.topic):  # stream partitions; changelogs are not acked
-                track.sought(tp, self._read_offset.get(tp))
-
-    stock_seek = Consumer.seek
+                _sought(self, tp, self._read_offset.get(tp))
 
     async def seek(self: Consumer, partition: Any, offset: int) -> None:
         thread = getattr(self, "_thread", None)
         if thread is None:  # not a threaded (aiokafka) consumer
-            return await stock_seek(self, partition, offset)
-        # In the consumer thread, as Faust's own perform_seek, not from the event loop.
-        await thread.call_thread(thread._ensure_consumer().seek, partition, offset)
-        self._read_offset[partition] = offset if offset else None
-        _track(self).sought(partition, offset)
+            await stock_seek(self, partition, offset)
+        else:  # in the consumer thread, as Faust's own perform_seek, not from the event loop
+            await thread.call_thread(thread._ensure_consumer().seek, partition, offset)
+            self._read_offset[partition] = offset if offset else None
+        _sought(self, partition, offset)
+
+    async def _add_gap(self: Consumer, tp: Any, offset_from: int, offset_to: int) -> None:
+        # Stock starts a gap after the committed offset; the committed offset is the next
+        # offset to read, so a marker AT it was never a gap (hence stock's tolerance).
+        committed = self._committed_offset[tp]
+        if committed is not None and offset_from < committed:
+            offset_from = committed
+        if offset_from <= offset_to:
+            self._gap[tp].addi(offset_from, offset_to + 1)
+            self._gap[tp].merge_overlaps()
 
     def _new_offset(self: Consumer, tp: Any) -> int | None:
         acked = self._acked[tp]
@@ -649,7 +670,7 @@ def _patch_exact_gaps() -> None:
                 acked.extend(stuff_to_add)
                 gap_for_tp.chop(0, new_max_offset)
         acked.sort()
-        offset, taken = strict_new_offset(acked, gap_for_tp, self._committed_offset[tp])
+        offset, taken = strict_new_offset(acked, self._committed_offset[tp])
         if taken:
             batch = acked[:taken]
             acked[:taken] = []
@@ -661,6 +682,7 @@ def _patch_exact_gaps() -> None:
         ("getmany", getmany, stock_getmany),
         ("perform_seek", perform_seek, stock_perform_seek),
         ("seek", seek, stock_seek),
+        ("_add_gap", _add_gap, stock_add_gap),
         ("_new_offset", _new_offset, Consumer._new_offset),
     ):
         fixed._fixed = True  # type: ignore[attr-defined]

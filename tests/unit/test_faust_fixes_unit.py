@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from types import SimpleNamespace
 
 import pytest
 from aiokafka.errors import IllegalOperation
@@ -119,10 +120,9 @@ TP3 = ("payments.events", 3)
 def test_a_head_hole_of_one_offset_stops_the_commit():
     """Stock Faust commits past a single never-acked offset at the head (here 45: a
     record dropped between fetch and agent is then lost); the fix does not."""
-    acked = [46, 47, 48]
-    assert faust_fixes.strict_new_offset(acked, None, committed=45) == (None, 0)
-    assert faust_fixes.strict_new_offset([45, 46, 47, 50], None, committed=45) == (48, 3)
-    assert faust_fixes.strict_new_offset([0, 1], None, committed=None) == (2, 2)
+    assert faust_fixes.strict_new_offset([46, 47, 48], committed=45) == (None, 0)
+    assert faust_fixes.strict_new_offset([45, 46, 47, 50], committed=45) == (48, 3)
+    assert faust_fixes.strict_new_offset([0, 1], committed=None) == (2, 2)
 
 
 def test_offsets_the_client_skipped_after_a_seek_are_a_gap():
@@ -144,12 +144,92 @@ def test_nothing_is_inferred_when_the_next_offset_is_unknown():
     assert track.delivered(TP3, 0) is None
 
 
-def test_records_fetched_before_the_partitions_latest_seek_are_stale():
-    track = faust_fixes.FetchTrack()
-    track.sought(TP3, 10)
-    batch = track.batch_started()
-    assert not track.stale(TP3, batch)
-    track.sought(TP3, 5)  # the heal seeks back while that batch is being delivered
-    assert track.stale(TP3, batch)
-    assert not track.stale(("payments.raw", 0), batch)  # other partitions are not affected
-    assert not track.stale(TP3, track.batch_started())
+def _consumer_state(acked: list[int], committed: int):
+    from collections import defaultdict
+
+    from intervaltree import IntervalTree
+
+    return SimpleNamespace(
+        _acked=defaultdict(list, {TP3: list(acked)}), _acked_index=defaultdict(set, {TP3: set(acked)}),
+        _gap=defaultdict(IntervalTree), _committed_offset=defaultdict(lambda: None, {TP3: committed}),
+    )
+
+
+def test_stock_faust_commits_past_a_record_nobody_acked_and_the_fix_does_not(monkeypatch):
+    """The mechanism of the lost event, on Faust's own Consumer._new_offset: record 45
+    was dropped between fetch and agent, 46-48 were processed."""
+    stock = getattr(Consumer._new_offset, "_stock", Consumer._new_offset)
+    assert stock(_consumer_state([46, 47, 48], committed=45), TP3) == 49, "stock: 45 is committed past"
+    monkeypatch.setattr(Consumer, "_new_offset", stock)
+    for name in ("_wait_next_records", "getmany", "perform_seek", "seek", "_add_gap"):
+        method = getattr(Consumer, name)
+        monkeypatch.setattr(Consumer, name, getattr(method, "_stock", method))
+    faust_fixes._patch_exact_gaps()
+    assert Consumer._new_offset(_consumer_state([46, 47, 48], committed=45), TP3) is None
+    state = _consumer_state([46, 47, 48], committed=45)
+    state._gap[TP3].addi(45, 46)  # 45 was a commit marker the client skipped: a gap
+    assert Consumer._new_offset(state, TP3) == 49
+
+
+def test_a_gap_may_start_at_the_committed_offset(monkeypatch):
+    """The committed offset is the next offset to read: a commit marker there is a gap.
+    Stock _add_gap starts gaps one later, so the marker stays a hole."""
+    stock = getattr(Consumer._add_gap, "_stock", Consumer._add_gap)
+    state = _consumer_state([46], committed=45)
+    asyncio.run(stock(state, TP3, 45, 45))
+    assert not state._gap[TP3], "stock: nothing registered"
+    monkeypatch.setattr(Consumer, "_add_gap", stock)
+    monkeypatch.setattr(Consumer, "_new_offset", getattr(Consumer._new_offset, "_stock", Consumer._new_offset))
+    for name in ("_wait_next_records", "getmany", "perform_seek", "seek"):
+        method = getattr(Consumer, name)
+        monkeypatch.setattr(Consumer, name, getattr(method, "_stock", method))
+    faust_fixes._patch_exact_gaps()
+    asyncio.run(Consumer._add_gap(state, TP3, 45, 45))
+    assert Consumer._new_offset(state, TP3) == 47
+
+
+class _Flow:
+    """A consumer's flow switches, recording what happens in which order."""
+
+    def __init__(self, active: bool = True) -> None:
+        self.flow_active = active
+        self.steps: list[str] = []
+        self.app = SimpleNamespace(consumer_generation_id=7)
+
+    def stop_flow(self) -> None:
+        self.flow_active = False
+        self.steps.append("stop")
+
+    def resume_flow(self) -> None:
+        self.flow_active = True
+        self.steps.append("resume")
+
+    async def wait_for_stopped_flow(self) -> None:
+        self.steps.append("fetcher idle")
+
+
+def test_a_seek_is_made_with_the_fetcher_stopped():
+    consumer = _Flow()
+
+    async def seek() -> None:
+        consumer.steps.append(f"seek (flow {'on' if consumer.flow_active else 'off'})")
+
+    asyncio.run(faust_fixes.quiescent_seek(consumer, seek))
+    assert consumer.steps == ["stop", "fetcher idle", "seek (flow off)", "resume"]
+
+
+def test_a_rebalance_keeps_the_flow_it_stopped():
+    consumer = _Flow(active=False)  # a rebalance stopped it
+
+    async def seek() -> None:
+        consumer.steps.append("seek")
+
+    asyncio.run(faust_fixes.quiescent_seek(consumer, seek))
+    assert consumer.steps == ["seek"] and not consumer.flow_active
+    consumer = _Flow()
+
+    async def seek_during_a_new_generation() -> None:
+        consumer.app.consumer_generation_id += 1
+
+    asyncio.run(faust_fixes.quiescent_seek(consumer, seek_during_a_new_generation))
+    assert consumer.steps == ["stop", "fetcher idle"], "the flow is the new rebalance's to resume"
