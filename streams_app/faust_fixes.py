@@ -529,9 +529,11 @@ class FetchTrack:
 
     def __init__(self) -> None:
         self.expected: dict[Any, int | None] = {}
+        self.seeks: dict[Any, int] = {}
 
     def sought(self, tp: Any, offset: int | None) -> None:
         self.expected[tp] = offset if offset is not None and offset >= 0 else None
+        self.seeks[tp] = self.seeks.get(tp, 0) + 1
 
     def delivered(self, tp: Any, offset: int) -> tuple[int, int] | None:
         """Record that the client returned ``offset``; the range [from, to) it skipped
@@ -542,9 +544,11 @@ class FetchTrack:
             return expected, offset
         return None
 
-    def undelivered(self, tp: Any) -> None:
-        """Records of ``tp`` were fetched and not delivered: what comes next is unknown."""
-        self.expected[tp] = None
+    def undelivered(self, tp: Any, seeks_before: Mapping[Any, int]) -> None:
+        """Records of ``tp`` were fetched and not delivered: what comes next is unknown,
+        unless ``tp`` was sought since (``seeks_before``): then it is the sought offset."""
+        if self.seeks.get(tp, 0) == seeks_before.get(tp, 0):
+            self.expected[tp] = None
 
 
 def _track(consumer: Any) -> FetchTrack:
@@ -609,6 +613,7 @@ def _patch_exact_gaps() -> None:
     async def getmany(self: Consumer, timeout: float) -> Any:
         track = _track(self)
         self._fetched_batch = {}
+        seeks_before = dict(track.seeks)
         yielded: dict[Any, int] = {}
         acks_enabled_for = self.app.topics.acks_enabled_for
         async for tp, message in stock_getmany(self, timeout):
@@ -621,7 +626,7 @@ def _patch_exact_gaps() -> None:
             yield tp, message
         for tp, records in self._fetched_batch.items():
             if yielded.get(tp, 0) < len(records):
-                track.undelivered(tp)  # stock getmany stopped early (flow stopped, new generation)
+                track.undelivered(tp, seeks_before)  # stock getmany stopped early (flow stopped)
 
     def _sought(self: Consumer, tp: Any, offset: int | None) -> None:
         _track(self).sought(tp, offset)

@@ -138,10 +138,22 @@ def test_offsets_the_client_skipped_after_a_seek_are_a_gap():
 def test_nothing_is_inferred_when_the_next_offset_is_unknown():
     track = faust_fixes.FetchTrack()
     assert track.delivered(TP3, 10) is None  # never sought
-    track.undelivered(TP3)  # records of a batch were fetched and not delivered
+    track.undelivered(TP3, dict(track.seeks))  # records of a batch were fetched and not delivered
     assert track.delivered(TP3, 20) is None
     track.sought(TP3, None)  # a partition without a committed offset
     assert track.delivered(TP3, 0) is None
+
+
+def test_a_batch_cut_short_by_a_seek_leaves_the_sought_offset_expected():
+    """The seek stops the flow, Faust's getmany drops the rest of its batch: what comes
+    next is the sought offset, not unknown."""
+    track = faust_fixes.FetchTrack()
+    track.sought(TP3, 10)
+    before = dict(track.seeks)
+    track.delivered(TP3, 10)
+    track.sought(TP3, 11)
+    track.undelivered(TP3, before)
+    assert track.delivered(TP3, 13) == (11, 13)
 
 
 def _consumer_state(acked: list[int], committed: int):
