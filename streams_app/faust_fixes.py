@@ -79,14 +79,15 @@ FIXES: Mapping[str, str] = {
         "loop, not the consumer thread) also lets records of a batch fetched BEFORE the "
         "seek through after it; they move the read offset past the re-fetched records, "
         "which Faust then drops (the stall heal's first seek back had no effect). Fix: "
-        "seeks of stream partitions run in the consumer thread and start a new epoch of "
-        "the partition; records of a batch fetched before the partition's latest seek "
-        "are dropped (the client returns them again from the sought offset); the offsets "
-        "the client itself skipped (transaction markers, aborted records) are registered "
-        "as gaps exactly, from the expected next offset up to the record it returns; and "
-        "a commit never passes an offset that is neither acked nor such a gap. A hole "
-        "left by a dropped record now stops the partition's commits until the stall heal "
-        "delivers the record again."
+        "our seeks (the stall heal's, seek-after-queue-clear's) run in the consumer "
+        "thread with the consumer's flow stopped, so no batch fetched before them is "
+        "delivered after them; the offsets the client itself skipped after a seek or "
+        "between two records (transaction markers, aborted records) are registered as "
+        "gaps exactly, from the expected next offset up to the record it returns; and "
+        "a commit never passes an offset that is neither acked nor such a gap; offsets "
+        "both acked and in a gap count once (a duplicate ended Faust's consecutive run, "
+        "robinhood/faust#625). A hole left by a dropped record now stops the partition's "
+        "commits until the stall heal delivers the record again."
     ),
     "changelog-metadata": (
         "Every guarantee: the first write to a table checks that its changelog has as many "
@@ -674,7 +675,10 @@ def _patch_exact_gaps() -> None:
                 new_max_offset = max(stuff_to_add[-1], max_offset + 1)
                 acked.extend(stuff_to_add)
                 gap_for_tp.chop(0, new_max_offset)
-        acked.sort()
+        # Stock registers a gap up to AND including the record after it, so the same offset
+        # can be both a gap and acked; a duplicate ends the consecutive run and each commit
+        # then takes one run only (robinhood/faust#625).
+        acked[:] = sorted(set(acked))
         offset, taken = strict_new_offset(acked, self._committed_offset[tp])
         if taken:
             batch = acked[:taken]

@@ -245,3 +245,19 @@ def test_a_rebalance_keeps_the_flow_it_stopped():
 
     asyncio.run(faust_fixes.quiescent_seek(consumer, seek_during_a_new_generation))
     assert consumer.steps == ["stop", "fetcher idle"], "the flow is the new rebalance's to resume"
+
+
+def test_an_offset_both_acked_and_in_a_gap_does_not_split_the_commit(monkeypatch):
+    """robinhood/faust#625: [10, 11, 11, 12] is two consecutive runs to Faust."""
+    stock = getattr(Consumer._new_offset, "_stock", Consumer._new_offset)
+    state = _consumer_state([10, 11, 12], committed=10)
+    state._gap[TP3].addi(11, 12)  # Faust's own _add_gap includes the record after the gap
+    assert stock(state, TP3) == 12, "stock: the duplicate 11 ends the run (12 waits for the next commit)"
+    monkeypatch.setattr(Consumer, "_new_offset", stock)
+    for name in ("_wait_next_records", "getmany", "perform_seek", "seek", "_add_gap"):
+        method = getattr(Consumer, name)
+        monkeypatch.setattr(Consumer, name, getattr(method, "_stock", method))
+    faust_fixes._patch_exact_gaps()
+    state = _consumer_state([10, 11, 12], committed=10)
+    state._gap[TP3].addi(11, 12)
+    assert Consumer._new_offset(state, TP3) == 13
