@@ -34,6 +34,7 @@ UPSTREAM = {
     "route-metadata": "(no upstream report found)",
     "commit-at-revocation": "faust-streaming#502",
     "recovery-idle-wait": "cf. faust-streaming#47",
+    "exact-gaps": "cf. faust-streaming#606, #312; robinhood/faust#625",
     "stalled-partition-heal": "faust-streaming#596; cf. robinhood/faust#625",
     "changelog-metadata": "cf. robinhood/faust#325",
     "shutdown-commit": "robinhood/faust#484, #684",
