@@ -22,6 +22,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from aiokafka import TopicPartition
 from faust.types import TP
 
 log = logging.getLogger(__name__)
@@ -67,12 +68,22 @@ def _ack_through(consumer: Any, tp: TP, offset: int) -> None:
     exactly_once), so the group's committed offsets, and the lag every monitor
     reads from them, agree with the database even on a partition that gets no
     new record.
+
+    The partition is keyed as the client's ``TopicPartition``: Faust builds the
+    offsets it commits from the keys of its acked offsets, aiokafka's
+    ``send_offsets_to_transaction`` accepts no other type, and the ``assignment()``
+    this comes from holds Faust's own ``TP`` (equal, but not the same type: a first
+    acked offset under a ``TP`` key crashed the consumer with "Key should be
+    TopicPartition instance" in the lab, exactly_once crash-mid-transaction).
     """
+    key = TopicPartition(tp.topic, tp.partition)
+    acked = consumer._acked.pop(key, [])  # pops a TP key too: they compare equal
+    consumer._acked[key] = acked
     consumer._committed_offset[tp] = offset
     if offset not in consumer._acked_index[tp]:
         consumer._acked_index[tp].add(offset)
-        consumer._acked[tp].append(offset)
-        consumer._acked[tp].sort()
+        acked.append(offset)
+        acked.sort()
 
 
 def _install() -> None:
