@@ -167,16 +167,20 @@ def _consumer_state(acked: list[int], committed: int):
     )
 
 
+def _patch_exact_gaps_on_stock(monkeypatch) -> None:
+    """Put Faust's own Consumer methods back for this test, then apply exact-gaps to them."""
+    for name in ("_wait_next_records", "getmany", "perform_seek", "seek", "_add_gap", "_new_offset"):
+        method = getattr(Consumer, name)
+        monkeypatch.setattr(Consumer, name, getattr(method, "_stock", method))
+    faust_fixes._patch_exact_gaps()
+
+
 def test_stock_faust_commits_past_a_record_nobody_acked_and_the_fix_does_not(monkeypatch):
     """The mechanism of the lost event, on Faust's own Consumer._new_offset: record 45
     was dropped between fetch and agent, 46-48 were processed."""
     stock = getattr(Consumer._new_offset, "_stock", Consumer._new_offset)
     assert stock(_consumer_state([46, 47, 48], committed=45), TP3) == 49, "stock: 45 is committed past"
-    monkeypatch.setattr(Consumer, "_new_offset", stock)
-    for name in ("_wait_next_records", "getmany", "perform_seek", "seek", "_add_gap"):
-        method = getattr(Consumer, name)
-        monkeypatch.setattr(Consumer, name, getattr(method, "_stock", method))
-    faust_fixes._patch_exact_gaps()
+    _patch_exact_gaps_on_stock(monkeypatch)
     assert Consumer._new_offset(_consumer_state([46, 47, 48], committed=45), TP3) is None
     state = _consumer_state([46, 47, 48], committed=45)
     state._gap[TP3].addi(45, 46)  # 45 was a commit marker the client skipped: a gap
@@ -190,12 +194,7 @@ def test_a_gap_may_start_at_the_committed_offset(monkeypatch):
     state = _consumer_state([46], committed=45)
     asyncio.run(stock(state, TP3, 45, 45))
     assert not state._gap[TP3], "stock: nothing registered"
-    monkeypatch.setattr(Consumer, "_add_gap", stock)
-    monkeypatch.setattr(Consumer, "_new_offset", getattr(Consumer._new_offset, "_stock", Consumer._new_offset))
-    for name in ("_wait_next_records", "getmany", "perform_seek", "seek"):
-        method = getattr(Consumer, name)
-        monkeypatch.setattr(Consumer, name, getattr(method, "_stock", method))
-    faust_fixes._patch_exact_gaps()
+    _patch_exact_gaps_on_stock(monkeypatch)
     asyncio.run(Consumer._add_gap(state, TP3, 45, 45))
     assert Consumer._new_offset(state, TP3) == 47
 
@@ -253,11 +252,7 @@ def test_an_offset_both_acked_and_in_a_gap_does_not_split_the_commit(monkeypatch
     state = _consumer_state([10, 11, 12], committed=10)
     state._gap[TP3].addi(11, 12)  # Faust's own _add_gap includes the record after the gap
     assert stock(state, TP3) == 12, "stock: the duplicate 11 ends the run (12 waits for the next commit)"
-    monkeypatch.setattr(Consumer, "_new_offset", stock)
-    for name in ("_wait_next_records", "getmany", "perform_seek", "seek", "_add_gap"):
-        method = getattr(Consumer, name)
-        monkeypatch.setattr(Consumer, name, getattr(method, "_stock", method))
-    faust_fixes._patch_exact_gaps()
+    _patch_exact_gaps_on_stock(monkeypatch)
     state = _consumer_state([10, 11, 12], committed=10)
     state._gap[TP3].addi(11, 12)
     assert Consumer._new_offset(state, TP3) == 13
