@@ -8,6 +8,8 @@ and the persisted offset at the last record read.
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 import uuid
 
 import pytest
@@ -15,6 +17,8 @@ import rocksdict
 from aiokafka import AIOKafkaProducer
 from faust.types import TP
 
+from streams_app.admin import create_topics, send_records
+from streams_app.traffic import generate
 from tables.restore import bulk_restore
 
 pytestmark = pytest.mark.integration
@@ -93,3 +97,27 @@ def test_bulk_restore_starts_after_the_persisted_offset(kafka_bootstrap, topic_f
     store = _Store(tmp_path / "db")
     assert asyncio.run(bulk_restore(kafka_bootstrap, store, tp, after=6, through=9)) == 9
     assert sorted(store.db.keys()) == [b"k7", b"k8", b"k9"]
+
+
+def test_a_worker_with_empty_state_restores_the_dedup_table_in_bulk(pipeline_factory):
+    """The pipeline end to end: a dedup changelog of 60,000+ ids (about 15,000 per partition), a worker on empty
+    state. The bulk restore loads it (Faust's recovery then has nothing left), and
+    every id in it is a duplicate to the dedup stage."""
+    pipeline = pipeline_factory("at_least_once")
+    config = pipeline.config
+    traffic = generate(80, seed=7, id_prefix=config.run_id)
+    changelog = f"{config.app_id}-seen-events-changelog"
+    asyncio.run(create_topics(config.bootstrap, [changelog], config.partitions, {"cleanup.policy": "compact,delete"}))
+    now = json.dumps(time.time()).encode()
+    seen = [json.dumps(event_id).encode() for event_id in traffic.unique_events]
+    filler = (json.dumps(f"{config.run_id}-old-{i}").encode() for i in range(60_000))
+    asyncio.run(send_records(config.bootstrap, changelog, [(key, now) for key in seen] + [(key, now) for key in filler]))
+
+    worker = pipeline.worker()
+    start = worker.log_path.read_text()
+    assert start.count(f"bulk restore of TP(topic='{changelog}'") == config.partitions, start[-3000:]
+    pipeline.send(traffic)
+    pipeline.drain()
+    stats = worker.stats()
+    assert stats["unique"] == 0 and stats["charges"] == 0, stats
+    assert stats["duplicates_dropped"] == stats["valid"] == len(traffic.records) - sum(traffic.bad.values())
