@@ -135,7 +135,8 @@ def _state_section(state: Doc) -> list[str]:
     if restore:
         lines.append(
             f"- Cold restore of {restore['keys_written']:,} keys ({restore['keys_restored']:,} found in "
-            f"RocksDB afterwards): {_fmt(restore['restore_s'], 1)} s reading the changelog, worker "
+            f"RocksDB afterwards): {_fmt(restore['restore_s'], 1)} s restoring (from Faust's high-watermark "
+            f"query to \"Recovery complete\", the bulk restore included), worker "
             f"ready after {restore['ready_s']:.1f} s. RocksDB {restore['rocksdb_bytes_per_key']:.0f} "
             f"bytes/key, changelog on the broker {_fmt(restore['changelog_bytes_per_key'])} bytes/key.")
     for restart in state["restarts"]:

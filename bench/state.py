@@ -93,8 +93,11 @@ def logged_at(lines: list[str], message: str) -> float | None:
 
 
 def restore_seconds(lines: list[str]) -> float | None:
-    begun = logged_at(lines, "Restoring state from changelog topics...")
-    ended = logged_at(lines, "Done reading from changelog topics")
+    """From Faust's query of the changelogs' high watermarks to "Recovery complete":
+    everything a restore does, the bulk restore (streams_app/faust_fixes.py
+    ``bulk-restore``, before Faust's own reading) included."""
+    begun = logged_at(lines, "Highwater for active changelog partitions")
+    ended = logged_at(lines, "Recovery complete")
     return None if begun is None or ended is None else ended - begun
 
 

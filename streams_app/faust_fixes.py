@@ -89,6 +89,17 @@ FIXES: Mapping[str, str] = {
         "robinhood/faust#625). A hole left by a dropped record now stops the partition's "
         "commits until the stall heal delivers the record again."
     ),
+    "bulk-restore": (
+        "Every guarantee (speed): Faust restores a table one changelog record at a time "
+        "through its stream machinery, about 5,000 records/s here, so a 1,000,000-key "
+        "dedup table took over 3 minutes to restore when the local state was lost (a new "
+        "machine, or the exactly_once wipe after a crash). Fix: before Faust's recovery "
+        "reads an active changelog partition that is at least 10,000 records behind, a "
+        "plain read_committed consumer reads it in large fetches and writes each batch "
+        "into RocksDB with one WriteBatch, raw bytes as Faust's apply_changelog_batch "
+        "writes them, then sets the persisted offset; Faust reads only the rest "
+        "(tables/restore.py)."
+    ),
     "changelog-metadata": (
         "Every guarantee: the first write to a table checks that its changelog has as many "
         "partitions as the source topic (tables/base.py _verify_source_topic_partitions), "
@@ -223,6 +234,8 @@ def install(
         _patch_commit_at_revocation()
     if "exact-gaps" in enabled:
         _patch_exact_gaps()
+    if "bulk-restore" in enabled:
+        _patch_bulk_restore()
     if exactly_once and "recovery-idle-wait" in enabled:
         _patch_recovery_idle_wait()
     if "changelog-metadata" in enabled:
@@ -767,6 +780,37 @@ def _patch_recovery_idle_wait() -> None:
     if isinstance(recovery.asyncio, _RecoveryAsyncio):
         return
     recovery.asyncio = _RecoveryAsyncio("asyncio")
+
+
+# -- bulk-restore -------------------------------------------------------------------
+
+
+def _patch_bulk_restore() -> None:
+    from faust.tables.recovery import Recovery
+
+    from tables.restore import BULK_MIN_RECORDS, bulk_restore
+
+    stock = Recovery._build_offsets
+    if getattr(stock, "_fixed", False):
+        return
+
+    async def _build_offsets(self: Recovery, consumer: Any, tps: set[Any], destination: Any, title: str) -> None:
+        if destination is self.active_offsets:
+            for tp in sorted(tps):
+                store = self.tp_to_table[tp].data
+                through = self.active_highwaters.get(tp)
+                after = destination.get(tp)
+                after = -1 if after is None else after
+                if not hasattr(store, "_db_for_partition") or through is None or through - after < BULK_MIN_RECORDS:
+                    continue
+                last = await bulk_restore(_bootstrap(self.app), store, tp, after, through)
+                if last is not None:
+                    destination[tp] = last
+        await stock(self, consumer, tps, destination, title)
+
+    _build_offsets._fixed = True  # type: ignore[attr-defined]
+    _build_offsets._stock = stock  # type: ignore[attr-defined]
+    Recovery._build_offsets = _build_offsets  # type: ignore[method-assign]
 
 
 # -- changelog-metadata ------------------------------------------------------------
