@@ -43,15 +43,8 @@ def test_bulk_restore_builds_the_latest_committed_state(kafka_bootstrap, topic_f
     tp = TP(topic, 0)
 
     async def scenario() -> int:
-        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
-        await producer.start()
-        try:
-            for i in range(50):
-                await producer.send(topic, key=b"k%d" % (i % 20), value=b"v%d" % i, partition=0)
-            await producer.send(topic, key=b"k3", value=None, partition=0)  # tombstone
-            await producer.flush()
-        finally:
-            await producer.stop()
+        plain = [(b"k%d" % (i % 20), b"v%d" % i) for i in range(50)] + [(b"k3", None)]  # then a tombstone
+        await send_records(kafka_bootstrap, topic, plain)
         txn = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=f"t-{uuid.uuid4().hex}")
         await txn.start()
         try:
@@ -83,17 +76,7 @@ def test_bulk_restore_starts_after_the_persisted_offset(kafka_bootstrap, topic_f
     topic = topic_factory(1)
     tp = TP(topic, 0)
 
-    async def produce() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
-        await producer.start()
-        try:
-            for i in range(10):
-                await producer.send(topic, key=b"k%d" % i, value=b"v", partition=0)
-            await producer.flush()
-        finally:
-            await producer.stop()
-
-    asyncio.run(produce())
+    asyncio.run(send_records(kafka_bootstrap, topic, [(b"k%d" % i, b"v") for i in range(10)]))
     store = _Store(tmp_path / "db")
     assert asyncio.run(bulk_restore(kafka_bootstrap, store, tp, after=6, through=9)) == 9
     assert sorted(store.db.keys()) == [b"k7", b"k8", b"k9"]
