@@ -13,12 +13,12 @@ event again, and the charge happens again unless the database refuses it.
 - SINK_MODE=idempotent: the idempotency key is the event id, guarded by a
   UNIQUE constraint, inserted with ON CONFLICT DO NOTHING: redeliveries,
   crashes and rebalances all end in one charge per event.
-- SINK_MODE=transactional: the charge and the record's offset are written in
-  one database transaction; on partition assignment the consumer is sought to
-  the offset stored in the database (streams_app/offsets.py), and a record
-  below it that still arrives is skipped inside the same transaction: offsets
-  stored with the effect, so the Kafka commit no longer matters
-  (streams_app/ledger.py).
+- SINK_MODE=transactional: the charge row carries the record it came from
+  (topic, partition, offset) under a UNIQUE constraint: offsets stored with
+  the effect, in one database statement. A redelivered record is refused by
+  the database, so the Kafka commit no longer decides whether a charge
+  repeats (streams_app/ledger.py says why there is no per-partition position
+  to seek to: Faust can deliver a record after later ones).
 - SINK_TARGET=api: the same contract against an HTTP payment API
   (payment_api/). naive sends no Idempotency-Key, and its client retries a
   timed-out or dropped request: if the first attempt was charged, the retry
@@ -39,7 +39,7 @@ import logging
 import sqlite3
 
 import psycopg
-from faust.types import TP, EventT
+from faust.types import EventT
 
 from payment_api.client import PaymentClient
 from payment_api.errors import RetryableError
@@ -48,9 +48,8 @@ from streams_app.exceptions import SinkError
 from streams_app.faults import crashpoint
 from streams_app.ledger import ChargeStats, Ledger
 from streams_app.models import AppliedPayment
-from streams_app.offsets import register_offset_store
 from streams_app.processing import first_deliveries, processing
-from streams_app.topics import applied_payments
+from streams_app.topics import applied_payments, place
 
 log = logging.getLogger(__name__)
 
@@ -68,23 +67,14 @@ payments_api = PaymentClient(settings.payment_api_url, timeout=settings.payment_
 TRANSIENT = (sqlite3.OperationalError, psycopg.OperationalError, SinkError, RetryableError)
 
 
-async def _stored_positions(tps: set[TP]) -> dict[TP, int]:
-    """Where each partition of the applied topic resumes: the offset stored with its last charge."""
-    stored = await ledger.stored_offsets(applied_payments.get_topic_name())
-    return {tp: stored[tp.partition] for tp in tps if tp.partition in stored}
-
-
-if OFFSETS_IN_DATABASE:
-    register_offset_store(applied_payments.get_topic_name(), _stored_positions)
-
-
 @app.agent(applied_payments)
 async def charge_payments(stream):
     """Perform the external side effect once per delivery (naive) or per event id."""
     stream = stream.noack()  # acked by processing(): after the effect, or before it in at_most_once
     async for event in first_deliveries(stream):
         async with processing(stream, event, stage="sink"):
-            await charge(event)
+            if not await charge(event) and OFFSETS_IN_DATABASE:
+                log.info("sink: %s was charged before; the database refused it again", place(event.message))
             crashpoint("sink.after_effect")
 
 

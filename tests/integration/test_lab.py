@@ -69,19 +69,20 @@ def test_exactly_once_cannot_cover_an_external_effect_without_a_key(kafka_bootst
 
 
 def test_offsets_stored_with_the_effect_make_the_kafka_commit_irrelevant(kafka_bootstrap, tmp_path):
-    """The same crash that makes the naive sink charge twice: with the charge and
-    the record's offset in one database transaction, the redelivered record is
-    skipped (and exactly_once upstream writes no second record of an event)."""
+    """The same crash that makes the naive sink charge twice: with the record's offset
+    stored in the charge row, the redelivered record is refused by the database (and
+    exactly_once upstream writes no second record of an event). Seed 7 is the run
+    that lost 3 events when the database kept one position per partition and the
+    restart sought there (a record Faust delivered late was jumped over)."""
     r = experiment(kafka_bootstrap, tmp_path, "exactly_once", "transactional", "crash-after-effect")
     assert r.counts["duplicate_charges"] == 0
     assert r.counts["lost"] == 0
     assert r.counts["charged_unique"] == r.counts["unique_events"]
-    # The restart resumed where the database said, ahead of Kafka's committed offset.
+    # The crash came after the database commit and before the Kafka commit: the
+    # restarted sink got that record again, and the database, not Kafka, refused it.
     log = (tmp_path / r.run_id / "w1.log").read_text(errors="replace")
-    resumed = re.findall(r"offsets: \S+\.applied-\d+ resumes at (\d+), stored with the effect "
-                         r"\(Kafka's committed offset: (\w+)\)", log)
-    assert resumed, "expected the restarted sink to seek to an offset stored in the database"
-    assert all(committed == "None" or int(stored) > int(committed) for stored, committed in resumed)
+    refused = re.findall(r"sink: \S+\.applied\[\d+\]@\d+ was charged before; the database refused it again", log)
+    assert refused, "expected a redelivered record the database had already charged"
 
 
 def test_without_an_idempotency_key_every_lost_answer_is_a_second_charge(kafka_bootstrap, tmp_path):
