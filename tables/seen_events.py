@@ -8,9 +8,20 @@ Bounded by ``DEDUP_HORIZON`` in three places, so state does not grow forever:
   before any cleanup ran);
 - the changelog is ``compact,delete`` with ``retention.ms`` = horizon and
   segments rolled at a tenth of it, so the broker drops old ids;
-- the RocksDB store opens with a TTL of the horizon, so compaction drops them
-  locally too (Faust's ``ttl`` store option writes no tombstone: the changelog
-  retention above is what keeps a restore from bringing them back).
+- :func:`sweep_expired` deletes expired ids from the local RocksDB store, a
+  bounded batch per tick of a timer (no changelog tombstone: the changelog
+  retention above keeps a restore from bringing them back).
+
+Not Faust's ``ttl`` store option (RocksDB's TTL database), which this table used
+before: with rocksdict 0.3.20-0.3.29 a compaction deletes EVERY row written
+before the database was last reopened, as if written in 1970 (rows from one
+open survive; open, write, close, reopen, compact: nothing is left). A worker
+restarted a few times lost its dedup state at the first compaction and forwarded
+ids again (lab, at_most_once / idempotent / random-kills, 1,000 events and 6
+kills: 6 to 9 ids twice; partitions whose compaction ran had "records in: 30,
+records dropped: 30" in RocksDB's LOG). Stores written with the TTL format are
+deleted at start-up and restored from the changelog (streams_app/faust_fixes.py
+``drop_ttl_stores``). Regression test: tests/unit/test_seen_events_store.py.
 
 A re-send older than the horizon is therefore applied again: pick the horizon
 longer than any producer's retry window.
@@ -18,11 +29,18 @@ longer than any producer's retry window.
 
 from __future__ import annotations
 
+import json
+import logging
 import time
+from collections.abc import Iterable
+from typing import Any
 
 from streams_app.app import app, settings
 
 _HORIZON_MS = int(settings.dedup_horizon * 1000)
+
+#: The store options of the table: none, and in particular no ``ttl`` (see above).
+STORE_OPTIONS: dict[str, Any] | None = None
 
 seen_events = app.Table(
     "seen-events",
@@ -34,7 +52,7 @@ seen_events = app.Table(
         "retention.ms": str(_HORIZON_MS),
         "segment.ms": str(max(_HORIZON_MS // 10, 60_000)),
     },
-    options={"ttl": max(int(settings.dedup_horizon), 1)} if settings.store == "rocksdb://" else None,
+    options=STORE_OPTIONS,
     help="event id -> first seen (epoch s); bounded by DEDUP_HORIZON",
 )
 
@@ -51,3 +69,59 @@ def is_duplicate(event_id: str, now: float | None = None) -> bool:
 def mark_seen(event_id: str, now: float | None = None) -> None:
     """Remember ``event_id``; call only once its output can no longer be lost."""
     seen_events[event_id] = time.time() if now is None else now
+
+
+log = logging.getLogger(__name__)
+
+#: How often the sweep runs, and how many rows one tick may look at (the event loop
+#: is held while it looks: no agent writes between a row's check and its delete).
+SWEEP_INTERVAL = 10.0
+SWEEP_BUDGET = 5_000  # per partition and tick: about 10 ms of the event loop
+
+
+def expired_keys(db: Any, cutoff: float, budget: int, after: bytes | None = None) -> tuple[list[bytes], bytes | None]:
+    """Keys of ``db`` (an open rocksdict database of this table) first seen before
+    ``cutoff``, from the key after ``after`` on, looking at no more than ``budget``
+    rows; and the last key looked at (None once the end was reached)."""
+    found: list[bytes] = []
+    last = None
+    items: Iterable[tuple[bytes, bytes]] = db.items(from_key=after) if after is not None else db.items()
+    for n, (key, raw) in enumerate(items):
+        if n >= budget:
+            return found, last
+        last = key
+        if key == after or key.startswith(b"__faust"):
+            continue  # where the last tick stopped; Faust's persisted offset
+        try:
+            first_seen = float(json.loads(raw))
+        except ValueError:
+            continue
+        if first_seen < cutoff:
+            found.append(key)
+    return found, None
+
+
+_resume_at: dict[int, bytes | None] = {}
+
+
+def sweep_expired(now: float | None = None, budget: int = SWEEP_BUDGET) -> int:
+    """Delete the ids older than the horizon from this worker's local partitions;
+    return how many. Each partition resumes where the previous tick stopped."""
+    dbs = getattr(seen_events.data, "_dbs", None)
+    if not dbs:
+        return 0  # not a RocksDB store (memory:// in tests): nothing accumulates on disk
+    cutoff = (time.time() if now is None else now) - settings.dedup_horizon
+    deleted = 0
+    for partition, db in list(dbs.items()):
+        keys, _resume_at[partition] = expired_keys(db, cutoff, budget, _resume_at.get(partition))
+        for key in keys:
+            db.delete(key)
+        deleted += len(keys)
+    if deleted:
+        log.info("seen-events: deleted %d ids older than DEDUP_HORIZON from the local store", deleted)
+    return deleted
+
+
+@app.timer(SWEEP_INTERVAL)
+async def _sweep() -> None:
+    sweep_expired()
