@@ -87,6 +87,29 @@ def test_dedup_forwards_each_event_id_once(in_memory_app):
     assert not is_duplicate("evt-4")
 
 
+@pytest.mark.parametrize("at_most_once", [False, True], ids=["at_least_once", "at_most_once"])
+def test_a_forward_that_fails_leaves_the_id_unseen_except_under_at_most_once(in_memory_app, monkeypatch,
+                                                                                at_most_once):
+    """The crash between forwarding and marking, as a send that fails: under
+    at_least_once the id stays unseen (the redelivery forwards it again, nothing is
+    lost); under at_most_once it was marked first (a later copy is dropped, the
+    event may be lost, its id is never forwarded twice)."""
+    import agents.dedup
+    import streams_app.processing
+
+    monkeypatch.setattr(streams_app.processing, "_processed", {})  # each case's offset 0 is new
+    monkeypatch.setattr(agents.dedup, "MARK_BEFORE_FORWARDING", at_most_once)
+    monkeypatch.setattr(agents.dedup, "AWAIT_OUTPUT_BEFORE_MARKING", not at_most_once)
+    in_memory_app["unit.unique"].side_effect = RuntimeError("killed before the output was acknowledged")
+
+    async def scenario():
+        async with dedup_payments.test_context() as agent:
+            await agent.put(payment(event_id="evt-9"), key="evt-9", wait=False)
+            await asyncio.sleep(0.2)
+    run(scenario())
+    assert is_duplicate("evt-9") is at_most_once
+
+
 def test_seen_ids_expire_after_the_horizon():
     from streams_app.app import settings
 
