@@ -40,6 +40,8 @@ UPSTREAM = {
     "shutdown-commit": "robinhood/faust#484, #684",
     "lso-consistency-check": "(no upstream report found)",
     "seek-after-queue-clear": "the faust-streaming#596 family",
+    "commit-order": "(this project's at_most_once mode; Faust has none)",
+    "bulk-restore": "(speed; no upstream report found)",
 }
 
 Results = list[tuple[Cell, ExperimentResult]]

@@ -71,5 +71,6 @@ app = PaymentsApp(
 faust_fixes.install(
     app, settings.faust_fixes,
     exactly_once=settings.faust_guarantee == "exactly_once",
+    at_most_once=settings.processing_guarantee == "at_most_once",
     producer_idempotence=settings.producer_idempotence,
 )
