@@ -9,6 +9,7 @@ mechanism fails here first.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -155,3 +156,27 @@ def test_revocation_commits_what_was_processed(pipeline_factory, fixed):
     else:
         # nothing committed; the reprocessing after the rebalance even adds records
         assert after >= before, f"stock Faust committed at revocation ({before} -> {after} uncommitted)"
+
+
+@pytest.mark.parametrize("fixed", [False, True], ids=["stock", "fixed"])
+def test_a_graceful_stop_under_exactly_once_exits_cleanly(pipeline_factory, fixed):
+    """shutdown-commit: under exactly_once the stop ends every transaction while Faust's
+    periodic commit task still runs; at commit interval 0.1 s its next commit sends offsets
+    to a producer outside any transaction ('Not in the middle of a transaction') and the
+    worker, stopped by SIGTERM, exits 1. The stop comes while traffic still flows."""
+    fixes = ",".join(n for n in FIXES if fixed or n != "shutdown-commit")
+    pipeline = pipeline_factory("exactly_once", FAUST_FIXES=fixes, BROKER_COMMIT_INTERVAL="0.1")
+    worker = pipeline.worker()
+    codes, crashes = [], 0
+    for round_ in range(3):
+        pipeline.send(generate(400, duplicate_rate=0.2, seed=20 + round_, id_prefix=f"{pipeline.config.run_id}-{round_}"))
+        time.sleep(1.0)  # mid-stream: the stop races the periodic commit
+        codes.append(worker.stop())
+        log = worker.log_path.read_text(errors="replace").rsplit("==== start", 1)[-1]
+        crashes += "Not in the middle of a transaction" in log
+        worker.start()
+        worker.wait_ready()
+    if fixed:
+        assert codes == [0, 0, 0] and crashes == 0, (codes, crashes, worker.log_tail())
+    else:
+        assert crashes > 0 or any(codes), "stock Faust stopped cleanly 3 times: the race did not occur"

@@ -4,7 +4,9 @@ Both failures show up only intermittently (under load) in real runs; here the
 stock and the fixed Faust methods get exactly the state those runs had:
 
 - shutdown-commit: a consumer whose final commit raises aiokafka's
-  IllegalOperation during SIGTERM (benchmark exactly_once runs hung after it);
+  IllegalOperation during SIGTERM (benchmark exactly_once runs hung after it), and
+  an exactly_once periodic commit after the stop ended the transactions (benchmark
+  exactly_once runs at commit interval 0.1 s exited 1 on SIGTERM);
 - changelog-metadata: a metadata snapshot listing a just-created changelog with
   0 partitions (CI lab runs dead-lettered valid events after it).
 """
@@ -23,6 +25,8 @@ from streams_app import faust_fixes
 
 
 class _ConsumerWhoseCommitFails:
+    app = SimpleNamespace(in_transaction=True, should_stop=True)
+
     async def commit(self, start_new_transaction: bool = True) -> bool:
         raise IllegalOperation("Not in the middle of a transaction")
 
@@ -43,6 +47,78 @@ def test_with_the_fix_a_failed_final_commit_is_logged_and_the_shutdown_goes_on(m
     with caplog.at_level(logging.WARNING, logger=faust_fixes.__name__):
         asyncio.run(Consumer.commit_and_end_transactions(_ConsumerWhoseCommitFails()))
     assert "the final commit failed" in caplog.text and "Not in the middle of a transaction" in caplog.text
+
+
+class _EosConsumer:
+    """What Consumer.commit and commit_and_end_transactions touch, with aiokafka's rule for a
+    transactional producer: offsets can be sent only inside a transaction, and a commit with
+    ``start_new_transaction=False`` leaves the producer outside one."""
+
+    def __init__(self, *, stopping: bool, exactly_once: bool = True) -> None:
+        self.app = SimpleNamespace(client_only=False, in_transaction=exactly_once, should_stop=stopping)
+        self.loop = None
+        self.in_transaction = exactly_once
+        self.commits = 0
+        self._commit_fut = None
+
+    async def commit(self, topics=None, start_new_transaction: bool = True) -> bool:
+        return await Consumer.commit(self, topics, start_new_transaction=start_new_transaction)
+
+    async def maybe_wait_for_commit_to_finish(self) -> bool:
+        return False
+
+    async def force_commit(self, topics=None, start_new_transaction: bool = True) -> bool:
+        if self.app.in_transaction and not self.in_transaction:
+            raise IllegalOperation("Not in the middle of a transaction")
+        self.commits += 1
+        self.in_transaction = self.app.in_transaction and start_new_transaction
+        return True
+
+
+def _stock_commit():
+    return getattr(Consumer.commit, "_stock", Consumer.commit)
+
+
+def _with_stock_shutdown_methods(monkeypatch) -> None:
+    monkeypatch.setattr(Consumer, "commit_and_end_transactions", _stock())
+    monkeypatch.setattr(Consumer, "commit", _stock_commit())
+
+
+async def _stop_then_periodic_commit(consumer: _EosConsumer) -> bool:
+    """The order of a SIGTERM: the stop's final commit ends the transactions, then the
+    consumer's periodic commit task fires once more before it is cancelled."""
+    consumer.loop = asyncio.get_running_loop()
+    await Consumer.commit_and_end_transactions(consumer)
+    return await Consumer.commit(consumer)
+
+
+def test_stock_faust_commits_outside_a_transaction_after_the_stop_ended_them(monkeypatch):
+    _with_stock_shutdown_methods(monkeypatch)
+    with pytest.raises(IllegalOperation, match="Not in the middle of a transaction"):
+        asyncio.run(_stop_then_periodic_commit(_EosConsumer(stopping=True)))
+
+
+def test_with_the_fix_no_commit_follows_the_stop_that_ended_the_transactions(monkeypatch):
+    _with_stock_shutdown_methods(monkeypatch)
+    faust_fixes._patch_shutdown_commit()
+    consumer = _EosConsumer(stopping=True)
+    assert asyncio.run(_stop_then_periodic_commit(consumer)) is False
+    assert consumer.commits == 1  # the stop's own final commit, and nothing after it
+
+
+def test_the_fix_leaves_commits_after_a_revocation_and_under_at_least_once_alone(monkeypatch):
+    """A revocation ends the transactions too, but Faust begins new ones for the partitions
+    it keeps; and at_least_once commits have no transaction to be outside of."""
+    _with_stock_shutdown_methods(monkeypatch)
+    faust_fixes._patch_shutdown_commit()
+
+    revoked = _EosConsumer(stopping=False)
+    with pytest.raises(IllegalOperation):  # the commit is attempted: not skipped by the fix
+        asyncio.run(_stop_then_periodic_commit(revoked))
+
+    at_least_once = _EosConsumer(stopping=True, exactly_once=False)
+    assert asyncio.run(_stop_then_periodic_commit(at_least_once)) is True
+    assert at_least_once.commits == 2
 
 
 class _MetadataSnapshot:
