@@ -41,6 +41,7 @@ UPSTREAM = {
     "lso-consistency-check": "(no upstream report found)",
     "seek-after-queue-clear": "the faust-streaming#596 family",
     "commit-order": "(this project's at_most_once mode; Faust has none)",
+    "livelock-position": "(no upstream report found)",
     "bulk-restore": "(speed; no upstream report found)",
 }
 

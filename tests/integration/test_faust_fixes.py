@@ -158,14 +158,16 @@ def test_revocation_commits_what_was_processed(pipeline_factory, fixed):
         assert after >= before, f"stock Faust committed at revocation ({before} -> {after} uncommitted)"
 
 
-@pytest.mark.parametrize("fixed", [False, True], ids=["stock", "fixed"])
-def test_a_graceful_stop_under_exactly_once_exits_cleanly(pipeline_factory, fixed):
+def test_a_graceful_stop_under_exactly_once_exits_cleanly(pipeline_factory):
     """shutdown-commit: under exactly_once the stop ends every transaction while Faust's
     periodic commit task still runs; at commit interval 0.1 s its next commit sends offsets
     to a producer outside any transaction ('Not in the middle of a transaction') and the
-    worker, stopped by SIGTERM, exits 1. The stop comes while traffic still flows."""
-    fixes = ",".join(n for n in FIXES if fixed or n != "shutdown-commit")
-    pipeline = pipeline_factory("exactly_once", FAUST_FIXES=fixes, BROKER_COMMIT_INTERVAL="0.1")
+    worker, stopped by SIGTERM, exits 1. The stop comes while traffic still flows.
+
+    Stock Faust is not asserted here: this test with the fix switched off saw the crash
+    in 1 of 3 runs (a race per stop), too rare for a check that must not flake. The
+    mechanism is covered deterministically by tests/unit/test_faust_fixes_unit.py."""
+    pipeline = pipeline_factory("exactly_once", BROKER_COMMIT_INTERVAL="0.1")
     worker = pipeline.worker()
     codes, crashes = [], 0
     for round_ in range(3):
@@ -176,7 +178,4 @@ def test_a_graceful_stop_under_exactly_once_exits_cleanly(pipeline_factory, fixe
         crashes += "Not in the middle of a transaction" in log
         worker.start()
         worker.wait_ready()
-    if fixed:
-        assert codes == [0, 0, 0] and crashes == 0, (codes, crashes, worker.log_tail())
-    else:
-        assert crashes > 0 or any(codes), "stock Faust stopped cleanly 3 times: the race did not occur"
+    assert codes == [0, 0, 0] and crashes == 0, (codes, crashes, worker.log_tail())

@@ -332,3 +332,51 @@ def test_an_offset_both_acked_and_in_a_gap_does_not_split_the_commit(monkeypatch
     state = _consumer_state([10, 11, 12], committed=10)
     state._gap[TP3].addi(11, 12)
     assert Consumer._new_offset(state, TP3) == 13
+
+
+# -- livelock-position ------------------------------------------------------------------
+
+
+def _thread_with_a_partition_awaiting_its_position():
+    """What AIOKafkaConsumerThread.verify_event_path reads: a real aiokafka partition state
+    of a partition assigned but not yet positioned, a fetch already polled, a monitor."""
+    from aiokafka.consumer.subscription_state import TopicPartitionState
+
+    async def new_state() -> TopicPartitionState:  # aiokafka creates a future: needs a loop
+        return TopicPartitionState(assignment=None)
+
+    state = asyncio.run(new_state())
+    state.highwater, state.timestamp = 10, 1_000
+    assignment = SimpleNamespace(active=True, state_value=lambda tp: state)
+    client = SimpleNamespace(_fetcher=SimpleNamespace(_subscriptions=SimpleNamespace(
+        subscription=SimpleNamespace(assignment=assignment))))
+    app = SimpleNamespace(monitor=SimpleNamespace(stream_inbound_time={}),
+                          topics=SimpleNamespace(acks_enabled_for=lambda topic: True))
+    return SimpleNamespace(
+        _ensure_consumer=lambda: client, consumer=SimpleNamespace(app=app), time_started=0.0,
+        tp_stream_timeout_secs=300.0, tp_fetch_request_timeout_secs=300.0,
+        _verify_aiokafka_event_path=lambda now, tp: False,
+    )
+
+
+def _verify_event_path():
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    return AIOKafkaConsumerThread.verify_event_path
+
+
+def test_stock_faust_crashes_on_a_partition_without_a_position():
+    from faust.types import TP
+
+    stock = getattr(_verify_event_path(), "_stock", _verify_event_path())
+    with pytest.raises(AssertionError):
+        stock(_thread_with_a_partition_awaiting_its_position(), 1.0, TP("app.events", 0))
+
+
+def test_with_the_fix_a_partition_without_a_position_is_not_checked_yet():
+    from faust.types import TP
+
+    faust_fixes._patch_livelock_position()
+    fixed = _verify_event_path()
+    assert getattr(fixed, "_fixed", False)
+    assert fixed(_thread_with_a_partition_awaiting_its_position(), 1.0, TP("app.events", 0)) is None
