@@ -57,13 +57,16 @@ seen_events = app.Table(
 )
 
 
+def expired(first_seen: float, now: float, horizon: float | None = None) -> bool:
+    """The one expiry rule, for reads and for the sweep: an id first seen more than
+    ``horizon`` (default DEDUP_HORIZON) seconds before ``now`` is forgotten."""
+    return now - first_seen > (settings.dedup_horizon if horizon is None else horizon)
+
+
 def is_duplicate(event_id: str, now: float | None = None) -> bool:
     """True when ``event_id`` was forwarded within the dedup horizon."""
     first_seen = seen_events.get(event_id)
-    if first_seen is None:
-        return False
-    now = time.time() if now is None else now
-    return now - first_seen <= settings.dedup_horizon
+    return first_seen is not None and not expired(first_seen, time.time() if now is None else now)
 
 
 def mark_seen(event_id: str, now: float | None = None) -> None:
@@ -79,9 +82,11 @@ SWEEP_INTERVAL = 10.0
 SWEEP_BUDGET = 5_000  # per partition and tick: about 10 ms of the event loop
 
 
-def expired_keys(db: Any, cutoff: float, budget: int, after: bytes | None = None) -> tuple[list[bytes], bytes | None]:
-    """Keys of ``db`` (an open rocksdict database of this table) first seen before
-    ``cutoff``, from the key after ``after`` on, looking at no more than ``budget``
+def expired_keys(
+    db: Any, now: float, budget: int, after: bytes | None = None, horizon: float | None = None,
+) -> tuple[list[bytes], bytes | None]:
+    """Keys of ``db`` (an open rocksdict database of this table) :func:`expired` at
+    ``now``, from the key after ``after`` on, looking at no more than ``budget``
     rows; and the last key looked at (None once the end was reached)."""
     found: list[bytes] = []
     last = None
@@ -96,7 +101,7 @@ def expired_keys(db: Any, cutoff: float, budget: int, after: bytes | None = None
             first_seen = float(json.loads(raw))
         except ValueError:
             continue
-        if first_seen < cutoff:
+        if expired(first_seen, now, horizon):
             found.append(key)
     return found, None
 
@@ -110,10 +115,10 @@ def sweep_expired(now: float | None = None, budget: int = SWEEP_BUDGET) -> int:
     dbs = getattr(seen_events.data, "_dbs", None)
     if not dbs:
         return 0  # not a RocksDB store (memory:// in tests): nothing accumulates on disk
-    cutoff = (time.time() if now is None else now) - settings.dedup_horizon
+    now = time.time() if now is None else now
     deleted = 0
     for partition, db in list(dbs.items()):
-        keys, _resume_at[partition] = expired_keys(db, cutoff, budget, _resume_at.get(partition))
+        keys, _resume_at[partition] = expired_keys(db, now, budget, _resume_at.get(partition))
         for key in keys:
             db.delete(key)
         deleted += len(keys)

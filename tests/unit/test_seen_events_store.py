@@ -12,7 +12,7 @@ from pathlib import Path
 from faust.stores.rocksdb import RocksDBOptions
 
 from streams_app.faust_fixes import drop_ttl_stores
-from tables.seen_events import STORE_OPTIONS, expired_keys
+from tables.seen_events import STORE_OPTIONS, expired, expired_keys
 
 NOW = 1_800_000_000.0
 
@@ -51,10 +51,20 @@ def test_expired_ids_are_found_in_bounded_batches_that_resume(tmp_path):
         db.put(f'"id-{i}"'.encode(), json.dumps(first_seen).encode())
     db.put(b"__faust\0offset__", b"41")  # Faust's persisted offset is never an id
 
-    found, after = expired_keys(db, cutoff=NOW - 50, budget=4)
+    found, after = expired_keys(db, now=NOW, budget=4, horizon=50)
     assert found == [b'"id-1"', b'"id-3"'] and after == b'"id-3"'
-    more, after = expired_keys(db, cutoff=NOW - 50, budget=100, after=after)
+    more, after = expired_keys(db, now=NOW, budget=100, after=after, horizon=50)
     assert more == [b'"id-5"', b'"id-7"', b'"id-9"'] and after is None
+    db.close()
+
+
+def test_reads_and_the_sweep_forget_an_id_at_the_same_moment(tmp_path):
+    """One rule: an id exactly DEDUP_HORIZON old is still a duplicate, and the sweep keeps it."""
+    assert not expired(NOW - 50, NOW, horizon=50) and expired(NOW - 50.5, NOW, horizon=50)
+    db = RocksDBOptions().open(tmp_path / "seen-events-0.db")
+    db.put(b'"at-horizon"', json.dumps(NOW - 50).encode())
+    db.put(b'"past-horizon"', json.dumps(NOW - 50.5).encode())
+    assert expired_keys(db, now=NOW, budget=10, horizon=50) == ([b'"past-horizon"'], None)
     db.close()
 
 
