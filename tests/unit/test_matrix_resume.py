@@ -36,3 +36,18 @@ def test_cells_measured_on_other_code_or_not_in_the_matrix_run_again(tmp_path):
     assert [c for c, _ in measured_before(path, [kept], code="abc123")] == [kept]
     assert measured_before(path, [kept], code="abc123+changes") == []
     assert measured_before(tmp_path / "missing.json", [kept], code="abc123") == []
+
+
+def test_the_headline_counts_the_pipeline_apart_from_the_stock_faust_reference_cells():
+    """Stock-Faust cells exist to show what stock Faust breaks: their failures must not
+    read as failures of the pipeline, nor hide one of the pipeline's."""
+    from lab.report import headline
+
+    ours_ok, ours_bad = Cell("at_least_once", "naive", "crash-after-effect"), Cell("exactly_once", "naive", "none")
+    stock = Cell("exactly_once", "idempotent", "random-kills", faust_fixes="none")
+    results = [(ours_ok, _result(ours_ok, 3)), (ours_bad, _result(ours_bad, 5)), (stock, _result(stock, 1))]
+    assert [r.as_predicted for _, r in results] == [True, False, False]
+    assert headline(results) == (
+        "**1 of 2 cells of this project's pipeline came out as the source text predicts.** "
+        "Stock Faust, on the 1 reference cell run without the fixes: 0 of 1 as predicted."
+    )
