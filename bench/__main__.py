@@ -1,4 +1,5 @@
-"""``python -m bench run --quick|--full [--out reports/]``: see :mod:`bench`."""
+"""``python -m bench run --quick|--full [--out reports/]``, ``python -m bench render [--out reports/]``:
+see :mod:`bench`."""
 
 from __future__ import annotations
 
@@ -23,7 +24,15 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--runs", type=int, help="override the preset's number of runs")
     run.add_argument("--records", type=int, help="override the preset's backlog size")
     run.add_argument("--no-pin", action="store_true", help="do not pin broker and systems to CPUs")
+    render = commands.add_parser("render", help="write bench.md and bench.png again from bench.json")
+    render.add_argument("--out", type=Path, default=Path("reports"), help="where bench.json is")
     args = parser.parse_args(argv)
+    if args.command == "render":
+        from .report import render_from_json
+
+        for path in render_from_json(args.out / "bench.json"):
+            print(f"wrote {path}")
+        return
     config = preset(args.mode or "quick")
     overrides = {"bootstrap": args.bootstrap, "runs": args.runs, "records": args.records}
     config = config.replace(**{k: v for k, v in overrides.items() if v is not None},
