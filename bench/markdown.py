@@ -104,9 +104,21 @@ def _summary(doc: Doc) -> str:
     if r.get("faust_alo_over_raw_alo") is not None:
         parts.append(f"at_least_once Faust reaches {r['faust_alo_over_raw_alo']:.0%} of a raw aiokafka loop "
                      f"and {_pct(r.get('faust_alo_over_quix_alo'))} of Quix Streams")
-    verdict = "every run's output was exactly its input's unique events" if doc["all_correct"] else \
-        "**some runs' output was wrong: see the correct column**"
+    undrained = _undrained(doc)
+    if not doc["all_correct"]:
+        verdict = "**some runs' output was wrong: see the correct column**"
+    elif undrained:
+        verdict = (f"no run output a duplicate, but **{len(undrained)} run(s) did not drain their input** "
+                   f"({', '.join(undrained)}): see Problems")
+    else:
+        verdict = "every run's output was exactly its input's unique events"
     return "**Answer:** " + "; ".join(parts) + f". Correctness: {verdict}."
+
+
+def _undrained(doc: Doc) -> list[str]:
+    """The runs that stopped before their output was complete (stuck, crashed or too slow)."""
+    return [f"`{key}` p{run['partitions']} run {run['run'] + 1}" for key, entry in doc["systems"].items()
+            for run in entry.get("run_details", []) if not run.get("drained", True)]
 
 
 def _pct(value: float | None) -> str:
@@ -189,6 +201,8 @@ def _notes_section(doc: Doc) -> list[str]:
              f"{'; ' + run['problem'] if run['problem'] else ''}"
              for key, entry in systems.items() for run in entry["run_details"]
              if run["exit_code"] or run["problem"]]
+    notes += [f"- {run}: did NOT drain its input (output incomplete when the run was stopped)"
+              for run in _undrained(doc)]
     notes += [f"- failed once: {note}" for note in doc.get("notes", [])]
     notes += [f"- measurement failed: {error}" for error in doc.get("errors", [])]
     if not notes:

@@ -60,3 +60,13 @@ def test_nothing_is_said_when_every_target_is_met():
 
     met = [dict(t, met=True) for t in _by_name(RATIOS).values()]
     assert _limits_section(_doc(met)) == []
+
+
+def test_a_run_that_did_not_drain_is_never_reported_as_correct_output():
+    from bench.markdown import _notes_section, _summary
+
+    run = {"partitions": 4, "run": 2, "drained": False, "exit_code": 0, "problem": None}
+    doc = {"ratios": {}, "all_correct": True, "systems": {"faust_alo_ci0.1": {"run_details": [run]}}}
+    assert "1 run(s) did not drain their input** (`faust_alo_ci0.1` p4 run 3)" in _summary(doc)
+    assert "exactly its input's unique events" not in _summary(doc)
+    assert any("`faust_alo_ci0.1` p4 run 3: did NOT drain" in line for line in _notes_section(doc))
