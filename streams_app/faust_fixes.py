@@ -40,7 +40,7 @@ FIXES: Mapping[str, str] = {
         "from the acked list before it awaits the producer flush and the broker, and "
         "updates the committed offset only after, so the check waits for it to end "
         "(at commit interval 0.1 s a commit took up to 0.46 s, and the heal sought "
-        "partitions back 40 times in 20 s of a benchmark run)."
+        "partitions back 40 times in 17 s of a benchmark run)."
     ),
     "commit-at-revocation": (
         "Every guarantee: Consumer.on_partitions_revoked (transport/consumer.py) drops its "
