@@ -10,6 +10,7 @@ RATIOS = {
     "faust_alo_over_raw_alo": 0.02, "faust_eos_over_faust_alo": 1.5, "faust_alo_over_quix_alo": 0.04,
     "faust_eos_over_quix_eos": 0.05, "faust_min_alo_over_raw_alo": 0.03, "faust_alo_over_faust_min_alo": 0.63,
     "faust_min_alo_over_quix_alo": 0.06, "faust_min_eos_over_quix_eos": 0.11, "faust_eos_over_faust_min_eos": 0.47,
+    "faust_min_eos_over_raw_eos": 0.0972,
     "faust_eos_ci0.1_over_faust_alo_ci0.1": 0.78,
 }
 
