@@ -15,7 +15,7 @@ import asyncio
 import logging
 import shutil
 import types
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +91,17 @@ FIXES: Mapping[str, str] = {
         "a commit never passes an offset that is neither acked nor such a gap; offsets "
         "both acked and in a gap count once (a duplicate ended Faust's consecutive run, "
         "robinhood/faust#625). A hole left by a dropped record now stops the partition's "
-        "commits until the stall heal delivers the record again."
+        "commits until the stall heal delivers the record again. Stopping the flow ends "
+        "Faust's getmany in the middle of its batch, and the client's position is already "
+        "past the records it did not deliver, in EVERY partition of the batch; a "
+        "rebalance seeks every partition afterwards, a seek of one partition did not. At "
+        "a partition's tail nothing ever delivered them (the heal sees a hole only below "
+        "acked offsets): the worker went silent with lag (at_least_once, commit interval "
+        "0.1 s, tests/integration/test_faust_fixes.py). So every partition whose fetched "
+        "records were not all delivered is sought back to the first of them, and, when "
+        "the flow stopped during the batch, to the record being delivered then (the stop "
+        "cancels its delivery); a record delivered twice this way is skipped as already "
+        "processed (streams_app/processing.py)."
     ),
     "bulk-restore": (
         "Every guarantee (speed): Faust restores a table one changelog record at a time "
@@ -477,8 +487,16 @@ def on_worker_stopped(tabledir: Path) -> None:
 # -- stalled-partition-heal ---------------------------------------------------------
 
 
+#: A worker with nothing in progress and a partition behind is stalled after this long.
+IDLE_STALL_S = 5.0
+
+
 def _heal_stalled_partitions_for(app: Any):
     stalled_since: dict[Any, tuple[int, int]] = {}  # tp -> (committed, checks seen stalled)
+    idle_since: dict[Any, tuple[int, float]] = {}  # tp -> (committed, first seen idle behind)
+    #: tp -> (committed, high watermark) of a range probed and found to hold no record (under
+    #: exactly_once an idle partition ends on a transaction marker: probed once, not every time)
+    empty: dict[Any, tuple[int, int]] = {}
 
     async def heal_stalled_partitions() -> None:
         from .processing import forget_below
@@ -488,14 +506,24 @@ def _heal_stalled_partitions_for(app: Any):
             # A commit in flight took its offsets out of the acked list and sets the
             # committed offset only once the broker answers: a head gap that is not one.
             return
+        idle = _worker_idle(app)
+        now = asyncio.get_running_loop().time()
         for tp in list(consumer.assignment()):
             acked = consumer._acked.get(tp)
             committed = consumer._committed_offset.get(tp)
             if committed is not None:
                 forget_below(tp, committed)
+            if not acked:
+                stalled_since.pop(tp, None)
+                behind = _idle_behind(app, consumer, tp, committed, idle, now, idle_since)
+                if behind is not None and empty.get(tp) != (committed, behind):
+                    if await _heal(app, consumer, tp, committed, behind, acked=None) == "gap":
+                        empty[tp] = (committed, behind)
+                continue
+            idle_since.pop(tp, None)
             # Faust's own guard stalls only from a hole of two; with exact-gaps, from one.
             tolerated = 0 if getattr(consumer._new_offset, "_fixed", False) else 1
-            if not acked or committed is None or min(acked) - committed <= tolerated:
+            if committed is None or min(acked) - committed <= tolerated:
                 stalled_since.pop(tp, None)
                 continue
             seen_at, checks = stalled_since.get(tp, (committed, 0))
@@ -503,35 +531,79 @@ def _heal_stalled_partitions_for(app: Any):
             stalled_since[tp] = (committed, checks)
             if checks < 3:
                 continue
-            first_acked = min(acked)
-            try:
-                record = await first_committed_record(_bootstrap(app), tp, committed, first_acked)
-            except TimeoutError:  # an open transaction holds the range back: ask again later
-                continue
             stalled_since.pop(tp, None)
-            if record is None or record >= first_acked:
-                log.info(
-                    "stalled-partition-heal: %s offsets %d-%d hold no committed record (transaction "
-                    "markers or aborted data); registering them as a gap so commits go on",
-                    tp, committed, first_acked - 1,
-                )
-                await consumer._add_gap(tp, committed, first_acked - 1)
-            else:
-                # Records after the hole that were processed (under exactly_once: into the open
-                # transaction) come again and are skipped by first_deliveries, unrepeated.
-                log.warning(
-                    "stalled-partition-heal: %s has acked offsets from %d but record %d was "
-                    "never acked; seeking back to %d to deliver it again",
-                    tp, first_acked, record, committed,
-                )
-                acked.clear()
-                consumer._acked_index[tp].clear()
-                try:
-                    await quiescent_seek(consumer, lambda: consumer.seek(tp, committed))
-                except Exception as exc:  # noqa: BLE001 - e.g. the partition was revoked meanwhile
-                    log.warning("stalled-partition-heal: seeking %s back failed (%r); trying again later", tp, exc)
+            await _heal(app, consumer, tp, committed, min(acked), acked=acked)
 
     return heal_stalled_partitions
+
+
+def _worker_idle(app: Any) -> bool:
+    """Nothing in progress: the flow runs, no event is being processed, every stream's
+    queue is empty and no table is recovering."""
+    consumer = app.consumer
+    if not consumer.flow_active or app.in_recovery or consumer._unacked_messages:
+        return False
+    return all(channel.queue.empty() for channel in app.topics._topics if hasattr(channel, "queue"))
+
+
+def _idle_behind(app: Any, consumer: Any, tp: Any, committed: int | None, idle: bool, now: float,
+                 idle_since: dict[Any, tuple[int, float]]) -> int | None:
+    """The partition's high watermark when ``tp`` has been behind it for IDLE_STALL_S while
+    the worker had nothing in progress and nothing acked for it: records fetched and never
+    delivered at the partition's tail, which leave no hole below an acked offset (so the
+    head-gap check never sees them) and no event that could still move the commit."""
+    highwater = consumer.highwater(tp) if idle and committed is not None else None
+    if highwater is None or committed is None or highwater <= committed \
+            or not app.topics.acks_enabled_for(tp.topic):
+        idle_since.pop(tp, None)
+        return None
+    seen_at, since = idle_since.get(tp, (committed, now))
+    if seen_at != committed:
+        seen_at, since = committed, now
+    idle_since[tp] = (seen_at, since)
+    if now - since < IDLE_STALL_S:
+        return None
+    idle_since.pop(tp, None)
+    return highwater
+
+
+async def _heal(app: Any, consumer: Any, tp: Any, committed: int, first_acked: int,
+                acked: list[int] | None) -> str | None:
+    """Probe [committed, first_acked) with a read_committed reader: register it as a gap
+    ("gap") if it holds no committed record, else seek back to deliver it again ("seek")."""
+    try:
+        record = await first_committed_record(_bootstrap(app), tp, committed, first_acked)
+    except TimeoutError:  # an open transaction holds the range back: ask again later
+        return None
+    if record is None or record >= first_acked:
+        log.info(
+            "stalled-partition-heal: %s offsets %d-%d hold no committed record (transaction "
+            "markers or aborted data); registering them as a gap so commits go on",
+            tp, committed, first_acked - 1,
+        )
+        await consumer._add_gap(tp, committed, first_acked - 1)
+        return "gap"
+    if acked is None:
+        log.warning(
+            "stalled-partition-heal: %s is behind (committed %d, high watermark %d) with "
+            "nothing in progress for %.0f s: records fetched and never delivered; seeking "
+            "back to %d to deliver them again", tp, committed, first_acked, IDLE_STALL_S, committed,
+        )
+    else:
+        # Records after the hole that were processed (under exactly_once: into the open
+        # transaction) come again and are skipped by first_deliveries, unrepeated.
+        log.warning(
+            "stalled-partition-heal: %s has acked offsets from %d but record %d was "
+            "never acked; seeking back to %d to deliver it again",
+            tp, first_acked, record, committed,
+        )
+        acked.clear()
+        consumer._acked_index[tp].clear()
+    try:
+        await quiescent_seek(consumer, lambda: consumer.seek(tp, committed))
+    except Exception as exc:  # noqa: BLE001 - e.g. the partition was revoked meanwhile
+        log.warning("stalled-partition-heal: seeking %s back failed (%r); trying again later", tp, exc)
+    return "seek"
 
 
 def _bootstrap(app: Any) -> str:
@@ -629,6 +701,36 @@ class FetchTrack:
             self.expected[tp] = None
 
 
+def redelivery_offsets(
+    fetched: Mapping[Any, Sequence[Any]], yielded: Mapping[Any, int],
+    last: tuple[Any, int] | None, flow_stopped: bool,
+) -> dict[Any, int]:
+    """Where to seek each partition of a batch that Faust's getmany did not deliver in
+    full: the first record it did not deliver (``yielded[tp]`` records of
+    ``fetched[tp]`` were), and, when the flow stopped during the batch, the ``last``
+    record delivered ``(tp, offset)``, whose hand-over to the stream the stop cancels."""
+    offsets = {tp: records[yielded.get(tp, 0)].offset
+               for tp, records in fetched.items() if yielded.get(tp, 0) < len(records)}
+    if flow_stopped and last is not None:
+        tp, offset = last
+        offsets[tp] = min(offsets.get(tp, offset), offset)
+    return offsets
+
+
+async def _redeliver(consumer: Any, offsets: Mapping[Any, int], seeks_before: Mapping[Any, int]) -> None:
+    """Seek each partition back to ``offsets[tp]``: records fetched and never delivered."""
+    track, assigned = _track(consumer), consumer.assignment()
+    for tp, offset in offsets.items():
+        if tp not in assigned or track.seeks.get(tp, 0) != seeks_before.get(tp, 0):
+            continue  # revoked, or sought since the fetch: the seek says what comes next
+        log.info("exact-gaps: %s records from %d were fetched and not delivered (the flow "
+                 "stopped mid-batch); seeking back to deliver them", tp, offset)
+        try:
+            await consumer.seek(tp, offset)
+        except Exception as exc:  # noqa: BLE001 - e.g. revoked meanwhile; the rebalance seeks it
+            log.warning("exact-gaps: seeking %s back to %d failed (%r)", tp, offset, exc)
+
+
 def _track(consumer: Any) -> FetchTrack:
     track = consumer.__dict__.get("_fetch_track")
     if track is None:
@@ -682,6 +784,11 @@ def _patch_exact_gaps() -> None:
     stock_perform_seek = Consumer.perform_seek
     stock_seek = Consumer.seek
     stock_add_gap = Consumer._add_gap
+    stock_stop_flow = Consumer.stop_flow
+
+    def stop_flow(self: Consumer) -> None:
+        self.__dict__["_flow_stops"] = self.__dict__.get("_flow_stops", 0) + 1
+        stock_stop_flow(self)
 
     async def _wait_next_records(self: Consumer, timeout: float) -> Any:
         records, active = await stock_wait_next_records(self, timeout)
@@ -692,10 +799,14 @@ def _patch_exact_gaps() -> None:
         track = _track(self)
         self._fetched_batch = {}
         seeks_before = dict(track.seeks)
+        stops_before = self.__dict__.get("_flow_stops", 0)
+        generation = self.app.consumer_generation_id
         yielded: dict[Any, int] = {}
+        last: tuple[Any, int] | None = None
         acks_enabled_for = self.app.topics.acks_enabled_for
         async for tp, message in stock_getmany(self, timeout):
             yielded[tp] = yielded.get(tp, 0) + 1
+            last = (tp, message.offset)
             skipped = track.delivered(tp, message.offset)
             if skipped is not None and acks_enabled_for(message.topic):
                 gap = self._gap[tp]
@@ -705,6 +816,10 @@ def _patch_exact_gaps() -> None:
         for tp, records in self._fetched_batch.items():
             if yielded.get(tp, 0) < len(records):
                 track.undelivered(tp, seeks_before)  # stock getmany stopped early (flow stopped)
+        offsets = redelivery_offsets(self._fetched_batch, yielded, last,
+                                     self.__dict__.get("_flow_stops", 0) != stops_before)
+        if offsets and self.app.consumer_generation_id == generation:  # else the rebalance seeks
+            await _redeliver(self, offsets, seeks_before)
 
     def _sought(self: Consumer, tp: Any, offset: int | None) -> None:
         _track(self).sought(tp, offset)
@@ -719,6 +834,9 @@ def _patch_exact_gaps() -> None:
                 _sought(self, tp, self._read_offset.get(tp))
 
     async def seek(self: Consumer, partition: Any, offset: int) -> None:
+        # Counted before it runs: a batch that ends while the seek is under way must
+        # leave this partition to it (see _redeliver).
+        _track(self).seeks[partition] = _track(self).seeks.get(partition, 0) + 1
         thread = getattr(self, "_thread", None)
         if thread is None:  # not a threaded (aiokafka) consumer
             await stock_seek(self, partition, offset)
@@ -764,6 +882,7 @@ def _patch_exact_gaps() -> None:
         return offset
 
     for name, fixed, stock in (
+        ("stop_flow", stop_flow, stock_stop_flow),
         ("_wait_next_records", _wait_next_records, stock_wait_next_records),
         ("getmany", getmany, stock_getmany),
         ("perform_seek", perform_seek, stock_perform_seek),
