@@ -40,7 +40,11 @@ FIXES: Mapping[str, str] = {
         "from the acked list before it awaits the producer flush and the broker, and "
         "updates the committed offset only after, so the check waits for it to end "
         "(at commit interval 0.1 s a commit took up to 0.46 s, and the heal sought "
-        "partitions back 40 times in 17 s of a benchmark run)."
+        "partitions back 40 times in 17 s of a benchmark run). A partition behind its "
+        "high watermark with nothing acked after its committed offset (records lost at "
+        "its tail, where no hole shows) is probed the same way once the worker has had "
+        "nothing in progress for 5 s; a range that holds only transaction markers is "
+        "probed once."
     ),
     "commit-at-revocation": (
         "Every guarantee: Consumer.on_partitions_revoked (transport/consumer.py) drops its "
@@ -91,17 +95,24 @@ FIXES: Mapping[str, str] = {
         "a commit never passes an offset that is neither acked nor such a gap; offsets "
         "both acked and in a gap count once (a duplicate ended Faust's consecutive run, "
         "robinhood/faust#625). A hole left by a dropped record now stops the partition's "
-        "commits until the stall heal delivers the record again. Stopping the flow ends "
-        "Faust's getmany in the middle of its batch, and the client's position is already "
-        "past the records it did not deliver, in EVERY partition of the batch; a "
-        "rebalance seeks every partition afterwards, a seek of one partition did not. At "
-        "a partition's tail nothing ever delivered them (the heal sees a hole only below "
-        "acked offsets): the worker went silent with lag (at_least_once, commit interval "
-        "0.1 s, tests/integration/test_faust_fixes.py). So every partition whose fetched "
-        "records were not all delivered is sought back to the first of them, and, when "
-        "the flow stopped during the batch, to the record being delivered then (the stop "
-        "cancels its delivery); a record delivered twice this way is skipped as already "
-        "processed (streams_app/processing.py)."
+        "commits until the stall heal delivers the record again. Two more ways to lose "
+        "records between fetch and agent, found under a burst of stall-heal seeks "
+        "(at_least_once, commit interval 0.1 s): (1) stopping the flow ends Faust's "
+        "getmany in the middle of its batch, and the client's position is already past "
+        "the records it did not deliver, in EVERY partition of the batch; a rebalance "
+        "seeks every partition afterwards, a seek of one partition did not, and at a "
+        "partition's tail nothing ever delivered them (the worker went silent with lag). "
+        "(2) Faust's Consumer.wait_for_stopped_flow never waits (_wait_next_records SETS "
+        "not_waiting_next_records where it means to clear it), so when the flow resumed "
+        "before getmany looked, it went on delivering a batch fetched before the seek. "
+        "Fix: the client counts its seeks per partition (in the consumer thread, where "
+        "seeks and fetches run one at a time) and each fetch notes the counts; a record "
+        "fetched before a seek of its partition that has run since is not delivered, and "
+        "a partition whose fetched records were not all delivered (and, when the flow "
+        "stopped during the batch, the record being handed over then, whose delivery the "
+        "stop cancels) is sought back to the first of them, unless a seek ran since its "
+        "fetch; a record delivered twice this way is skipped as already processed "
+        "(streams_app/processing.py)."
     ),
     "bulk-restore": (
         "Every guarantee (speed): Faust restores a table one changelog record at a time "
@@ -278,6 +289,7 @@ def install(
     if "commit-at-revocation" in enabled:
         _patch_commit_at_revocation()
     if "exact-gaps" in enabled:
+        _patch_seek_epochs()
         _patch_exact_gaps()
     if "bulk-restore" in enabled:
         _patch_bulk_restore()
@@ -717,18 +729,74 @@ def redelivery_offsets(
     return offsets
 
 
-async def _redeliver(consumer: Any, offsets: Mapping[Any, int], seeks_before: Mapping[Any, int]) -> None:
-    """Seek each partition back to ``offsets[tp]``: records fetched and never delivered."""
-    track, assigned = _track(consumer), consumer.assignment()
+async def _redeliver(consumer: Any, offsets: Mapping[Any, int], fetch_epochs: Mapping[Any, int]) -> None:
+    """Seek each partition back to ``offsets[tp]``: records fetched and never delivered,
+    unless the partition was sought since its records were fetched (that seek says what
+    comes next). Decided in the consumer thread, where seeks and fetches run one at a
+    time, so a seek queued meanwhile (the stall heal's) is never overridden."""
+    thread = getattr(consumer, "_thread", None)
+    if thread is None:
+        return
+    client = thread._ensure_consumer()
+    assigned = consumer.assignment()
     for tp, offset in offsets.items():
-        if tp not in assigned or track.seeks.get(tp, 0) != seeks_before.get(tp, 0):
-            continue  # revoked, or sought since the fetch: the seek says what comes next
-        log.info("exact-gaps: %s records from %d were fetched and not delivered (the flow "
-                 "stopped mid-batch); seeking back to deliver them", tp, offset)
+        if tp not in assigned:
+            continue  # revoked: the rebalance seeks it
         try:
-            await consumer.seek(tp, offset)
+            sought = await thread.call_thread(seek_unless_moved, client, tp, fetch_epochs.get(tp, 0), offset)
         except Exception as exc:  # noqa: BLE001 - e.g. revoked meanwhile; the rebalance seeks it
             log.warning("exact-gaps: seeking %s back to %d failed (%r)", tp, offset, exc)
+            continue
+        if sought:
+            log.info("exact-gaps: %s records from %d were fetched and not delivered (the flow "
+                     "stopped mid-batch); sought back to deliver them", tp, offset)
+            consumer._read_offset[tp] = offset if offset else None
+            _track(consumer).sought(tp, offset)
+
+
+def seek_epoch(client: Any, tp: Any) -> int:
+    """How many seeks of ``tp`` the client has run (counted by the patched Fetcher.seek_to)."""
+    return client._fetcher.__dict__.get("_seek_epochs", {}).get(tp, 0)
+
+
+def seek_unless_moved(client: Any, tp: Any, epoch: int, offset: int) -> bool:
+    """In the consumer thread: seek ``tp`` to ``offset`` if no seek ran since ``epoch``."""
+    if seek_epoch(client, tp) != epoch:
+        return False
+    client.seek(tp, offset)
+    return True
+
+
+def _patch_seek_epochs() -> None:
+    """Count every seek the client runs, per partition, and note the counts with each
+    fetch: a record fetched before a seek of its partition is stale once the seek ran."""
+    from aiokafka.consumer.fetcher import Fetcher
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    if getattr(Fetcher.seek_to, "_fixed", False):
+        return
+    stock_seek_to = Fetcher.seek_to
+    stock_fetch_records = AIOKafkaConsumerThread._fetch_records
+
+    def seek_to(self: Any, tp: Any, offset: int) -> Any:
+        epochs = self.__dict__.setdefault("_seek_epochs", {})
+        epochs[tp] = epochs.get(tp, 0) + 1
+        return stock_seek_to(self, tp, offset)
+
+    async def _fetch_records(self: Any, consumer: Any, active_partitions: Any, timeout: Any = None,
+                             max_records: Any = None) -> Any:
+        records = await stock_fetch_records(self, consumer, active_partitions, timeout=timeout,
+                                            max_records=max_records)
+        epochs = consumer._fetcher.__dict__.get("_seek_epochs", {})
+        self._fetch_epochs = {tp: epochs.get(tp, 0) for tp in records or ()}
+        return records
+
+    for owner, name, fixed, stock in ((Fetcher, "seek_to", seek_to, stock_seek_to),
+                                      (AIOKafkaConsumerThread, "_fetch_records", _fetch_records,
+                                       stock_fetch_records)):
+        fixed._fixed = True  # type: ignore[attr-defined]
+        fixed._stock = stock  # type: ignore[attr-defined]
+        setattr(owner, name, fixed)
 
 
 def _track(consumer: Any) -> FetchTrack:
@@ -793,19 +861,29 @@ def _patch_exact_gaps() -> None:
     async def _wait_next_records(self: Consumer, timeout: float) -> Any:
         records, active = await stock_wait_next_records(self, timeout)
         self._fetched_batch = records or {}
+        thread = getattr(self, "_thread", None)
+        self._fetched_epochs = getattr(thread, "_fetch_epochs", {}) if records else {}
         return records, active
 
     async def getmany(self: Consumer, timeout: float) -> Any:
         track = _track(self)
         self._fetched_batch = {}
+        self._fetched_epochs = {}
         seeks_before = dict(track.seeks)
         stops_before = self.__dict__.get("_flow_stops", 0)
         generation = self.app.consumer_generation_id
+        thread = getattr(self, "_thread", None)
+        client = thread._ensure_consumer() if thread is not None else None
         yielded: dict[Any, int] = {}
         last: tuple[Any, int] | None = None
         acks_enabled_for = self.app.topics.acks_enabled_for
         async for tp, message in stock_getmany(self, timeout):
             yielded[tp] = yielded.get(tp, 0) + 1
+            if client is not None and seek_epoch(client, tp) != self._fetched_epochs.get(tp, 0):
+                # Fetched before a seek of its partition that has run since (the flow
+                # resumed before Faust's getmany noticed it stopped): it comes again from
+                # the sought offset; delivered now it would move the read offset past it.
+                continue
             last = (tp, message.offset)
             skipped = track.delivered(tp, message.offset)
             if skipped is not None and acks_enabled_for(message.topic):
@@ -819,7 +897,7 @@ def _patch_exact_gaps() -> None:
         offsets = redelivery_offsets(self._fetched_batch, yielded, last,
                                      self.__dict__.get("_flow_stops", 0) != stops_before)
         if offsets and self.app.consumer_generation_id == generation:  # else the rebalance seeks
-            await _redeliver(self, offsets, seeks_before)
+            await _redeliver(self, offsets, self._fetched_epochs)
 
     def _sought(self: Consumer, tp: Any, offset: int | None) -> None:
         _track(self).sought(tp, offset)

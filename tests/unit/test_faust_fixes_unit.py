@@ -256,18 +256,41 @@ def test_a_batch_delivered_in_full_is_not_sought():
     assert faust_fixes.redelivery_offsets(fetched, {TP3: 2, TP4: 1}, (TP4, 40), flow_stopped=True) == {TP4: 40}
 
 
+class _Client:
+    """The aiokafka client side of a seek: its fetcher counts seeks per partition."""
+
+    def __init__(self, epochs: dict) -> None:
+        self._fetcher = SimpleNamespace(_seek_epochs=dict(epochs))
+        self.sought: list[tuple] = []
+
+    def seek(self, tp, offset) -> None:
+        self._fetcher._seek_epochs[tp] = self._fetcher._seek_epochs.get(tp, 0) + 1
+        self.sought.append((tp, offset))
+
+
+def test_a_partition_sought_since_its_fetch_is_left_to_that_seek():
+    """The stall heal's seek of TP4 ran in the consumer thread after the batch was
+    fetched (epoch 3 -> 4): whatever the batch left undelivered comes again from the
+    heal's offset, and seeking TP4 forward again would skip records."""
+    client = _Client({TP3: 1, TP4: 4})
+    assert faust_fixes.seek_unless_moved(client, TP3, 1, 12) is True
+    assert faust_fixes.seek_unless_moved(client, TP4, 3, 40) is False
+    assert client.sought == [(TP3, 12)]
+
+
 def test_redelivery_leaves_revoked_and_since_sought_partitions_alone():
-    sought: list[tuple] = []
+    client = _Client({TP3: 2, TP4: 5})
 
-    async def seek(tp, offset):
-        sought.append((tp, offset))
+    async def call_thread(fun, *args):
+        return fun(*args)
 
-    consumer = SimpleNamespace(assignment=lambda: {TP3, TP4}, seek=seek)
-    track = faust_fixes._track(consumer)
-    before = dict(track.seeks)
-    track.sought(TP4, 38)  # the heal's own seek of TP4 came after the fetch: it decides
-    asyncio.run(faust_fixes._redeliver(consumer, {TP3: 12, TP4: 40, TP5: 7}, before))
-    assert sought == [(TP3, 12)]  # TP5 is not assigned
+    thread = SimpleNamespace(_ensure_consumer=lambda: client, call_thread=call_thread)
+    consumer = SimpleNamespace(assignment=lambda: {TP3, TP4}, _thread=thread, _read_offset={})
+    # fetched at epochs TP3: 2, TP4: 4; the heal sought TP4 since (5); TP5 is not assigned
+    asyncio.run(faust_fixes._redeliver(consumer, {TP3: 12, TP4: 40, TP5: 7}, {TP3: 2, TP4: 4, TP5: 0}))
+    assert client.sought == [(TP3, 12)]
+    assert consumer._read_offset == {TP3: 12}
+    assert faust_fixes._track(consumer).expected[TP3] == 12
 
 
 def _consumer_state(acked: list[int], committed: int):
