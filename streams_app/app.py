@@ -13,7 +13,7 @@ from pathlib import Path
 
 import faust
 
-from . import faust_fixes
+from . import faults, faust_fixes
 from .exceptions import SettingsError
 from .settings import Settings
 
@@ -74,3 +74,4 @@ faust_fixes.install(
     at_most_once=settings.processing_guarantee == "at_most_once",
     producer_idempotence=settings.producer_idempotence,
 )
+faults.install_seek_backs(app)

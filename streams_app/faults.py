@@ -15,10 +15,13 @@ returns at once (one call, no lookups).
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
 from collections import Counter
+
+log = logging.getLogger(__name__)
 
 #: Every crash point an agent declares; the lab validates names against this.
 CRASH_POINTS = {
@@ -64,3 +67,52 @@ def _disarmed(name: str) -> None:
 
 _spec = os.environ.get("FAULT_CRASH_AT", "")
 crashpoint = _armed(*_parse(_spec)) if _spec else _disarmed
+
+
+# -- seek-backs ----------------------------------------------------------------------
+#
+#     FAULT_SEEK_BACK_EVERY=0.2     # every 0.2 s, one stream partition in turn
+#
+# seeks a partition back to its committed offset the way the stall heal does (its acked
+# offsets forgotten, the flow stopped around the seek): what a burst of heal seeks, or
+# any redelivery, does to Faust's fetch path. Everything after the committed offset comes
+# again and must be skipped as already processed: nothing lost, nothing repeated.
+
+
+def _seek_back_interval(spec: str) -> float:
+    try:
+        interval = float(spec)
+    except ValueError:
+        interval = 0.0
+    if not interval > 0:
+        raise SystemExit(f"FAULT_SEEK_BACK_EVERY={spec!r}: expected a positive number of seconds")
+    return interval
+
+
+def install_seek_backs(app) -> None:
+    """Arm the seek-back fault on ``app`` when FAULT_SEEK_BACK_EVERY is set."""
+    spec = os.environ.get("FAULT_SEEK_BACK_EVERY", "")
+    if not spec:
+        return
+    interval = _seek_back_interval(spec)
+    turns = Counter()
+
+    @app.timer(interval)
+    async def seek_back() -> None:
+        from .faust_fixes import quiescent_seek
+
+        consumer = app.consumer
+        partitions = sorted(tp for tp in consumer.assignment() if app.topics.acks_enabled_for(tp.topic))
+        if not partitions:
+            return
+        tp = partitions[turns["seek"] % len(partitions)]
+        turns["seek"] += 1
+        committed = consumer._committed_offset.get(tp)
+        if committed is None:
+            return
+        acked = consumer._acked.get(tp)
+        if acked:
+            acked.clear()
+            consumer._acked_index[tp].clear()
+        log.info("FAULT: seeking %s[%d] back to %d", tp.topic, tp.partition, committed)
+        await quiescent_seek(consumer, lambda: consumer.seek(tp, committed))

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import shutil
 import types
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,11 @@ FIXES: Mapping[str, str] = {
         "from the acked list before it awaits the producer flush and the broker, and "
         "updates the committed offset only after, so the check waits for it to end "
         "(at commit interval 0.1 s a commit took up to 0.46 s, and the heal sought "
-        "partitions back 40 times in 17 s of a benchmark run)."
+        "partitions back 40 times in 17 s of a benchmark run). A partition behind its "
+        "high watermark with nothing acked after its committed offset (records lost at "
+        "its tail, where no hole shows) is probed the same way once the worker has had "
+        "nothing in progress for 5 s; a range that holds only transaction markers is "
+        "probed once."
     ),
     "commit-at-revocation": (
         "Every guarantee: Consumer.on_partitions_revoked (transport/consumer.py) drops its "
@@ -91,7 +95,24 @@ FIXES: Mapping[str, str] = {
         "a commit never passes an offset that is neither acked nor such a gap; offsets "
         "both acked and in a gap count once (a duplicate ended Faust's consecutive run, "
         "robinhood/faust#625). A hole left by a dropped record now stops the partition's "
-        "commits until the stall heal delivers the record again."
+        "commits until the stall heal delivers the record again. Two more ways to lose "
+        "records between fetch and agent, found under a burst of stall-heal seeks "
+        "(at_least_once, commit interval 0.1 s): (1) stopping the flow ends Faust's "
+        "getmany in the middle of its batch, and the client's position is already past "
+        "the records it did not deliver, in EVERY partition of the batch; a rebalance "
+        "seeks every partition afterwards, a seek of one partition did not, and at a "
+        "partition's tail nothing ever delivered them (the worker went silent with lag). "
+        "(2) Faust's Consumer.wait_for_stopped_flow never waits (_wait_next_records SETS "
+        "not_waiting_next_records where it means to clear it), so when the flow resumed "
+        "before getmany looked, it went on delivering a batch fetched before the seek. "
+        "Fix: the client counts its seeks per partition (in the consumer thread, where "
+        "seeks and fetches run one at a time) and each fetch notes the counts; a record "
+        "fetched before a seek of its partition that has run since is not delivered, and "
+        "a partition whose fetched records were not all delivered (and, when the flow "
+        "stopped during the batch, the record being handed over then, whose delivery the "
+        "stop cancels) is sought back to the first of them, unless a seek ran since its "
+        "fetch; a record delivered twice this way is skipped as already processed "
+        "(streams_app/processing.py)."
     ),
     "bulk-restore": (
         "Every guarantee (speed): Faust restores a table one changelog record at a time "
@@ -268,6 +289,7 @@ def install(
     if "commit-at-revocation" in enabled:
         _patch_commit_at_revocation()
     if "exact-gaps" in enabled:
+        _patch_seek_epochs()
         _patch_exact_gaps()
     if "bulk-restore" in enabled:
         _patch_bulk_restore()
@@ -477,8 +499,16 @@ def on_worker_stopped(tabledir: Path) -> None:
 # -- stalled-partition-heal ---------------------------------------------------------
 
 
+#: A worker with nothing in progress and a partition behind is stalled after this long.
+IDLE_STALL_S = 5.0
+
+
 def _heal_stalled_partitions_for(app: Any):
     stalled_since: dict[Any, tuple[int, int]] = {}  # tp -> (committed, checks seen stalled)
+    idle_since: dict[Any, tuple[int, float]] = {}  # tp -> (committed, first seen idle behind)
+    #: tp -> (committed, high watermark) of a range probed and found to hold no record (under
+    #: exactly_once an idle partition ends on a transaction marker: probed once, not every time)
+    empty: dict[Any, tuple[int, int]] = {}
 
     async def heal_stalled_partitions() -> None:
         from .processing import forget_below
@@ -488,14 +518,24 @@ def _heal_stalled_partitions_for(app: Any):
             # A commit in flight took its offsets out of the acked list and sets the
             # committed offset only once the broker answers: a head gap that is not one.
             return
+        idle = _worker_idle(app)
+        now = asyncio.get_running_loop().time()
         for tp in list(consumer.assignment()):
             acked = consumer._acked.get(tp)
             committed = consumer._committed_offset.get(tp)
             if committed is not None:
                 forget_below(tp, committed)
+            if not acked:
+                stalled_since.pop(tp, None)
+                behind = _idle_behind(app, consumer, tp, committed, idle, now, idle_since)
+                if behind is not None and empty.get(tp) != (committed, behind):
+                    if await _heal(app, consumer, tp, committed, behind, acked=None) == "gap":
+                        empty[tp] = (committed, behind)
+                continue
+            idle_since.pop(tp, None)
             # Faust's own guard stalls only from a hole of two; with exact-gaps, from one.
             tolerated = 0 if getattr(consumer._new_offset, "_fixed", False) else 1
-            if not acked or committed is None or min(acked) - committed <= tolerated:
+            if committed is None or min(acked) - committed <= tolerated:
                 stalled_since.pop(tp, None)
                 continue
             seen_at, checks = stalled_since.get(tp, (committed, 0))
@@ -503,35 +543,79 @@ def _heal_stalled_partitions_for(app: Any):
             stalled_since[tp] = (committed, checks)
             if checks < 3:
                 continue
-            first_acked = min(acked)
-            try:
-                record = await first_committed_record(_bootstrap(app), tp, committed, first_acked)
-            except TimeoutError:  # an open transaction holds the range back: ask again later
-                continue
             stalled_since.pop(tp, None)
-            if record is None or record >= first_acked:
-                log.info(
-                    "stalled-partition-heal: %s offsets %d-%d hold no committed record (transaction "
-                    "markers or aborted data); registering them as a gap so commits go on",
-                    tp, committed, first_acked - 1,
-                )
-                await consumer._add_gap(tp, committed, first_acked - 1)
-            else:
-                # Records after the hole that were processed (under exactly_once: into the open
-                # transaction) come again and are skipped by first_deliveries, unrepeated.
-                log.warning(
-                    "stalled-partition-heal: %s has acked offsets from %d but record %d was "
-                    "never acked; seeking back to %d to deliver it again",
-                    tp, first_acked, record, committed,
-                )
-                acked.clear()
-                consumer._acked_index[tp].clear()
-                try:
-                    await quiescent_seek(consumer, lambda: consumer.seek(tp, committed))
-                except Exception as exc:  # noqa: BLE001 - e.g. the partition was revoked meanwhile
-                    log.warning("stalled-partition-heal: seeking %s back failed (%r); trying again later", tp, exc)
+            await _heal(app, consumer, tp, committed, min(acked), acked=acked)
 
     return heal_stalled_partitions
+
+
+def _worker_idle(app: Any) -> bool:
+    """Nothing in progress: the flow runs, no event is being processed, every stream's
+    queue is empty and no table is recovering."""
+    consumer = app.consumer
+    if not consumer.flow_active or app.in_recovery or consumer._unacked_messages:
+        return False
+    return all(channel.queue.empty() for channel in app.topics._topics if hasattr(channel, "queue"))
+
+
+def _idle_behind(app: Any, consumer: Any, tp: Any, committed: int | None, idle: bool, now: float,
+                 idle_since: dict[Any, tuple[int, float]]) -> int | None:
+    """The partition's high watermark when ``tp`` has been behind it for IDLE_STALL_S while
+    the worker had nothing in progress and nothing acked for it: records fetched and never
+    delivered at the partition's tail, which leave no hole below an acked offset (so the
+    head-gap check never sees them) and no event that could still move the commit."""
+    highwater = consumer.highwater(tp) if idle and committed is not None else None
+    if highwater is None or committed is None or highwater <= committed \
+            or not app.topics.acks_enabled_for(tp.topic):
+        idle_since.pop(tp, None)
+        return None
+    seen_at, since = idle_since.get(tp, (committed, now))
+    if seen_at != committed:
+        seen_at, since = committed, now
+    idle_since[tp] = (seen_at, since)
+    if now - since < IDLE_STALL_S:
+        return None
+    idle_since.pop(tp, None)
+    return highwater
+
+
+async def _heal(app: Any, consumer: Any, tp: Any, committed: int, first_acked: int,
+                acked: list[int] | None) -> str | None:
+    """Probe [committed, first_acked) with a read_committed reader: register it as a gap
+    ("gap") if it holds no committed record, else seek back to deliver it again ("seek")."""
+    try:
+        record = await first_committed_record(_bootstrap(app), tp, committed, first_acked)
+    except TimeoutError:  # an open transaction holds the range back: ask again later
+        return None
+    if record is None or record >= first_acked:
+        log.info(
+            "stalled-partition-heal: %s offsets %d-%d hold no committed record (transaction "
+            "markers or aborted data); registering them as a gap so commits go on",
+            tp, committed, first_acked - 1,
+        )
+        await consumer._add_gap(tp, committed, first_acked - 1)
+        return "gap"
+    if acked is None:
+        log.warning(
+            "stalled-partition-heal: %s is behind (committed %d, high watermark %d) with "
+            "nothing in progress for %.0f s: records fetched and never delivered; seeking "
+            "back to %d to deliver them again", tp, committed, first_acked, IDLE_STALL_S, committed,
+        )
+    else:
+        # Records after the hole that were processed (under exactly_once: into the open
+        # transaction) come again and are skipped by first_deliveries, unrepeated.
+        log.warning(
+            "stalled-partition-heal: %s has acked offsets from %d but record %d was "
+            "never acked; seeking back to %d to deliver it again",
+            tp, first_acked, record, committed,
+        )
+        acked.clear()
+        consumer._acked_index[tp].clear()
+    try:
+        await quiescent_seek(consumer, lambda: consumer.seek(tp, committed))
+    except Exception as exc:  # noqa: BLE001 - e.g. the partition was revoked meanwhile
+        log.warning("stalled-partition-heal: seeking %s back failed (%r); trying again later", tp, exc)
+    return "seek"
 
 
 def _bootstrap(app: Any) -> str:
@@ -629,6 +713,92 @@ class FetchTrack:
             self.expected[tp] = None
 
 
+def redelivery_offsets(
+    fetched: Mapping[Any, Sequence[Any]], yielded: Mapping[Any, int],
+    last: tuple[Any, int] | None, flow_stopped: bool,
+) -> dict[Any, int]:
+    """Where to seek each partition of a batch that Faust's getmany did not deliver in
+    full: the first record it did not deliver (``yielded[tp]`` records of
+    ``fetched[tp]`` were), and, when the flow stopped during the batch, the ``last``
+    record delivered ``(tp, offset)``, whose hand-over to the stream the stop cancels."""
+    offsets = {tp: records[yielded.get(tp, 0)].offset
+               for tp, records in fetched.items() if yielded.get(tp, 0) < len(records)}
+    if flow_stopped and last is not None:
+        tp, offset = last
+        offsets[tp] = min(offsets.get(tp, offset), offset)
+    return offsets
+
+
+async def _redeliver(consumer: Any, offsets: Mapping[Any, int], fetch_epochs: Mapping[Any, int]) -> None:
+    """Seek each partition back to ``offsets[tp]``: records fetched and never delivered,
+    unless the partition was sought since its records were fetched (that seek says what
+    comes next). Decided in the consumer thread, where seeks and fetches run one at a
+    time, so a seek queued meanwhile (the stall heal's) is never overridden."""
+    thread = getattr(consumer, "_thread", None)
+    if thread is None:
+        return
+    client = thread._ensure_consumer()
+    assigned = consumer.assignment()
+    for tp, offset in offsets.items():
+        if tp not in assigned:
+            continue  # revoked: the rebalance seeks it
+        try:
+            sought = await thread.call_thread(seek_unless_moved, client, tp, fetch_epochs.get(tp, 0), offset)
+        except Exception as exc:  # noqa: BLE001 - e.g. revoked meanwhile; the rebalance seeks it
+            log.warning("exact-gaps: seeking %s back to %d failed (%r)", tp, offset, exc)
+            continue
+        if sought:
+            log.info("exact-gaps: %s records from %d were fetched and not delivered (the flow "
+                     "stopped mid-batch); sought back to deliver them", tp, offset)
+            consumer._read_offset[tp] = offset if offset else None
+            _track(consumer).sought(tp, offset)
+
+
+def seek_epoch(client: Any, tp: Any) -> int:
+    """How many seeks of ``tp`` the client has run (counted by the patched Fetcher.seek_to)."""
+    return client._fetcher.__dict__.get("_seek_epochs", {}).get(tp, 0)
+
+
+def seek_unless_moved(client: Any, tp: Any, epoch: int, offset: int) -> bool:
+    """In the consumer thread: seek ``tp`` to ``offset`` if no seek ran since ``epoch``."""
+    if seek_epoch(client, tp) != epoch:
+        return False
+    client.seek(tp, offset)
+    return True
+
+
+def _patch_seek_epochs() -> None:
+    """Count every seek the client runs, per partition, and note the counts with each
+    fetch: a record fetched before a seek of its partition is stale once the seek ran."""
+    from aiokafka.consumer.fetcher import Fetcher
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    if getattr(Fetcher.seek_to, "_fixed", False):
+        return
+    stock_seek_to = Fetcher.seek_to
+    stock_fetch_records = AIOKafkaConsumerThread._fetch_records
+
+    def seek_to(self: Any, tp: Any, offset: int) -> Any:
+        epochs = self.__dict__.setdefault("_seek_epochs", {})
+        epochs[tp] = epochs.get(tp, 0) + 1
+        return stock_seek_to(self, tp, offset)
+
+    async def _fetch_records(self: Any, consumer: Any, active_partitions: Any, timeout: Any = None,
+                             max_records: Any = None) -> Any:
+        records = await stock_fetch_records(self, consumer, active_partitions, timeout=timeout,
+                                            max_records=max_records)
+        epochs = consumer._fetcher.__dict__.get("_seek_epochs", {})
+        self._fetch_epochs = {tp: epochs.get(tp, 0) for tp in records or ()}
+        return records
+
+    for owner, name, fixed, stock in ((Fetcher, "seek_to", seek_to, stock_seek_to),
+                                      (AIOKafkaConsumerThread, "_fetch_records", _fetch_records,
+                                       stock_fetch_records)):
+        fixed._fixed = True  # type: ignore[attr-defined]
+        fixed._stock = stock  # type: ignore[attr-defined]
+        setattr(owner, name, fixed)
+
+
 def _track(consumer: Any) -> FetchTrack:
     track = consumer.__dict__.get("_fetch_track")
     if track is None:
@@ -682,20 +852,39 @@ def _patch_exact_gaps() -> None:
     stock_perform_seek = Consumer.perform_seek
     stock_seek = Consumer.seek
     stock_add_gap = Consumer._add_gap
+    stock_stop_flow = Consumer.stop_flow
+
+    def stop_flow(self: Consumer) -> None:
+        self.__dict__["_flow_stops"] = self.__dict__.get("_flow_stops", 0) + 1
+        stock_stop_flow(self)
 
     async def _wait_next_records(self: Consumer, timeout: float) -> Any:
         records, active = await stock_wait_next_records(self, timeout)
         self._fetched_batch = records or {}
+        thread = getattr(self, "_thread", None)
+        self._fetched_epochs = getattr(thread, "_fetch_epochs", {}) if records else {}
         return records, active
 
     async def getmany(self: Consumer, timeout: float) -> Any:
         track = _track(self)
         self._fetched_batch = {}
+        self._fetched_epochs = {}
         seeks_before = dict(track.seeks)
+        stops_before = self.__dict__.get("_flow_stops", 0)
+        generation = self.app.consumer_generation_id
+        thread = getattr(self, "_thread", None)
+        client = thread._ensure_consumer() if thread is not None else None
         yielded: dict[Any, int] = {}
+        last: tuple[Any, int] | None = None
         acks_enabled_for = self.app.topics.acks_enabled_for
         async for tp, message in stock_getmany(self, timeout):
             yielded[tp] = yielded.get(tp, 0) + 1
+            if client is not None and seek_epoch(client, tp) != self._fetched_epochs.get(tp, 0):
+                # Fetched before a seek of its partition that has run since (the flow
+                # resumed before Faust's getmany noticed it stopped): it comes again from
+                # the sought offset; delivered now it would move the read offset past it.
+                continue
+            last = (tp, message.offset)
             skipped = track.delivered(tp, message.offset)
             if skipped is not None and acks_enabled_for(message.topic):
                 gap = self._gap[tp]
@@ -705,6 +894,10 @@ def _patch_exact_gaps() -> None:
         for tp, records in self._fetched_batch.items():
             if yielded.get(tp, 0) < len(records):
                 track.undelivered(tp, seeks_before)  # stock getmany stopped early (flow stopped)
+        offsets = redelivery_offsets(self._fetched_batch, yielded, last,
+                                     self.__dict__.get("_flow_stops", 0) != stops_before)
+        if offsets and self.app.consumer_generation_id == generation:  # else the rebalance seeks
+            await _redeliver(self, offsets, self._fetched_epochs)
 
     def _sought(self: Consumer, tp: Any, offset: int | None) -> None:
         _track(self).sought(tp, offset)
@@ -719,6 +912,9 @@ def _patch_exact_gaps() -> None:
                 _sought(self, tp, self._read_offset.get(tp))
 
     async def seek(self: Consumer, partition: Any, offset: int) -> None:
+        # Counted before it runs: a batch that ends while the seek is under way must
+        # leave this partition to it (see _redeliver).
+        _track(self).seeks[partition] = _track(self).seeks.get(partition, 0) + 1
         thread = getattr(self, "_thread", None)
         if thread is None:  # not a threaded (aiokafka) consumer
             await stock_seek(self, partition, offset)
@@ -764,6 +960,7 @@ def _patch_exact_gaps() -> None:
         return offset
 
     for name, fixed, stock in (
+        ("stop_flow", stop_flow, stock_stop_flow),
         ("_wait_next_records", _wait_next_records, stock_wait_next_records),
         ("getmany", getmany, stock_getmany),
         ("perform_seek", perform_seek, stock_perform_seek),

@@ -45,7 +45,7 @@ import asyncio
 import json
 import logging
 from contextlib import asynccontextmanager, nullcontext
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 from faust.types import TP, EventT, Message, StreamT
 
@@ -108,6 +108,14 @@ COMMIT_FIRST = settings.processing_guarantee == "at_most_once"
 #: stalled-partition heal in faust_fixes) a lower offset may still be unprocessed.
 _processed: dict[TP, set[int]] = {}
 
+#: The committed offset each partition's memory was last pruned at (forget_below):
+#: records below it were processed here or before, and the memory of them is gone.
+#: Kept because the consumer's own committed offset can go BACK: Faust's
+#: perform_seek re-reads it from the broker, which still has the previous commit
+#: while a commit is in flight (seen as 155 records applied twice at commit
+#: interval 0.1 s, under a burst of stall-heal seeks).
+_pruned_at: dict[TP, int] = {}
+
 
 @app.on_partitions_revoked.connect
 async def _forget_revoked(sender: object, revoked: set[TP], **kwargs: object) -> None:
@@ -115,14 +123,25 @@ async def _forget_revoked(sender: object, revoked: set[TP], **kwargs: object) ->
     aborted or redid its uncommitted work: remember nothing about it."""
     for tp in revoked:
         _processed.pop(tp, None)
+        _pruned_at.pop(tp, None)
 
 
 def forget_below(tp: TP, committed: int) -> None:
     """Drop what the group has committed past: :func:`first_deliveries` skips any
     record below the committed offset without this memory."""
+    if committed > _pruned_at.get(tp, -1):
+        _pruned_at[tp] = committed
     done = _processed.get(tp)
     if done:
         done.difference_update([o for o in done if o < committed])
+
+
+def already_processed(consumer: Any, message: Message) -> bool:
+    """Processed by this process, or below the committed offset (see first_deliveries)."""
+    tp = message.tp
+    committed = consumer._committed_offset.get(tp)
+    below = max(-1 if committed is None else committed, _pruned_at.get(tp, -1))
+    return message.offset < below or message.offset in _processed.get(tp, ())
 
 
 async def first_deliveries(stream: StreamT) -> AsyncIterator[EventT]:
@@ -141,8 +160,7 @@ async def first_deliveries(stream: StreamT) -> AsyncIterator[EventT]:
     consumer = stream.app.consumer
     async for event in stream.events():
         message = event.message
-        below = consumer._committed_offset.get(message.tp)
-        if message.offset in _processed.get(message.tp, ()) or (below is not None and message.offset < below):
+        if already_processed(consumer, message):
             log.info("skipping %s: delivered again, already processed", place(message))
             await stream.ack(event)
             continue

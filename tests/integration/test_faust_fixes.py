@@ -203,3 +203,27 @@ def test_at_least_once_at_commit_interval_0_1_s_drains_without_heal_seeks(pipeli
     assert counts.lost == 0 and counts.output_missing == 0
     assert counts.charged_unique == counts.unique_events == len(traffic.unique_events)
     assert counts.balance_mismatches == 0, counts.mismatch_examples
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_a_burst_of_seek_backs_loses_and_repeats_nothing(pipeline_factory, guarantee):
+    """exact-gaps and stalled-partition-heal under the seek-back fault: every 0.2 s a
+    stream partition is sought back to its committed offset the way the heal does it
+    (streams_app/faults.py), at commit interval 0.1 s. Before the fixes this (as a burst
+    of heal seeks) silenced the worker with lag, then lost events: a batch cut short by
+    a stopped flow was never delivered in full, records fetched before a seek were
+    delivered after it, and a cut batch was sought forward past a heal's seek."""
+    pipeline = pipeline_factory(guarantee, BROKER_COMMIT_INTERVAL="0.1", FAULT_SEEK_BACK_EVERY="0.2")
+    worker = pipeline.worker()
+    traffic = generate(3000, duplicate_rate=0.2, bad_rate=0.02, seed=43, id_prefix=pipeline.config.run_id)
+    pipeline.send(traffic)
+    pipeline.drain(timeout=300)
+
+    seeks = worker.log_path.read_text(errors="replace").count("FAULT: seeking")
+    assert seeks >= 20, f"only {seeks} seek-backs: the fault did not run"
+    counts = asyncio.run(check(pipeline.config, traffic))
+    assert counts.lost == 0 and counts.output_missing == 0
+    assert counts.output_duplicates == 0 and counts.duplicate_charges == 0
+    assert counts.charged_unique == counts.unique_events == len(traffic.unique_events)
+    assert counts.balance_mismatches == 0, counts.mismatch_examples
+    assert counts.dead_lettered == counts.expected_dead_letters

@@ -191,6 +191,8 @@ def test_recovery_idle_wait_caps_only_the_changelog_queue_wait(monkeypatch):
 # -- exact-gaps ---------------------------------------------------------------------------
 
 TP3 = ("payments.events", 3)
+TP4 = ("payments.events", 4)
+TP5 = ("payments.unique", 5)
 
 
 def test_a_head_hole_of_one_offset_stops_the_commit():
@@ -230,6 +232,65 @@ def test_a_batch_cut_short_by_a_seek_leaves_the_sought_offset_expected():
     track.sought(TP3, 11)
     track.undelivered(TP3, before)
     assert track.delivered(TP3, 13) == (11, 13)
+
+
+def _records(*offsets: int) -> list[SimpleNamespace]:
+    return [SimpleNamespace(offset=o) for o in offsets]
+
+
+def test_records_fetched_and_not_delivered_are_sought_back_in_every_partition():
+    """The flow stopped (a seek of ANOTHER partition) after getmany had yielded 2 of
+    TP3's 4 records and none of TP4's: the client's position is past all of them, so
+    both partitions go back to their first undelivered record, and TP3 to the record
+    whose hand-over the stop cancelled."""
+    fetched = {TP3: _records(10, 11, 12, 13), TP4: _records(40, 41)}
+    yielded = {TP3: 2}
+    assert faust_fixes.redelivery_offsets(fetched, yielded, (TP3, 11), flow_stopped=True) == {TP3: 11, TP4: 40}
+    assert faust_fixes.redelivery_offsets(fetched, yielded, (TP3, 11), flow_stopped=False) == {TP3: 12, TP4: 40}
+
+
+def test_a_batch_delivered_in_full_is_not_sought():
+    fetched = {TP3: _records(10, 11), TP4: _records(40)}
+    assert faust_fixes.redelivery_offsets(fetched, {TP3: 2, TP4: 1}, (TP4, 40), flow_stopped=False) == {}
+    # the flow stopped while the batch's last record was handed over: only that one again
+    assert faust_fixes.redelivery_offsets(fetched, {TP3: 2, TP4: 1}, (TP4, 40), flow_stopped=True) == {TP4: 40}
+
+
+class _Client:
+    """The aiokafka client side of a seek: its fetcher counts seeks per partition."""
+
+    def __init__(self, epochs: dict) -> None:
+        self._fetcher = SimpleNamespace(_seek_epochs=dict(epochs))
+        self.sought: list[tuple] = []
+
+    def seek(self, tp, offset) -> None:
+        self._fetcher._seek_epochs[tp] = self._fetcher._seek_epochs.get(tp, 0) + 1
+        self.sought.append((tp, offset))
+
+
+def test_a_partition_sought_since_its_fetch_is_left_to_that_seek():
+    """The stall heal's seek of TP4 ran in the consumer thread after the batch was
+    fetched (epoch 3 -> 4): whatever the batch left undelivered comes again from the
+    heal's offset, and seeking TP4 forward again would skip records."""
+    client = _Client({TP3: 1, TP4: 4})
+    assert faust_fixes.seek_unless_moved(client, TP3, 1, 12) is True
+    assert faust_fixes.seek_unless_moved(client, TP4, 3, 40) is False
+    assert client.sought == [(TP3, 12)]
+
+
+def test_redelivery_leaves_revoked_and_since_sought_partitions_alone():
+    client = _Client({TP3: 2, TP4: 5})
+
+    async def call_thread(fun, *args):
+        return fun(*args)
+
+    thread = SimpleNamespace(_ensure_consumer=lambda: client, call_thread=call_thread)
+    consumer = SimpleNamespace(assignment=lambda: {TP3, TP4}, _thread=thread, _read_offset={})
+    # fetched at epochs TP3: 2, TP4: 4; the heal sought TP4 since (5); TP5 is not assigned
+    asyncio.run(faust_fixes._redeliver(consumer, {TP3: 12, TP4: 40, TP5: 7}, {TP3: 2, TP4: 4, TP5: 0}))
+    assert client.sought == [(TP3, 12)]
+    assert consumer._read_offset == {TP3: 12}
+    assert faust_fixes._track(consumer).expected[TP3] == 12
 
 
 def _consumer_state(acked: list[int], committed: int):

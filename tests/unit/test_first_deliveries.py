@@ -64,3 +64,15 @@ def test_without_a_committed_offset_only_the_memory_decides(monkeypatch):
     monkeypatch.setattr(processing, "_processed", {P: {0}})
     stream = _Stream([0, 1], {})
     assert _delivered(stream) == [1]
+
+
+def test_a_committed_offset_that_goes_back_does_not_bring_records_back(monkeypatch):
+    """forget_below pruned the memory at 146; then Faust's perform_seek re-read the
+    committed offset from the broker while a commit was in flight and set it back to
+    140. Records 140-145 were processed (their memory is gone): they stay skipped."""
+    monkeypatch.setattr(processing, "_processed", {P: {140, 141, 146}})
+    monkeypatch.setattr(processing, "_pruned_at", {})
+    processing.forget_below(P, 146)
+    stream = _Stream([140, 145, 146, 147], {P: 140})
+    assert _delivered(stream) == [147]
+    assert stream.acked == [140, 145, 146]

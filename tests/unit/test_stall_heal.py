@@ -1,4 +1,5 @@
-"""stalled-partition-heal: a real head gap is healed, a commit in flight is not a gap.
+"""stalled-partition-heal: a real head gap is healed, a commit in flight is not a gap,
+and a partition left behind by a worker with nothing in progress is healed too.
 
 Faust's commit takes the offsets it commits out of the acked list, then awaits the
 producer flush and the broker, and only then sets the committed offset. In between,
@@ -22,43 +23,94 @@ PARTITION = TP("payments.unique", 0)
 class StubConsumer:
     """The consumer state the heal reads: acked 908-909 while committed is 864."""
 
-    def __init__(self, commit_in_flight: bool) -> None:
-        self._acked = {PARTITION: [908, 909]}
-        self._acked_index = {PARTITION: {908, 909}}
+    def __init__(self, commit_in_flight: bool = False, acked: tuple[int, ...] = (908, 909),
+                 highwater: int = 910, in_progress: int = 0) -> None:
+        self._acked = {PARTITION: list(acked)}
+        self._acked_index = {PARTITION: set(acked)}
         self._committed_offset = {PARTITION: 864}
         self._commit_fut = asyncio.get_running_loop().create_future() if commit_in_flight else None
         self._new_offset = SimpleNamespace(_fixed=True)  # exact-gaps installed: no tolerance
+        self.flow_active = True
+        self._unacked_messages = set(range(in_progress))
+        self._highwater = highwater
 
     def assignment(self) -> set[TP]:
         return {PARTITION}
+
+    def highwater(self, tp: TP) -> int:
+        return self._highwater
 
     def seek(self, tp: TP, offset: int) -> None:
         pass
 
 
-async def _heal_ticks(monkeypatch, *, commit_in_flight: bool, ticks: int) -> list[tuple[TP, int]]:
-    consumer = StubConsumer(commit_in_flight)
-    probes, seeks = [], []
+async def _heal_ticks(monkeypatch, *, ticks: int, pause: float = 0.0, probes: list | None = None,
+                      markers_only: bool = False, **state) -> list[tuple[TP, int]]:
+    consumer = StubConsumer(**state)
+    probes = [] if probes is None else probes
+    seeks = []
 
     async def first_committed_record(bootstrap, tp, start, end):
         probes.append((tp, start, end))
-        return start  # a committed record sits in the gap: deliver it again
+        return None if markers_only else start  # else a committed record sits in the gap
+
+    async def _add_gap(tp, start, end):
+        pass
+
+    consumer._add_gap = _add_gap
 
     async def quiescent_seek(consumer, seek):
         seeks.append((PARTITION, consumer._committed_offset[PARTITION]))
 
     monkeypatch.setattr(faust_fixes, "first_committed_record", first_committed_record)
     monkeypatch.setattr(faust_fixes, "quiescent_seek", quiescent_seek)
-    heal = faust_fixes._heal_stalled_partitions_for(SimpleNamespace(consumer=consumer, conf=SimpleNamespace(broker=[])))
+    app = SimpleNamespace(consumer=consumer, conf=SimpleNamespace(broker=[]), in_recovery=False,
+                          topics=SimpleNamespace(_topics=set(), acks_enabled_for=lambda topic: True))
+    heal = faust_fixes._heal_stalled_partitions_for(app)
     for _ in range(ticks):
         await heal()
+        await asyncio.sleep(pause)
     return seeks
 
 
 def test_a_head_gap_that_lasts_three_checks_is_sought_back(monkeypatch):
-    seeks = asyncio.run(_heal_ticks(monkeypatch, commit_in_flight=False, ticks=3))
+    seeks = asyncio.run(_heal_ticks(monkeypatch, ticks=3))
     assert seeks == [(PARTITION, 864)]
 
 
 def test_a_commit_in_flight_is_not_taken_for_a_stall(monkeypatch):
     assert asyncio.run(_heal_ticks(monkeypatch, commit_in_flight=True, ticks=10)) == []
+
+
+def test_a_partition_left_behind_by_an_idle_worker_is_sought_back(monkeypatch):
+    """Records fetched and never delivered at a partition's tail: nothing acked after
+    them, nothing in progress, committed 864 behind the high watermark 910. The head-gap
+    check cannot see it; after IDLE_STALL_S the heal delivers them again."""
+    monkeypatch.setattr(faust_fixes, "IDLE_STALL_S", 0.05)
+    seeks = asyncio.run(_heal_ticks(monkeypatch, ticks=3, pause=0.03, acked=()))
+    assert seeks == [(PARTITION, 864)]
+
+
+def test_a_partition_behind_is_not_a_stall_before_idle_stall_s(monkeypatch):
+    monkeypatch.setattr(faust_fixes, "IDLE_STALL_S", 10.0)
+    assert asyncio.run(_heal_ticks(monkeypatch, ticks=5, acked=())) == []
+
+
+def test_a_partition_behind_while_events_are_in_progress_is_not_a_stall(monkeypatch):
+    """An event being processed (a slow sink, a full queue behind it) still moves the commit."""
+    monkeypatch.setattr(faust_fixes, "IDLE_STALL_S", 0.0)
+    assert asyncio.run(_heal_ticks(monkeypatch, ticks=5, acked=(), in_progress=1)) == []
+
+
+def test_a_partition_committed_to_its_high_watermark_is_not_behind(monkeypatch):
+    monkeypatch.setattr(faust_fixes, "IDLE_STALL_S", 0.0)
+    assert asyncio.run(_heal_ticks(monkeypatch, ticks=5, acked=(), highwater=864)) == []
+
+
+def test_an_idle_partition_that_ends_on_a_transaction_marker_is_probed_once(monkeypatch):
+    """Under exactly_once an idle partition's committed offset is its last transaction's
+    marker, one below the high watermark: nothing to deliver, and no probe every tick."""
+    monkeypatch.setattr(faust_fixes, "IDLE_STALL_S", 0.0)
+    probes: list = []
+    seeks = asyncio.run(_heal_ticks(monkeypatch, ticks=5, acked=(), highwater=865, markers_only=True, probes=probes))
+    assert seeks == [] and probes == [(PARTITION, 864, 865)]
