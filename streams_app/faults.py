@@ -98,8 +98,8 @@ def install_seek_backs(app) -> None:
     turns = Counter()
 
     @app.timer(interval)
-    async def seek_back() -> None:
-        from .faust_fixes import quiescent_seek
+    async def seek_back_in_turn() -> None:
+        from .faust_fixes import seek_back
 
         consumer = app.consumer
         partitions = sorted(tp for tp in consumer.assignment() if app.topics.acks_enabled_for(tp.topic))
@@ -110,9 +110,5 @@ def install_seek_backs(app) -> None:
         committed = consumer._committed_offset.get(tp)
         if committed is None:
             return
-        acked = consumer._acked.get(tp)
-        if acked:
-            acked.clear()
-            consumer._acked_index[tp].clear()
         log.info("FAULT: seeking %s[%d] back to %d", tp.topic, tp.partition, committed)
-        await quiescent_seek(consumer, lambda: consumer.seek(tp, committed))
+        await seek_back(consumer, tp, committed)

@@ -528,9 +528,9 @@ def _heal_stalled_partitions_for(app: Any):
             if not acked:
                 stalled_since.pop(tp, None)
                 behind = _idle_behind(app, consumer, tp, committed, idle, now, idle_since)
-                if behind is not None and empty.get(tp) != (committed, behind):
-                    if await _heal(app, consumer, tp, committed, behind, acked=None) == "gap":
-                        empty[tp] = (committed, behind)
+                if behind is not None and empty.get(tp) != (committed, behind) \
+                        and await _heal(app, consumer, tp, committed, behind, tail=True) == "gap":
+                    empty[tp] = (committed, behind)
                 continue
             idle_since.pop(tp, None)
             # Faust's own guard stalls only from a hole of two; with exact-gaps, from one.
@@ -544,7 +544,7 @@ def _heal_stalled_partitions_for(app: Any):
             if checks < 3:
                 continue
             stalled_since.pop(tp, None)
-            await _heal(app, consumer, tp, committed, min(acked), acked=acked)
+            await _heal(app, consumer, tp, committed, min(acked))
 
     return heal_stalled_partitions
 
@@ -580,9 +580,11 @@ def _idle_behind(app: Any, consumer: Any, tp: Any, committed: int | None, idle: 
 
 
 async def _heal(app: Any, consumer: Any, tp: Any, committed: int, first_acked: int,
-                acked: list[int] | None) -> str | None:
+                tail: bool = False) -> str | None:
     """Probe [committed, first_acked) with a read_committed reader: register it as a gap
-    ("gap") if it holds no committed record, else seek back to deliver it again ("seek")."""
+    ("gap") if it holds no committed record, else seek back to deliver it again ("seek").
+    ``tail``: the range ends at the high watermark (nothing acked after it), not at an
+    acked offset."""
     try:
         record = await first_committed_record(_bootstrap(app), tp, committed, first_acked)
     except TimeoutError:  # an open transaction holds the range back: ask again later
@@ -595,7 +597,7 @@ async def _heal(app: Any, consumer: Any, tp: Any, committed: int, first_acked: i
         )
         await consumer._add_gap(tp, committed, first_acked - 1)
         return "gap"
-    if acked is None:
+    if tail:
         log.warning(
             "stalled-partition-heal: %s is behind (committed %d, high watermark %d) with "
             "nothing in progress for %.0f s: records fetched and never delivered; seeking "
@@ -609,13 +611,21 @@ async def _heal(app: Any, consumer: Any, tp: Any, committed: int, first_acked: i
             "never acked; seeking back to %d to deliver it again",
             tp, first_acked, record, committed,
         )
-        acked.clear()
-        consumer._acked_index[tp].clear()
     try:
-        await quiescent_seek(consumer, lambda: consumer.seek(tp, committed))
+        await seek_back(consumer, tp, committed)
     except Exception as exc:  # noqa: BLE001 - e.g. the partition was revoked meanwhile
         log.warning("stalled-partition-heal: seeking %s back failed (%r); trying again later", tp, exc)
     return "seek"
+
+
+async def seek_back(consumer: Any, tp: Any, offset: int) -> None:
+    """Deliver ``tp`` again from ``offset``: forget its acked offsets (the records after
+    it come again and are acked again when skipped as processed) and seek with the flow
+    stopped. The stall heal's remedy, and the seek-back fault's (streams_app/faults.py)."""
+    if consumer._acked.get(tp):
+        consumer._acked[tp].clear()
+        consumer._acked_index[tp].clear()
+    await quiescent_seek(consumer, lambda: consumer.seek(tp, offset))
 
 
 def _bootstrap(app: Any) -> str:
@@ -754,14 +764,15 @@ async def _redeliver(consumer: Any, offsets: Mapping[Any, int], fetch_epochs: Ma
             _track(consumer).sought(tp, offset)
 
 
-def seek_epoch(client: Any, tp: Any) -> int:
-    """How many seeks of ``tp`` the client has run (counted by the patched Fetcher.seek_to)."""
-    return client._fetcher.__dict__.get("_seek_epochs", {}).get(tp, 0)
+def seek_epochs(client: Any) -> dict[Any, int]:
+    """How many seeks of each partition the client has run (counted by the patched
+    Fetcher.seek_to): the live dict, read from the event loop, written in the thread."""
+    return client._fetcher.__dict__.setdefault("_seek_epochs", {})
 
 
 def seek_unless_moved(client: Any, tp: Any, epoch: int, offset: int) -> bool:
     """In the consumer thread: seek ``tp`` to ``offset`` if no seek ran since ``epoch``."""
-    if seek_epoch(client, tp) != epoch:
+    if seek_epochs(client).get(tp, 0) != epoch:
         return False
     client.seek(tp, offset)
     return True
@@ -780,14 +791,14 @@ def _patch_seek_epochs() -> None:
 
     def seek_to(self: Any, tp: Any, offset: int) -> Any:
         epochs = self.__dict__.setdefault("_seek_epochs", {})
-        epochs[tp] = epochs.get(tp, 0) + 1
+        epochs[tp] = epochs.get(tp, 0) + 1  # one dict write, atomic under the GIL
         return stock_seek_to(self, tp, offset)
 
     async def _fetch_records(self: Any, consumer: Any, active_partitions: Any, timeout: Any = None,
                              max_records: Any = None) -> Any:
         records = await stock_fetch_records(self, consumer, active_partitions, timeout=timeout,
                                             max_records=max_records)
-        epochs = consumer._fetcher.__dict__.get("_seek_epochs", {})
+        epochs = seek_epochs(consumer)
         self._fetch_epochs = {tp: epochs.get(tp, 0) for tp in records or ()}
         return records
 
@@ -873,13 +884,13 @@ def _patch_exact_gaps() -> None:
         stops_before = self.__dict__.get("_flow_stops", 0)
         generation = self.app.consumer_generation_id
         thread = getattr(self, "_thread", None)
-        client = thread._ensure_consumer() if thread is not None else None
+        epochs = seek_epochs(thread._ensure_consumer()) if thread is not None else None
         yielded: dict[Any, int] = {}
         last: tuple[Any, int] | None = None
         acks_enabled_for = self.app.topics.acks_enabled_for
         async for tp, message in stock_getmany(self, timeout):
             yielded[tp] = yielded.get(tp, 0) + 1
-            if client is not None and seek_epoch(client, tp) != self._fetched_epochs.get(tp, 0):
+            if epochs is not None and epochs.get(tp, 0) != self._fetched_epochs.get(tp, 0):
                 # Fetched before a seek of its partition that has run since (the flow
                 # resumed before Faust's getmany noticed it stopped): it comes again from
                 # the sought offset; delivered now it would move the read offset past it.
@@ -912,9 +923,6 @@ def _patch_exact_gaps() -> None:
                 _sought(self, tp, self._read_offset.get(tp))
 
     async def seek(self: Consumer, partition: Any, offset: int) -> None:
-        # Counted before it runs: a batch that ends while the seek is under way must
-        # leave this partition to it (see _redeliver).
-        _track(self).seeks[partition] = _track(self).seeks.get(partition, 0) + 1
         thread = getattr(self, "_thread", None)
         if thread is None:  # not a threaded (aiokafka) consumer
             await stock_seek(self, partition, offset)
