@@ -16,9 +16,9 @@ This is the Kafka-to-Kafka path that Kafka transactions can make exact.
 
 from __future__ import annotations
 
-from streams_app.app import app
+from streams_app.app import app, settings
 from streams_app.faults import crashpoint
-from streams_app.models import AppliedPayment
+from streams_app.models import AppliedPayment, json_key, parse_payment
 from streams_app.processing import first_deliveries, processing
 from streams_app.topics import applied_payments, unique_payments
 from tables.balances import add_to_balance
@@ -31,15 +31,13 @@ async def apply_payments(stream):
     stream = stream.noack()  # acked by processing() once the event is handled
     async for event in first_deliveries(stream):
         async with processing(stream, event, stage="apply"):
-            payment = event.value
+            payment = parse_payment(event.value, max_bytes=settings.max_record_bytes,
+                                    max_amount=settings.max_amount)
             balance = add_to_balance(payment.account, payment.currency, payment.amount)
-            await applied_payments.send(
-                key=payment.account,
-                value=AppliedPayment(
-                    event_id=payment.event_id, account=payment.account, amount=payment.amount,
-                    currency=payment.currency, created_at=payment.created_at,
-                    balance_after=balance,
-                ),
+            applied = AppliedPayment(
+                event_id=payment.event_id, account=payment.account, amount=payment.amount,
+                currency=payment.currency, created_at=payment.created_at, balance_after=balance,
             )
+            await applied_payments.send(key=json_key(payment.account), value=applied.to_json())
             count("apply.applied")
             crashpoint("apply.after_update")

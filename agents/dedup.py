@@ -39,16 +39,13 @@ The seen-row expires after DEDUP_HORIZON (tables/seen_events.py).
 
 from __future__ import annotations
 
-import logging
-
 from streams_app.app import app, settings
 from streams_app.faults import crashpoint
+from streams_app.models import json_key, parse_payment
 from streams_app.processing import first_deliveries, processing
 from streams_app.topics import payment_events, unique_payments
 from tables.counters import count
 from tables.seen_events import is_duplicate, mark_seen
-
-log = logging.getLogger(__name__)
 
 #: at_most_once: mark the id seen first; a crash then loses the event, never repeats its id.
 MARK_BEFORE_FORWARDING = settings.processing_guarantee == "at_most_once"
@@ -63,14 +60,15 @@ async def dedup_payments(stream):
     stream = stream.noack()  # acked by processing() once the event is handled
     async for event in first_deliveries(stream):
         async with processing(stream, event, stage="dedup"):
-            payment = event.value
+            payment = parse_payment(event.value, max_bytes=settings.max_record_bytes,
+                                    max_amount=settings.max_amount)
             if is_duplicate(payment.event_id):
                 count("dedup.duplicates")
                 continue
             if MARK_BEFORE_FORWARDING:
                 mark_seen(payment.event_id)
                 await app.producer.flush()  # the seen-row is in Kafka before the output leaves
-            sent = await unique_payments.send(key=payment.account, value=payment)
+            sent = await unique_payments.send(key=json_key(payment.account), value=payment.to_json())
             if AWAIT_OUTPUT_BEFORE_MARKING:
                 await sent
             crashpoint("dedup.after_forward")

@@ -1,14 +1,15 @@
 r"""ingest: untrusted bytes in, validated events or dead letters out.
 
     {prefix}.raw (bytes -> bytes)  ->  {prefix}.events (event_id -> Payment)
-                                   \->  {prefix}.dlq   (original key and bytes;
-                                        headers x-dlq-code, x-dlq-reason, x-dlq-source)
+                                   \->  {prefix}.dlq   (original key, bytes and headers; where
+                                        from and why: streams_app/dead_letters.py)
 
 Guarantee: every raw record produces exactly one output, a valid event or a
-dead letter, and nothing is dropped silently. An invalid record is a dead
-letter with the rule it broke; even an unexpected error in this code becomes a
-dead letter (code ``processing_error``) instead of the silent ack stock Faust
-gives an event whose processing raised (streams_app/processing.py).
+dead letter, and nothing is dropped silently. An invalid record (anything from
+a null to a record too large to copy, which is dead-lettered as a reference) is
+a dead letter with the rule it broke; even an unexpected error in this code
+becomes a dead letter (code ``processing_error``) instead of the silent ack
+stock Faust gives an event whose processing raised (streams_app/processing.py).
 
 - at_least_once: a crash after the send and before the offset commit re-reads
   the record and sends it again: ``{prefix}.events`` may hold a copy, which the
@@ -24,34 +25,22 @@ Run: ``faust -A streams_app worker -l info``, then
 
 from __future__ import annotations
 
-import logging
-
 from streams_app.app import app, settings
-from streams_app.exceptions import InvalidPayment
 from streams_app.faults import crashpoint
-from streams_app.models import parse_payment
-from streams_app.processing import dead_letter, first_deliveries, processing
-from streams_app.topics import payment_events, place, raw_payments
+from streams_app.models import json_key, parse_payment
+from streams_app.processing import first_deliveries, processing
+from streams_app.topics import payment_events, raw_payments
 from tables.counters import count
-
-log = logging.getLogger(__name__)
 
 
 @app.agent(raw_payments)
 async def ingest_payments(stream):
-    """Validate each raw record; forward it keyed by event id or dead-letter it."""
+    """Validate each raw record; forward it keyed by event id (a bad one is dead-lettered)."""
     stream = stream.noack()  # acked by processing() once the record is handled
     async for event in first_deliveries(stream):
         async with processing(stream, event, stage="ingest"):
-            try:
-                payment = parse_payment(
-                    event.value, max_bytes=settings.max_record_bytes, max_amount=settings.max_amount
-                )
-            except InvalidPayment as exc:
-                log.info("ingest: dead-lettering %s (%s)", place(event.message), exc)
-                await dead_letter(event, stage="ingest", code=exc.code, reason=exc.reason)
-                count("ingest.dead_lettered")
-                continue
-            await payment_events.send(key=payment.event_id, value=payment)
+            payment = parse_payment(event.value, max_bytes=settings.max_record_bytes,
+                                    max_amount=settings.max_amount)
+            await payment_events.send(key=json_key(payment.event_id), value=payment.to_json())
             count("ingest.valid")
             crashpoint("ingest.after_forward")

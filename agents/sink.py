@@ -47,7 +47,7 @@ from streams_app.app import app, settings
 from streams_app.exceptions import SinkError
 from streams_app.faults import crashpoint
 from streams_app.ledger import ChargeStats, Ledger
-from streams_app.models import AppliedPayment
+from streams_app.models import AppliedPayment, parse_applied
 from streams_app.processing import first_deliveries, processing
 from streams_app.topics import applied_payments, place
 
@@ -73,19 +73,20 @@ async def charge_payments(stream):
     stream = stream.noack()  # acked by processing(): after the effect, or before it in at_most_once
     async for event in first_deliveries(stream):
         async with processing(stream, event, stage="sink"):
-            if not await charge(event) and OFFSETS_IN_DATABASE:
+            payment = parse_applied(event.value, max_bytes=settings.max_record_bytes,
+                                    max_amount=settings.max_amount)
+            if not await charge(event, payment) and OFFSETS_IN_DATABASE:
                 log.info("sink: %s was charged before; the database refused it again", place(event.message))
             crashpoint("sink.after_effect")
 
 
-async def charge(event: EventT) -> bool:
+async def charge(event: EventT, payment: AppliedPayment) -> bool:
     """Make the charge, retrying while the database or the API is unavailable;
     return False when the external system says it was already made.
 
     An outage must delay the effect, not skip it: the event stays unacked (so
     its offset is not committed) until the external system takes the charge.
     """
-    payment: AppliedPayment = event.value
     fields = dict(event_id=payment.event_id, account=payment.account, amount=payment.amount,
                   currency=payment.currency, created_at=payment.created_at)
     delay = 0.1

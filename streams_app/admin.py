@@ -13,6 +13,9 @@ from aiokafka.errors import TopicAlreadyExistsError, for_code
 from .settings import Settings
 
 PIPELINE_TOPICS = ("raw", "dlq", "events", "unique", "applied")
+
+#: A record to send: key, value and its headers ``[(name, bytes), ...]``.
+Record = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
 TOPIC_READY_TIMEOUT_S = 15.0
 
 
@@ -91,10 +94,11 @@ async def delete_topics_containing(bootstrap: str, fragment: str) -> int:
 
 
 async def send_records(
-    bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes]],
+    bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes | None] | Record],
     *, idempotent: bool = True, on_sent: Callable[[int], None] | None = None,
 ) -> int:
-    """Send ``(key, value)`` records with acks=all; return how many were acknowledged.
+    """Send ``(key, value)`` or ``(key, value, headers)`` records with acks=all; return
+    how many were acknowledged. A value of None is a tombstone.
 
     ``idempotent=True`` makes the producer's own retries harmless (KIP-98
     sequence numbers), so the only duplicates in the topic are the ones the
@@ -107,8 +111,8 @@ async def send_records(
     sent = 0
     try:
         pending: list[asyncio.Future] = []
-        for key, value in records:
-            pending.append(await producer.send(topic, value, key=key))
+        for key, value, *headers in records:
+            pending.append(await producer.send(topic, value, key=key, headers=headers[0] if headers else None))
             if len(pending) >= 500:
                 sent += await _settle(pending, on_sent)
         sent += await _settle(pending, on_sent)

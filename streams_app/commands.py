@@ -4,6 +4,7 @@
     produce                         sample traffic with duplicates and malformed records
     demo                            everything at once: broker, worker, traffic, dashboard
     show-settings                   every setting, its value in force and its meaning
+    dlq list|replay                 the dead letters, and an idempotent replay of chosen ones
 """
 
 from __future__ import annotations
@@ -130,6 +131,39 @@ async def produce(
     for kind, n in summary["bad_by_kind"].items():
         table.add_row(f"  bad: {kind}", str(n))
     Console().print(table)
+
+
+@app.command(
+    argument("action", type=click.Choice(["list", "replay"])),
+    option("--code", "codes", multiple=True, help="Only dead letters with this reason code (repeatable)."),
+    option("--stage", "stages", multiple=True, help="Only those of this stage: ingest, dedup, apply, sink."),
+    option("--source", "sources", multiple=True,
+           help="Only the dead letter of this original record, e.g. payments.raw[2]@1045 (repeatable)."),
+    option("--limit", type=int, default=50, show_default=True, help="list: show at most this many (newest)."),
+    option("--dry-run", is_flag=True, help="replay: say what would be replayed, send nothing."),
+)
+async def dlq(self: AppCommand, action: str, codes: tuple[str, ...], stages: tuple[str, ...],
+              sources: tuple[str, ...], limit: int, dry_run: bool) -> None:
+    """List the dead letters, or replay chosen ones into their original topic (idempotently)."""
+    from .dlq import Selection, read_dead_letters, replay
+
+    selection = Selection(frozenset(codes), frozenset(stages), frozenset(sources))
+    if action == "list":
+        letters = [d for d in await read_dead_letters(settings) if selection(d)]
+        table = Table(title=f"{settings.topic('dlq')}: {len(letters)} dead letters")
+        for column in ("from", "stage", "code", "reason", "bytes"):
+            table.add_column(column, overflow="fold")
+        for d in letters[-limit:]:
+            size = d.reference["size"] if d.reference else len(d.value or b"")
+            table.add_row(d.place, d.stage, d.code, d.reason, f"{size}{' (reference)' if d.reference else ''}")
+        Console().print(table)
+        return
+    result = await replay(settings, selection, dry_run=dry_run)
+    verb = "would replay" if dry_run else "replayed"
+    console.print(f"{verb} {len(result.replayed)}; already replayed before: {len(result.already_replayed)}; "
+                  f"references (too large to replay from the DLQ): {len(result.references)}")
+    for d in result.replayed:
+        console.print(f"  {d.place} ({d.code}) -> {d.original_topic}")
 
 
 @app.command()

@@ -20,17 +20,22 @@ class SettingsError(StreamsAppError):
         super().__init__(f"invalid settings:\n{lines}")
 
 
-class InvalidPayment(StreamsAppError):
-    """A raw record is not a valid payment event; ``reason`` goes to the DLQ.
+class RejectedRecord(StreamsAppError):
+    """A record the pipeline refuses as it is: it goes to the DLQ, no traceback logged.
 
     ``code`` is a stable machine-readable tag (``not_json``, ``missing_field``...)
-    that tests and dashboards group by; ``reason`` is the human sentence.
+    that tests and dashboards group by; ``reason`` is the human sentence. Both go
+    into the dead letter's headers.
     """
 
     def __init__(self, code: str, reason: str) -> None:
         self.code = code
         self.reason = reason
         super().__init__(f"{code}: {reason}")
+
+
+class InvalidPayment(RejectedRecord):
+    """A record is not a valid payment event (on the raw topic or any internal one)."""
 
 
 class SinkError(StreamsAppError):

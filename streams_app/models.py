@@ -1,9 +1,20 @@
-"""Records that flow through the pipeline, and the validation of raw input.
+"""Records that flow through the pipeline, their one codec, and the validation of input.
 
-``payments.raw`` carries untrusted bytes. :func:`parse_payment` is the only
-door from bytes to a :class:`Payment`: it either returns a valid event or
-raises :class:`InvalidPayment` with a stable ``code`` and a sentence that the
-ingest agent writes into the dead-letter record's headers.
+Every topic the workers read carries bytes (streams_app/topics.py): decoding is
+this module's job, not Faust's. Faust's conductor decodes a record before any
+agent sees it, and a record it cannot decode (a null value for a model, bytes
+from another format version during a rolling deploy) is logged and ACKED: gone,
+with nothing in the DLQ. Decoded here, inside the agent's ``processing()``
+block, a record that is not a payment raises :class:`InvalidPayment` and goes to
+the DLQ with its original bytes like any other bad record.
+
+:func:`parse_payment` is the only door from bytes to a :class:`Payment`, on the
+raw topic and on every internal one; :func:`parse_applied` to an
+:class:`AppliedPayment`. Each either returns a valid record or raises
+:class:`InvalidPayment` with a stable ``code`` and a sentence for the DLQ.
+Records are encoded with orjson (compact JSON) and keys as JSON strings, the
+way Faust encodes table keys, so a key hashes to the same partition in a
+stream and in a table's changelog.
 """
 
 from __future__ import annotations
@@ -11,10 +22,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-import faust
+import orjson
 
 from .exceptions import InvalidPayment
 
@@ -23,7 +35,8 @@ ACCOUNT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 CURRENCY = re.compile(r"[A-Z]{3}")
 
 
-class Payment(faust.Record, serializer="json"):
+@dataclass(frozen=True, slots=True)
+class Payment:
     """A validated payment event. ``amount`` is in minor units (cents)."""
 
     event_id: str
@@ -32,8 +45,12 @@ class Payment(faust.Record, serializer="json"):
     currency: str
     created_at: str  # ISO 8601 with a UTC offset, as the producer wrote it
 
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
 
-class AppliedPayment(faust.Record, serializer="json"):
+
+@dataclass(frozen=True, slots=True)
+class AppliedPayment:
     """A payment applied to its account: what the sink charges."""
 
     event_id: str
@@ -43,9 +60,38 @@ class AppliedPayment(faust.Record, serializer="json"):
     created_at: str
     balance_after: int  # the account's balance in ``currency`` after this event
 
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+
+def json_key(text: str) -> bytes:
+    """A record key as Faust's JSON key serializer writes it (and so hashes it)."""
+    return json.dumps(text).encode()
+
 
 def parse_payment(raw: bytes | None, *, max_bytes: int, max_amount: int) -> Payment:
     """Validate one raw record; raise :class:`InvalidPayment` saying why not."""
+    return Payment(**_payment_fields(_object(raw, max_bytes), max_amount))
+
+
+def parse_applied(raw: bytes | None, *, max_bytes: int, max_amount: int) -> AppliedPayment:
+    """Decode one record of ``{prefix}.applied``; raise :class:`InvalidPayment` saying why not."""
+    data = _object(raw, max_bytes)
+    return AppliedPayment(**_payment_fields(data, max_amount),
+                          balance_after=_field(data, "balance_after", int))
+
+
+def _payment_fields(data: Mapping[str, Any], max_amount: int) -> dict[str, Any]:
+    return {
+        "event_id": _matching(data, "event_id", EVENT_ID, "1-128 of A-Z a-z 0-9 _ . : -"),
+        "account": _matching(data, "account", ACCOUNT, "1-64 of A-Z a-z 0-9 _ . : -"),
+        "amount": _amount(data, max_amount),
+        "currency": _matching(data, "currency", CURRENCY, "three upper-case letters (ISO 4217)"),
+        "created_at": _timestamp(data),
+    }
+
+
+def _object(raw: bytes | None, max_bytes: int) -> dict[str, Any]:
     if raw is None or len(raw) == 0:
         raise InvalidPayment("empty", "record has no value (null or zero bytes)")
     if len(raw) > max_bytes:
@@ -53,18 +99,12 @@ def parse_payment(raw: bytes | None, *, max_bytes: int, max_amount: int) -> Paym
             "oversize", f"record is {len(raw)} bytes; the limit is {max_bytes} (MAX_RECORD_BYTES)"
         )
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
         raise InvalidPayment("not_json", f"value is not UTF-8 JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidPayment("not_object", f"expected a JSON object, got {type(data).__name__}")
-    return Payment(
-        event_id=_matching(data, "event_id", EVENT_ID, "1-128 of A-Z a-z 0-9 _ . : -"),
-        account=_matching(data, "account", ACCOUNT, "1-64 of A-Z a-z 0-9 _ . : -"),
-        amount=_amount(data, max_amount),
-        currency=_matching(data, "currency", CURRENCY, "three upper-case letters (ISO 4217)"),
-        created_at=_timestamp(data),
-    )
+    return data
 
 
 def _field(data: Mapping[str, Any], name: str, kind: type) -> Any:

@@ -25,10 +25,15 @@ and get four guarantees that stock Faust does not give:
    without a trace), and it acks an event only when the *next* one is asked
    for. Here the ack is the last step of the body.
 
-2. **No record disappears.** An unexpected exception in the body does not
-   crash the agent: the event goes to ``{prefix}.dlq`` with its stage, its
-   place and the error as headers, and is then acked. (The sink never gets
-   here for a database outage: it retries; see agents/sink.py.)
+2. **No record disappears, no record stops the stage.** A record the stage
+   refuses (:class:`~streams_app.exceptions.RejectedRecord`: not a payment, on
+   any topic, since every topic is read as bytes and decoded in the body) and
+   an unexpected exception in the body both send the record to
+   ``{prefix}.dlq`` with its original bytes and headers saying where from and
+   why (streams_app/dead_letters.py: too large to copy, it is sent as a
+   reference; a failing send is retried, never raised), count it as
+   ``{stage}.dead_lettered``, and then ack it. (The sink never gets here for a
+   database outage: it retries; see agents/sink.py.)
 
 3. **Under exactly_once, a commit never splits an event.** Faust commits from
    a timer task while agents keep processing. An event processed during the
@@ -42,14 +47,17 @@ and get four guarantees that stock Faust does not give:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from contextlib import asynccontextmanager, nullcontext
 from typing import Any, AsyncIterator
 
 from faust.types import TP, EventT, Message, StreamT
 
+from tables.counters import count
+
 from .app import app, settings
+from .dead_letters import letter_for, send_dead_letter
+from .exceptions import RejectedRecord
 from .faults import crashpoint
 from .topics import dead_letters, place
 
@@ -183,10 +191,13 @@ async def processing(stream: StreamT, event: EventT, *, stage: str) -> AsyncIter
             crashpoint(f"{stage}.after_commit")
         try:
             yield
+        except RejectedRecord as exc:
+            log.info("%s: dead-lettering %s (%s)", stage, place(message), exc)
+            await dead_letter(message, stage=stage, code=exc.code, reason=exc.reason, error=exc)
         except Exception as exc:
             log.exception("%s: failed on %s; dead-lettering it", stage, place(message))
-            await dead_letter(event, stage=stage, code="processing_error",
-                              reason=f"{type(exc).__name__}: {exc}")
+            await dead_letter(message, stage=stage, code="processing_error",
+                              reason=f"{type(exc).__name__}: {exc}", error=exc)
         _processed.setdefault(message.tp, set()).add(message.offset)
         if not COMMIT_FIRST:
             await stream.ack(event)
@@ -209,20 +220,19 @@ async def _commit_through(message: Message, timeout: float = 5.0) -> None:
         log.warning("at_most_once: could not commit %s before processing it", place(message))
 
 
-async def dead_letter(event: EventT, *, stage: str, code: str, reason: str) -> None:
-    """Send the event's original bytes to the DLQ with why and where from."""
-    message = event.message
-    value = message.value if isinstance(message.value, bytes) else _as_bytes(event.value)
-    key = message.key if isinstance(message.key, (bytes, type(None))) else str(message.key).encode()
-    await dead_letters.send(key=key, value=value, headers=[
-        ("x-dlq-code", code.encode()),
-        ("x-dlq-reason", reason.encode()[:1024]),
-        ("x-dlq-source", place(message).encode()),
-        ("x-dlq-stage", stage.encode()),
-    ])
+async def dead_letter(message: Message, *, stage: str, code: str, reason: str, error: BaseException) -> None:
+    """Send ``message`` to the DLQ (streams_app/dead_letters.py) and count it. Never raises:
+    a send that fails is retried until it goes through, and the record waits unacked."""
+    letter = letter_for(message, stage=stage, code=code, reason=reason, error=error, group=app.conf.id)
+    sent = await send_dead_letter(letter, message, _send_to_dlq, max_bytes=app.conf.producer_max_request_size)
+    if sent.reference:
+        log.warning("%s: %s is too large to copy into the DLQ (%d bytes); dead-lettered as a reference",
+                    stage, place(message), len(message.value or b""))
+        count("dlq.references")
+    count(f"{stage}.dead_lettered")
 
 
-def _as_bytes(value: object) -> bytes:
-    if hasattr(value, "dumps"):
-        return value.dumps()  # a faust.Record
-    return json.dumps(value, default=str).encode()
+async def _send_to_dlq(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> None:
+    # Awaited: a refusal by the broker (e.g. the DLQ topic's own size limit) must come
+    # back here, where it is retried or turned into a reference, not in Faust's flush.
+    await (await dead_letters.send(key=key, value=value, headers=headers))

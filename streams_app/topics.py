@@ -1,21 +1,28 @@
 """The one registry of the pipeline's topics; agents, commands and tests import it.
 
-    {prefix}.raw      bytes -> bytes          untrusted input, as producers wrote it
-    {prefix}.dlq      bytes -> bytes          raw records that failed validation;
-                                              headers x-dlq-code / x-dlq-reason / x-dlq-source
-    {prefix}.events   event_id -> Payment     validated, keyed by event id (dedup co-partitioning)
-    {prefix}.unique   account -> Payment      first occurrence of each event id, keyed by account
+    {prefix}.raw      key bytes -> value bytes    untrusted input, as producers wrote it
+    {prefix}.dlq      original key -> original value, headers saying where from and why
+                                                  (streams_app/dead_letters.py)
+    {prefix}.events   event_id -> Payment         validated, keyed by event id (dedup co-partitioning)
+    {prefix}.unique   account -> Payment          first occurrence of each event id, keyed by account
     {prefix}.applied  account -> AppliedPayment   applied to the balance; what the sink charges
+
+Every topic is declared with raw bytes for keys and values: Faust hands the
+agents bytes, and each agent decodes them itself (streams_app/models.py) inside
+its ``processing()`` block, so a record that is not what the topic should hold
+(a null, another format version, garbage) goes to the DLQ like any other bad
+record. Faust's own decoding would drop it: its conductor logs a decode error
+and acks the record.
 
 The prefix is ``TOPIC_PREFIX`` (default ``payments``), so tests and lab runs get
 their own topics. Every topic has ``TOPIC_PARTITIONS`` partitions: Faust's
 assignor keeps equal partition numbers on one worker, which is what lets the
 tables of one stage be read by the same worker.
 
-Keys of the three internal keyed topics are JSON strings, as Faust writes
-table keys: a key then hashes to the same partition in the stream and in the
-table's changelog, which is what table_route uses to find the worker that
-owns an account.
+Keys of the three internal keyed topics are JSON strings (``models.json_key``),
+as Faust writes table keys: a key then hashes to the same partition in the
+stream and in the table's changelog, which is what table_route uses to find the
+worker that owns an account.
 
 All five are declared ``internal=True``: the worker creates any that are
 missing, with these partition counts, before it subscribes. Faust creates no
@@ -25,31 +32,25 @@ broker's default partition count and break the co-partitioning.
 
 from __future__ import annotations
 
+from typing import Any
+
 from .app import app, settings
-from .models import AppliedPayment, Payment
 
 PARTITIONS = settings.partitions
 
-raw_payments = app.topic(
-    settings.topic("raw"), key_type=bytes, value_type=bytes,
-    key_serializer="raw", value_serializer="raw", partitions=PARTITIONS, internal=True,
-)
-dead_letters = app.topic(
-    settings.topic("dlq"), key_type=bytes, value_type=bytes,
-    key_serializer="raw", value_serializer="raw", partitions=PARTITIONS, internal=True,
-)
-payment_events = app.topic(
-    settings.topic("events"), key_type=str, value_type=Payment,
-    key_serializer="json", partitions=PARTITIONS, internal=True,
-)
-unique_payments = app.topic(
-    settings.topic("unique"), key_type=str, value_type=Payment,
-    key_serializer="json", partitions=PARTITIONS, internal=True,
-)
-applied_payments = app.topic(
-    settings.topic("applied"), key_type=str, value_type=AppliedPayment,
-    key_serializer="json", partitions=PARTITIONS, internal=True,
-)
+
+def _bytes_topic(name: str) -> Any:
+    return app.topic(
+        settings.topic(name), key_type=bytes, value_type=bytes,
+        key_serializer="raw", value_serializer="raw", partitions=PARTITIONS, internal=True,
+    )
+
+
+raw_payments = _bytes_topic("raw")
+dead_letters = _bytes_topic("dlq")
+payment_events = _bytes_topic("events")
+unique_payments = _bytes_topic("unique")
+applied_payments = _bytes_topic("applied")
 
 ALL_TOPICS = (raw_payments, dead_letters, payment_events, unique_payments, applied_payments)
 

@@ -38,7 +38,11 @@ async def stats() -> dict[str, Any]:
         "sink_target": settings.sink_target,
         "consumed": counts.get("ingest.valid", 0) + counts.get("ingest.dead_lettered", 0),
         "valid": counts.get("ingest.valid", 0),
-        "dead_lettered": counts.get("ingest.dead_lettered", 0),
+        # every stage's: a record another stage could not decode or process is one too
+        "dead_lettered": sum(n for name, n in counts.items() if name.endswith(".dead_lettered")),
+        "dead_lettered_by_stage": {name.split(".")[0]: n for name, n in sorted(counts.items())
+                                   if name.endswith(".dead_lettered")},
+        "dead_letter_references": counts.get("dlq.references", 0),
         "duplicates_dropped": counts.get("dedup.duplicates", 0),
         "unique": counts.get("dedup.unique", 0),
         "applied": counts.get("apply.applied", 0),

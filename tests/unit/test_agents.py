@@ -14,7 +14,7 @@ from agents.apply import apply_payments
 from agents.dedup import dedup_payments
 from agents.ingest import ingest_payments
 from streams_app import app
-from streams_app.models import Payment
+from streams_app.models import Payment, json_key
 from streams_app.topics import (
     applied_payments,
     dead_letters,
@@ -48,9 +48,9 @@ class _Acked:
         return iter(())
 
 
-def payment(event_id="evt-1", account="acct-1", amount=100, currency="EUR"):
+def payment(event_id="evt-1", account="acct-1", amount=100, currency="EUR") -> bytes:
     return Payment(event_id=event_id, account=account, amount=amount, currency=currency,
-                   created_at="2026-01-01T00:00:00+00:00")
+                   created_at="2026-01-01T00:00:00+00:00").to_json()
 
 
 def run(coro):
@@ -60,13 +60,13 @@ def run(coro):
 def test_ingest_forwards_valid_and_dead_letters_bad(in_memory_app):
     async def scenario():
         async with ingest_payments.test_context() as agent:
-            await agent.put(json.dumps(payment().asdict()).encode(), key=b"evt-1")
+            await agent.put(payment(), key=b"evt-1")
             await agent.put(b"{not json", key=b"k")
     run(scenario())
     forwarded = in_memory_app["unit.events"]
     dlq = in_memory_app["unit.dlq"]
     assert forwarded.await_count == 1
-    assert forwarded.await_args.kwargs["key"] == "evt-1"
+    assert forwarded.await_args.kwargs["key"] == json_key("evt-1") == b'"evt-1"'
     assert dlq.await_count == 1
     headers = dict(dlq.await_args.kwargs["headers"])
     assert headers["x-dlq-code"] == b"not_json"
@@ -78,11 +78,11 @@ def test_dedup_forwards_each_event_id_once(in_memory_app):
         async with dedup_payments.test_context() as agent:
             for event_id in ("evt-1", "evt-2", "evt-1", "evt-1", "evt-3"):
                 # wait=False: a dropped duplicate never acks, and put(wait=True) would hang
-                await agent.put(payment(event_id=event_id), key=event_id, wait=False)
+                await agent.put(payment(event_id=event_id), key=json_key(event_id), wait=False)
             await asyncio.sleep(0.2)
     run(scenario())
     forwarded = in_memory_app["unit.unique"]
-    assert [c.kwargs["value"].event_id for c in forwarded.await_args_list] == ["evt-1", "evt-2", "evt-3"]
+    assert [json.loads(c.kwargs["value"])["event_id"] for c in forwarded.await_args_list] == ["evt-1", "evt-2", "evt-3"]
     assert all(is_duplicate(e) for e in ("evt-1", "evt-2", "evt-3"))
     assert not is_duplicate("evt-4")
 
@@ -104,7 +104,7 @@ def test_a_forward_that_fails_leaves_the_id_unseen_except_under_at_most_once(in_
 
     async def scenario():
         async with dedup_payments.test_context() as agent:
-            await agent.put(payment(event_id="evt-9"), key="evt-9", wait=False)
+            await agent.put(payment(event_id="evt-9"), key=json_key("evt-9"), wait=False)
             await asyncio.sleep(0.2)
     run(scenario())
     assert is_duplicate("evt-9") is at_most_once
@@ -121,13 +121,37 @@ def test_seen_ids_expire_after_the_horizon():
 def test_apply_sums_balances_per_account_and_currency(in_memory_app):
     async def scenario():
         async with apply_payments.test_context() as agent:
-            await agent.put(payment("e1", "acct-1", 100, "EUR"), key="acct-1")
-            await agent.put(payment("e2", "acct-1", 50, "EUR"), key="acct-1")
-            await agent.put(payment("e3", "acct-1", 7, "USD"), key="acct-1")
-            await agent.put(payment("e4", "acct-2", 1, "EUR"), key="acct-2")
+            await agent.put(payment("e1", "acct-1", 100, "EUR"), key=json_key("acct-1"))
+            await agent.put(payment("e2", "acct-1", 50, "EUR"), key=json_key("acct-1"))
+            await agent.put(payment("e3", "acct-1", 7, "USD"), key=json_key("acct-1"))
+            await agent.put(payment("e4", "acct-2", 1, "EUR"), key=json_key("acct-2"))
     run(scenario())
     assert balances["acct-1"] == {"EUR": 150, "USD": 7}
     assert balances["acct-2"] == {"EUR": 1}
-    outputs = [c.kwargs["value"] for c in in_memory_app["unit.applied"].await_args_list]
-    assert [o.balance_after for o in outputs] == [100, 150, 7, 1]
+    outputs = [json.loads(c.kwargs["value"]) for c in in_memory_app["unit.applied"].await_args_list]
+    assert [o["balance_after"] for o in outputs] == [100, 150, 7, 1]
     assert totals()["apply.applied"] >= 4
+
+
+@pytest.mark.parametrize("agent_name", ["dedup_payments", "apply_payments"])
+@pytest.mark.parametrize("value", [None, b"\x00\xff", b'{"event_id": "e-1"}'], ids=["null", "garbage", "partial"])
+def test_an_internal_record_that_is_not_a_payment_is_dead_lettered_with_its_bytes(in_memory_app, monkeypatch,
+                                                                                   agent_name, value):
+    """Stock Faust decoded internal topics itself and dropped what it could not decode;
+    now the stage decodes it and the DLQ gets the original bytes (a null stays null)."""
+    import agents
+    import streams_app.processing
+
+    monkeypatch.setattr(streams_app.processing, "_processed", {})  # each case's offset 0 is new
+
+    async def scenario():
+        async with getattr(agents, agent_name).test_context() as agent:
+            await agent.put(value, key=b'"k"', wait=False)
+            await asyncio.sleep(0.2)
+    run(scenario())
+    dlq = in_memory_app["unit.dlq"]
+    assert dlq.await_count == 1
+    assert dlq.await_args.kwargs["value"] == value
+    headers = dict(dlq.await_args.kwargs["headers"])
+    assert headers["x-dlq-code"] in {b"empty", b"not_json", b"missing_field"}
+    assert headers["x-dlq-stage"] == agent_name.split("_")[0].encode()
