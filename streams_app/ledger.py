@@ -441,7 +441,7 @@ class Ledger:
         self._retries += 1
         self._last_error = self._describe(state.outcome.exception())
         log.warning(
-            "ledger: %s unavailable (%s); try %d in %.1f s",
+            "ledger: %s unavailable (%s); try %d in %.2f s",
             self.target, self._last_error, state.attempt_number + 1, state.next_action.sleep,
         )
 
