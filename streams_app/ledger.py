@@ -387,9 +387,10 @@ class Ledger:
     ) -> bool:
         """Charge, with the source record's position in the same row; return False
         (and change nothing) when that record was already charged."""
-        result = await self._run(f"charge {event_id} from {topic}[{partition}]@{offset}", _INSERT_AT_SOURCE, (
-            event_id, account, amount, currency, created_at, topic, partition, offset,
-        ))
+        result = await self._run(
+            f"charge {event_id} from {topic}[{partition}]@{offset}", _INSERT_AT_SOURCE,
+            (event_id, account, amount, currency, created_at, topic, partition, offset),
+        )
         return result.rowcount == 1
 
     async def stats(self) -> ChargeStats:
@@ -410,11 +411,10 @@ class Ledger:
     ) -> _Result:
         """Run one statement, retrying outages; raise ChargeRefused on a refusal and
         SinkError when a bounded policy gave up."""
+        policy = policy or self._retry
         sql = template.format(p=self._backend.marker)
         try:
-            async for attempt in (policy or self._retry).retrying(
-                retry_on=is_transient, before_sleep=self._note_retry
-            ):
+            async for attempt in policy.retrying(retry_on=is_transient, before_sleep=self._note_retry):
                 with attempt:
                     result = await self._backend.execute(sql, params)
         except (psycopg.Error, sqlite3.Error) as exc:
@@ -425,7 +425,7 @@ class Ledger:
                 self._outage = True
                 raise SinkError(
                     f"{what}: the sink database {self.target} is still unavailable after "
-                    f"{(policy or self._retry).give_up_after} s: {self._last_error}"
+                    f"{policy.give_up_after} s: {self._last_error}"
                 ) from exc
             self._outage = False  # it answered: the database is up
             raise ChargeRefused(

@@ -140,6 +140,7 @@ class CutAfterCommit:
         self.armed = False
         self.cuts = 0
         self._server: asyncio.AbstractServer | None = None
+        self._writers: list[asyncio.StreamWriter] = []
 
     async def __aenter__(self) -> int:
         self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
@@ -148,9 +149,13 @@ class CutAfterCommit:
     async def __aexit__(self, *exc_info: object) -> None:
         assert self._server is not None
         self._server.close()
+        for writer in self._writers:
+            writer.close()
+        await asyncio.gather(*(writer.wait_closed() for writer in self._writers), return_exceptions=True)
 
     async def _relay(self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter) -> None:
         server_in, server_out = await asyncio.open_connection("127.0.0.1", self._port)
+        self._writers += [client_out, server_out]
         commit_sent = asyncio.Event()
 
         async def upstream() -> None:
