@@ -34,21 +34,19 @@ event again, and the charge happens again unless the database refuses it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import sqlite3
 
-import psycopg
 from faust.types import EventT
+from tenacity import RetryCallState
 
 from payment_api.client import PaymentClient
 from payment_api.errors import RetryableError
 from streams_app.app import app, settings
-from streams_app.exceptions import SinkError
 from streams_app.faults import crashpoint
 from streams_app.ledger import ChargeStats, Ledger
 from streams_app.models import AppliedPayment, parse_applied
 from streams_app.processing import first_deliveries, processing
+from streams_app.retrying import RetryPolicy
 from streams_app.topics import applied_payments, place
 
 log = logging.getLogger(__name__)
@@ -57,14 +55,15 @@ ledger = Ledger(settings.sink_db)
 IDEMPOTENT = settings.sink_mode == "idempotent"
 OFFSETS_IN_DATABASE = settings.sink_mode == "transactional"
 TO_API = settings.sink_target == "api"
-#: A bounded number of HTTP attempts per try; the loop in charge() tries again after it.
+#: A bounded number of HTTP attempts per try; API_OUTAGE_RETRY tries again after them.
 API_RETRIES = 3
 
 payments_api = PaymentClient(settings.payment_api_url, timeout=settings.payment_api_timeout) if TO_API else None
 
-#: Errors that mean "the external system is not reachable right now": retry, never skip.
-#: A refusal (payment_api.errors.RequestRejected, a 4xx) is not one: it is dead-lettered.
-TRANSIENT = (sqlite3.OperationalError, psycopg.OperationalError, SinkError, RetryableError)
+#: Waits between tries while the payment API is unavailable (RetryableError), for as long
+#: as that lasts. A refusal (RequestRejected, a 4xx) is not retried: it is dead-lettered.
+#: The ledger retries database outages itself (streams_app/ledger.py).
+API_OUTAGE_RETRY = RetryPolicy()
 
 
 @app.agent(applied_payments)
@@ -81,33 +80,42 @@ async def charge_payments(stream):
 
 
 async def charge(event: EventT, payment: AppliedPayment) -> bool:
-    """Make the charge, retrying while the database or the API is unavailable;
+    """Make the charge, waiting while the database or the API is unavailable;
     return False when the external system says it was already made.
 
     An outage must delay the effect, not skip it: the event stays unacked (so
     its offset is not committed) until the external system takes the charge.
+    A refusal (streams_app.exceptions.ChargeRefused, or the API's
+    RequestRejected) is raised: processing() dead-letters the event.
     """
+    if payments_api is not None:
+        return await _charge_through_api(payments_api, payment)
     fields = dict(event_id=payment.event_id, account=payment.account, amount=payment.amount,
                   currency=payment.currency, created_at=payment.created_at)
-    delay = 0.1
-    while True:
-        try:
-            if payments_api is not None:
-                result = await payments_api.charge(
-                    payment.amount, payment.currency, payment.account, reference=payment.event_id,
-                    idempotency_key=payment.event_id if IDEMPOTENT else None, retries=API_RETRIES,
-                )
-                return not result.replayed
-            if OFFSETS_IN_DATABASE:
-                message = event.message
-                return await ledger.charge_at_offset(
-                    topic=message.topic, partition=message.partition, offset=message.offset, **fields
-                )
-            return await ledger.charge(idempotent=IDEMPOTENT, **fields)
-        except TRANSIENT as exc:
-            log.warning("sink: %s unavailable (%s); retrying in %.1f s", settings.sink_target, exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+    if OFFSETS_IN_DATABASE:
+        message = event.message
+        return await ledger.charge_at_offset(
+            topic=message.topic, partition=message.partition, offset=message.offset, **fields
+        )
+    return await ledger.charge(idempotent=IDEMPOTENT, **fields)
+
+
+async def _charge_through_api(api: PaymentClient, payment: AppliedPayment) -> bool:
+    async for attempt in API_OUTAGE_RETRY.retrying(
+        retry_on=lambda exc: isinstance(exc, RetryableError), before_sleep=_log_api_retry
+    ):
+        with attempt:
+            result = await api.charge(
+                payment.amount, payment.currency, payment.account, reference=payment.event_id,
+                idempotency_key=payment.event_id if IDEMPOTENT else None, retries=API_RETRIES,
+            )
+    return not result.replayed
+
+
+def _log_api_retry(state: RetryCallState) -> None:
+    assert state.outcome is not None and state.next_action is not None
+    log.warning("sink: payment API unavailable (%s); retrying in %.2f s",
+                state.outcome.exception(), state.next_action.sleep)
 
 
 async def charge_stats() -> ChargeStats:

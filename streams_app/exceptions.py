@@ -40,3 +40,11 @@ class InvalidPayment(RejectedRecord):
 
 class SinkError(StreamsAppError):
     """The external side effect could not be performed (database unreachable...)."""
+
+
+class ChargeRefused(StreamsAppError):
+    """The sink's database refused a statement (a constraint, a data error, bad SQL).
+
+    Not a SinkError on purpose: an outage is retried until it ends, a refusal
+    never is, because trying again cannot change the answer.
+    """

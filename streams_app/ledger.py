@@ -31,25 +31,75 @@ charges twice depends only on how the row is written:
 Every mode writes ``event_id`` so duplicates can be counted afterwards:
 ``duplicate_charges = rows - distinct event ids``.
 
-The drivers are blocking (stdlib ``sqlite3``, ``psycopg``); :class:`Ledger`
-runs every call on one dedicated thread so the event loop never waits on disk
-and one connection is never shared between threads.
+Outages
+-------
+A database restart must delay charges, never lose them, fail them or leave
+the ledger broken afterwards:
+
+- PostgreSQL connections come from a small ``psycopg_pool.AsyncConnectionPool``
+  (1..4). Each is checked on checkout; a connection that broke is discarded by
+  the pool, which reconnects in the background. Nothing connects before the
+  first call (importing agents/sink.py builds a Ledger).
+- Every statement runs in its own transaction, rolled back on any error, so a
+  failed statement never leaves a connection in "current transaction is
+  aborted" for the statements after it.
+- Transient errors (connection refused or lost, server shutting down or
+  starting up, no pooled connection in time, SQLite "database is locked") are
+  retried with tenacity: exponential backoff with full jitter, capped at 5 s
+  between tries, for as long as the outage lasts (streams_app/retrying.py).
+  A refusal (a constraint violation, a data error, bad SQL) is not an outage:
+  it is raised at once as :class:`ChargeRefused`. :attr:`Ledger.outage`,
+  :attr:`Ledger.retries` and :attr:`Ledger.last_error` tell operators.
+- An ambiguous failure (the connection is lost after COMMIT was sent: the
+  charge may or may not be in) is retried like any outage. In idempotent and
+  transactional modes the UNIQUE constraint turns the retry into a no-op when
+  the lost COMMIT went through (the call then returns False: the charge was
+  made, by the attempt whose answer was lost). In naive mode the retry is a
+  second charge, exactly like a redelivery: that is the mode's documented
+  flaw, shown by the lab, and kept.
+
+SQLite runs its blocking driver on one dedicated thread, so the event loop
+never waits on disk and one connection is never shared between threads.
+PostgreSQL uses psycopg's async driver on the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
-from urllib.parse import urlparse
+from typing import Any, Protocol
+from urllib.parse import quote, urlparse
 
-from .exceptions import SinkError
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import AsyncConnectionPool, PoolClosed
+from tenacity import RetryCallState
 
-T = TypeVar("T")
+from .exceptions import ChargeRefused, SinkError
+from .retrying import RetryPolicy
+
+log = logging.getLogger(__name__)
+
+#: PostgreSQL pool bounds: the sink charges one event at a time per agent, the
+#: dashboard reads stats now and then; a few connections are plenty.
+POOL_MIN_SIZE = 1
+POOL_MAX_SIZE = 4
+#: Seconds to open one PostgreSQL connection, and to wait for a pooled one, before
+#: the try counts as failed (and is retried).
+CONNECT_TIMEOUT_S = 5
+CHECKOUT_TIMEOUT_S = 5.0
+#: The pool's own background reconnect backs off 1, 2, 4... s; ending it after this
+#: long lets the next checkout start a fresh one, so a database that is back is
+#: found within seconds however long it was down.
+RECONNECT_TIMEOUT_S = 5.0
+#: How long SQLite waits for another writer's lock before "database is locked".
+SQLITE_BUSY_TIMEOUT_S = 30.0
+#: stats() serves the dashboard: it must answer, so it gives up after this long.
+STATS_GIVE_UP_AFTER_S = 3.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS charges (
@@ -100,69 +150,225 @@ class ChargeStats:
         return self.charges - self.charged_events
 
 
-class _Connection(Protocol):
-    def execute(self, sql: str, params: Any = ...) -> Any: ...
-    def commit(self) -> None: ...
-    def rollback(self) -> None: ...
-    def close(self) -> None: ...
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` means "the database is not serving right now" (retry) rather
+    than "the database refused this statement" (do not).
+
+    psycopg's OperationalError covers connection refused or lost, server shutdown
+    or start-up (57P01, 57P03), too many connections, serialization failures and
+    the pool's timeouts; a closed pool is final. SQLite's OperationalError is
+    mostly "database is locked".
+    """
+    if isinstance(exc, PoolClosed):
+        return False
+    return isinstance(exc, (psycopg.OperationalError, sqlite3.OperationalError))
 
 
-def _connect(url: str) -> tuple[_Connection, str]:
-    """Open a connection for ``sqlite:///path`` or ``postgresql://...``; return it and
-    the driver's parameter marker."""
-    parsed = urlparse(url)
-    if parsed.scheme == "sqlite":
-        path = Path(url.removeprefix("sqlite:///").removeprefix("sqlite://"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, timeout=30.0, check_same_thread=False)
-        # WAL lets the dashboard read while the sink writes; NORMAL still
-        # survives a process crash (only an OS crash may lose the last commit).
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.executescript(_SCHEMA.format(pk="INTEGER PRIMARY KEY AUTOINCREMENT"))
-        columns = {row[1] for row in conn.execute("PRAGMA table_info(charges)")}
-        for name, kind in _SOURCE_COLUMNS:  # a database made before these columns existed
-            if name not in columns:
-                conn.execute(f"ALTER TABLE charges ADD COLUMN {name} {kind}")
-        conn.execute(_SOURCE_INDEX)
-        conn.commit()
-        return conn, "?"
-    import psycopg
+def masked(text: str, url: str) -> str:
+    """``text`` with the password of the PostgreSQL ``url`` replaced by ``***``.
 
+    Kept local and minimal on purpose: it finds the password with psycopg's own
+    conninfo parser and hides it where a DSN would show it (``:password@``,
+    ``password=``), which is where our messages put it.
+    """
     try:
-        pg = psycopg.connect(url, connect_timeout=10)
-    except psycopg.OperationalError as exc:
-        raise SinkError(f"cannot connect to SINK_DB={url!r}: {exc}") from exc
-    for statement in _SCHEMA.format(pk="BIGSERIAL PRIMARY KEY").split(";"):
-        if statement.strip():
-            pg.execute(statement)
-    for name, kind in _SOURCE_COLUMNS:
-        pg.execute(f"ALTER TABLE charges ADD COLUMN IF NOT EXISTS {name} {kind}")
-    pg.execute(_SOURCE_INDEX)
-    pg.commit()
-    return pg, "%s"
+        password = conninfo_to_dict(url).get("password")
+    except psycopg.Error:
+        return text
+    if not password:
+        return text
+    for form in {str(password), quote(str(password), safe="")}:
+        text = text.replace(f":{form}@", ":***@").replace(f"password={form}", "password=***")
+    return text
+
+
+@dataclass(frozen=True)
+class _Result:
+    rowcount: int
+    row: tuple[Any, ...] | None
+
+
+class _Backend(Protocol):
+    marker: str
+
+    async def execute(self, sql: str, params: tuple[Any, ...] | None) -> _Result:
+        """Run one statement in its own transaction: committed, or rolled back on error."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class _SqliteBackend:
+    """One connection on one thread; a local file has no outages worth a pool."""
+
+    marker = "?"
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
+        self._conn: sqlite3.Connection | None = None
+
+    async def execute(self, sql: str, params: tuple[Any, ...] | None) -> _Result:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._execute, sql, params or ())
+
+    def _execute(self, sql: str, params: tuple[Any, ...]) -> _Result:
+        conn = self._connection()
+        try:
+            cursor = conn.execute(sql, params)
+            row = cursor.fetchone() if cursor.description is not None else None
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        return _Result(cursor.rowcount, row)
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self._path, timeout=SQLITE_BUSY_TIMEOUT_S, check_same_thread=False)
+            try:
+                _create_sqlite_schema(conn)
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    async def close(self) -> None:
+        def close() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, close)
+        self._executor.shutdown(wait=True)
+
+
+def _create_sqlite_schema(conn: sqlite3.Connection) -> None:
+    # WAL lets the dashboard read while the sink writes; NORMAL still
+    # survives a process crash (only an OS crash may lose the last commit).
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.executescript(_SCHEMA.format(pk="INTEGER PRIMARY KEY AUTOINCREMENT"))
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(charges)")}
+    for name, kind in _SOURCE_COLUMNS:  # a database made before these columns existed
+        if name not in columns:
+            conn.execute(f"ALTER TABLE charges ADD COLUMN {name} {kind}")
+    conn.execute(_SOURCE_INDEX)
+    conn.commit()
+
+
+class _PostgresBackend:
+    """A small pool, opened on first use in the event loop that uses it."""
+
+    marker = "%s"
+
+    def __init__(self, url: str, *, min_size: int, max_size: int) -> None:
+        self._url = url
+        self._min_size = min_size
+        self._max_size = max_size
+        self._pool: AsyncConnectionPool | None = None
+        self._schema_ready = False
+        self._setup = asyncio.Lock()  # binds to a loop on first use, not here
+
+    async def execute(self, sql: str, params: tuple[Any, ...] | None) -> _Result:
+        pool = await self._ready_pool()
+        # connection(): a broken connection is discarded on return, not reused.
+        # transaction(): COMMIT on success, ROLLBACK on any error.
+        async with pool.connection() as conn, conn.transaction():
+            cursor = await conn.execute(sql, params)
+            row = await cursor.fetchone() if cursor.description is not None else None
+            rowcount = cursor.rowcount
+        return _Result(rowcount, row)
+
+    async def _ready_pool(self) -> AsyncConnectionPool:
+        if self._pool is not None and self._schema_ready:
+            return self._pool
+        async with self._setup:
+            if self._pool is None:
+                pool = AsyncConnectionPool(
+                    self._url, min_size=self._min_size, max_size=self._max_size, open=False,
+                    name="ledger", check=AsyncConnectionPool.check_connection,
+                    kwargs={"connect_timeout": CONNECT_TIMEOUT_S}, timeout=CHECKOUT_TIMEOUT_S,
+                    reconnect_timeout=RECONNECT_TIMEOUT_S,
+                )
+                await pool.open(wait=False)  # connects in the background; an outage is fine
+                self._pool = pool
+            if not self._schema_ready:
+                await _create_postgres_schema(self._pool)
+                self._schema_ready = True
+        return self._pool
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+
+
+async def _create_postgres_schema(pool: AsyncConnectionPool) -> None:
+    async with pool.connection() as conn, conn.transaction():
+        # Two workers starting together would race on CREATE ... IF NOT EXISTS.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('charges schema'))")
+        for statement in _SCHEMA.format(pk="BIGSERIAL PRIMARY KEY").split(";"):
+            if statement.strip():
+                await conn.execute(statement)
+        for name, kind in _SOURCE_COLUMNS:
+            await conn.execute(f"ALTER TABLE charges ADD COLUMN IF NOT EXISTS {name} {kind}")
+        await conn.execute(_SOURCE_INDEX)
+
+
+def _backend_for(url: str, *, pool_min_size: int, pool_max_size: int) -> _Backend:
+    """Choose the driver from the URL scheme; nothing is opened yet."""
+    scheme = urlparse(url).scheme
+    if scheme == "sqlite":
+        return _SqliteBackend(Path(url.removeprefix("sqlite:///").removeprefix("sqlite://")))
+    if scheme in ("postgresql", "postgres"):
+        return _PostgresBackend(url, min_size=pool_min_size, max_size=pool_max_size)
+    raise ValueError(
+        f"unsupported sink database {masked(url, url)!r}: "
+        "use sqlite:///path/to/file.db or postgresql://user:password@host:port/db"
+    )
 
 
 class Ledger:
-    """Charges in the external database; every method is async and thread-safe."""
+    """Charges in the external database; every method is async.
 
-    def __init__(self, url: str) -> None:
+    Outages are retried inside (``retry``, by default for as long as they
+    last): a charge call returns once the database took it, or raises
+    :class:`ChargeRefused` when the database refused it.
+    """
+
+    def __init__(
+        self, url: str, *, retry: RetryPolicy | None = None,
+        pool_min_size: int = POOL_MIN_SIZE, pool_max_size: int = POOL_MAX_SIZE,
+    ) -> None:
         self.url = url
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
-        self._conn: _Connection | None = None
-        self._marker = "?"
+        self._retry = retry or RetryPolicy()
+        self._backend = _backend_for(url, pool_min_size=pool_min_size, pool_max_size=pool_max_size)
+        self._outage = False
+        self._retries = 0
+        self._last_error: str | None = None
 
-    async def _run(self, fn: Callable[[_Connection], T]) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._with_connection, fn)
+    @property
+    def target(self) -> str:
+        """The database URL with its password masked: for logs and dashboards."""
+        return masked(self.url, self.url)
 
-    def _with_connection(self, fn: Callable[[_Connection], T]) -> T:
-        if self._conn is None:
-            self._conn, self._marker = _connect(self.url)
-        return fn(self._conn)
+    @property
+    def outage(self) -> bool:
+        """True from a transient failure until the next statement that succeeds."""
+        return self._outage
 
-    def _sql(self, template: str) -> str:
-        return template.format(p=self._marker)
+    @property
+    def retries(self) -> int:
+        """Tries repeated after a transient failure, since this ledger was made."""
+        return self._retries
+
+    @property
+    def last_error(self) -> str | None:
+        """The last error seen (transient or refusal), password masked; kept after recovery."""
+        return self._last_error
 
     async def charge(
         self, *, event_id: str, account: str, amount: int, currency: str,
@@ -170,15 +376,10 @@ class Ledger:
     ) -> bool:
         """Record one charge; return False when the idempotency key already charged."""
         key = event_id if idempotent else None
-
-        def insert(conn: _Connection) -> bool:
-            cursor = conn.execute(
-                self._sql(_INSERT), (event_id, key, account, amount, currency, created_at)
-            )
-            conn.commit()
-            return cursor.rowcount == 1
-
-        return await self._run(insert)
+        result = await self._run(
+            f"charge {event_id}", _INSERT, (event_id, key, account, amount, currency, created_at)
+        )
+        return result.rowcount == 1
 
     async def charge_at_offset(
         self, *, topic: str, partition: int, offset: int, event_id: str, account: str,
@@ -186,29 +387,63 @@ class Ledger:
     ) -> bool:
         """Charge, with the source record's position in the same row; return False
         (and change nothing) when that record was already charged."""
-
-        def insert(conn: _Connection) -> bool:
-            cursor = conn.execute(self._sql(_INSERT_AT_SOURCE), (
-                event_id, account, amount, currency, created_at, topic, partition, offset,
-            ))
-            conn.commit()
-            return cursor.rowcount == 1
-
-        return await self._run(insert)
+        result = await self._run(
+            f"charge {event_id} from {topic}[{partition}]@{offset}", _INSERT_AT_SOURCE,
+            (event_id, account, amount, currency, created_at, topic, partition, offset),
+        )
+        return result.rowcount == 1
 
     async def stats(self) -> ChargeStats:
-        def read(conn: _Connection) -> ChargeStats:
-            row = conn.execute(_STATS).fetchone()
-            conn.commit()  # end the read transaction so PostgreSQL sees new rows next time
-            return ChargeStats(int(row[0]), int(row[1]), int(row[2]))
-
-        return await self._run(read)
+        """Count the charges; gives up (SinkError) after a few seconds of outage."""
+        policy = self._retry
+        if policy.give_up_after is None:
+            policy = replace(policy, give_up_after=STATS_GIVE_UP_AFTER_S)
+        result = await self._run("read charge stats", _STATS, None, policy)
+        row = result.row
+        assert row is not None, "SELECT COUNT(*) always returns one row"
+        return ChargeStats(int(row[0]), int(row[1]), int(row[2]))
 
     async def close(self) -> None:
-        def close(conn: _Connection) -> None:
-            conn.close()
+        await self._backend.close()
 
-        if self._conn is not None:
-            await self._run(close)
-            self._conn = None
-        self._executor.shutdown(wait=True)
+    async def _run(
+        self, what: str, template: str, params: tuple[Any, ...] | None, policy: RetryPolicy | None = None,
+    ) -> _Result:
+        """Run one statement, retrying outages; raise ChargeRefused on a refusal and
+        SinkError when a bounded policy gave up."""
+        policy = policy or self._retry
+        sql = template.format(p=self._backend.marker)
+        try:
+            async for attempt in policy.retrying(retry_on=is_transient, before_sleep=self._note_retry):
+                with attempt:
+                    result = await self._backend.execute(sql, params)
+        except (psycopg.Error, sqlite3.Error) as exc:
+            if isinstance(exc, PoolClosed):
+                raise
+            self._last_error = self._describe(exc)
+            if is_transient(exc):
+                self._outage = True
+                raise SinkError(
+                    f"{what}: the sink database {self.target} is still unavailable after "
+                    f"{policy.give_up_after} s: {self._last_error}"
+                ) from exc
+            self._outage = False  # it answered: the database is up
+            raise ChargeRefused(
+                f"{what}: the sink database {self.target} refused it ({self._last_error}); "
+                "retrying cannot help: fix the event or the schema"
+            ) from exc
+        self._outage = False
+        return result
+
+    def _note_retry(self, state: RetryCallState) -> None:
+        assert state.outcome is not None and state.next_action is not None
+        self._outage = True
+        self._retries += 1
+        self._last_error = self._describe(state.outcome.exception())
+        log.warning(
+            "ledger: %s unavailable (%s); try %d in %.2f s",
+            self.target, self._last_error, state.attempt_number + 1, state.next_action.sleep,
+        )
+
+    def _describe(self, exc: BaseException | None) -> str:
+        return masked(f"{type(exc).__name__}: {exc}".strip(), self.url)

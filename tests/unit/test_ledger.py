@@ -3,7 +3,12 @@
 import asyncio
 import sqlite3
 
-from streams_app.ledger import Ledger
+import pytest
+
+from streams_app import ledger as ledger_module
+from streams_app.exceptions import ChargeRefused, SinkError
+from streams_app.ledger import Ledger, masked
+from streams_app.retrying import RetryPolicy
 
 PAYMENT = dict(account="acct-1", amount=100, currency="EUR", created_at="2026-01-01T00:00:00+00:00")
 
@@ -79,3 +84,88 @@ def test_a_database_from_before_the_source_columns_is_upgraded(tmp_path):
     results, stats = run(scenario())
     assert results == [True, False]
     assert stats.charges == 2
+
+
+def test_a_locked_database_is_waited_out_and_reported(tmp_path, monkeypatch):
+    """Another writer holds the lock: the charge waits (retries), the ledger says it
+    is in an outage meanwhile, and the charge is made once the lock is released."""
+    monkeypatch.setattr(ledger_module, "SQLITE_BUSY_TIMEOUT_S", 0.01)
+    path = tmp_path / "c.db"
+    seen: list[tuple[bool, int]] = []
+
+    async def scenario():
+        ledger = None
+        locker = sqlite3.connect(path, isolation_level=None)
+
+        async def sleep(seconds: float) -> None:
+            seen.append((ledger.outage, ledger.retries))
+            if len(seen) == 3:
+                locker.execute("COMMIT")  # the other writer is done
+            await asyncio.sleep(0)
+
+        ledger = Ledger(f"sqlite:///{path}", retry=RetryPolicy(sleep=sleep))
+        first = await ledger.charge(event_id="e1", idempotent=True, **PAYMENT)  # creates the schema
+        locker.execute("BEGIN EXCLUSIVE")
+        second = await ledger.charge(event_id="e2", idempotent=True, **PAYMENT)
+        state = (ledger.outage, ledger.retries, ledger.last_error)
+        stats = await ledger.stats()
+        await ledger.close()
+        locker.close()
+        return first, second, state, stats
+
+    first, second, (outage, retries, last_error), stats = run(scenario())
+    assert (first, second) == (True, True)
+    assert seen == [(True, 1), (True, 2), (True, 3)]
+    assert (outage, retries) == (False, 3)
+    assert last_error == "OperationalError: database is locked"
+    assert (stats.charges, stats.duplicate_charges) == (2, 0)
+
+
+def test_a_refused_charge_is_raised_at_once_and_the_next_one_works(tmp_path):
+    """A constraint violation is not an outage: no retry, ChargeRefused, and the failed
+    statement is rolled back so the next charge on the same connection goes in."""
+    async def scenario():
+        ledger = Ledger(f"sqlite:///{tmp_path / 'c.db'}")
+        with pytest.raises(ChargeRefused, match="NOT NULL constraint failed") as refused:
+            await ledger.charge(event_id=None, idempotent=True, **PAYMENT)
+        state = (ledger.outage, ledger.retries)
+        after = await ledger.charge(event_id="e1", idempotent=True, **PAYMENT)
+        stats = await ledger.stats()
+        await ledger.close()
+        return refused.value, state, after, stats
+
+    refused, state, after, stats = run(scenario())
+    assert isinstance(refused.__cause__, sqlite3.IntegrityError)
+    assert state == (False, 0)
+    assert after is True
+    assert (stats.charges, stats.charged_events) == (1, 1)
+
+
+def test_a_bounded_policy_gives_up_with_sink_error_and_keeps_reporting_the_outage(tmp_path, monkeypatch):
+    """What stats() does for the dashboard (charges use the unbounded default)."""
+    monkeypatch.setattr(ledger_module, "SQLITE_BUSY_TIMEOUT_S", 0.01)
+    path = tmp_path / "c.db"
+
+    async def scenario():
+        ledger = Ledger(f"sqlite:///{path}", retry=RetryPolicy(first_wait=0.01, max_wait=0.01, give_up_after=0.05))
+        await ledger.charge(event_id="e1", idempotent=True, **PAYMENT)
+        locker = sqlite3.connect(path, isolation_level=None)
+        locker.execute("BEGIN EXCLUSIVE")
+        try:
+            with pytest.raises(SinkError, match="still unavailable after 0.05 s: OperationalError: database is locked"):
+                await ledger.charge(event_id="e2", idempotent=True, **PAYMENT)
+            return ledger.outage, ledger.retries > 0
+        finally:
+            locker.close()
+            await ledger.close()
+
+    assert run(scenario()) == (True, True)
+
+
+def test_the_password_is_masked_wherever_the_ledger_shows_the_database():
+    url = "postgresql://payments:s3cr%2Ft@db.example:5432/payments"
+    ledger = Ledger(url)  # connects to nothing until the first call
+    assert ledger.target == "postgresql://payments:***@db.example:5432/payments"
+    assert masked(f"cannot reach {url}", url) == "cannot reach postgresql://payments:***@db.example:5432/payments"
+    assert masked("host=db password=s3cr/t user=x", "host=db password=s3cr/t") == "host=db password=*** user=x"
+    assert masked("sqlite:///c.db", "sqlite:///c.db") == "sqlite:///c.db"
