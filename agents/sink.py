@@ -43,6 +43,7 @@ from faust.types import EventT
 
 from payment_api.client import PaymentClient
 from payment_api.errors import RetryableError
+from shared.redact import mask_url
 from streams_app.app import app, settings
 from streams_app.exceptions import SinkError
 from streams_app.faults import crashpoint
@@ -104,7 +105,8 @@ async def charge(event: EventT) -> bool:
                 )
             return await ledger.charge(idempotent=IDEMPOTENT, **fields)
         except TRANSIENT as exc:
-            log.warning("sink: %s unavailable (%s); retrying in %.1f s", settings.sink_target, exc, delay)
+            log.warning("sink: %s unavailable (%s); retrying in %.1f s",
+                        settings.sink_target, mask_url(str(exc), settings.sink_db), delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
@@ -119,8 +121,8 @@ async def charge_stats() -> ChargeStats:
 
 
 def effect_target() -> str:
-    """Where the charges go, without credentials: for the dashboard."""
-    return settings.payment_api_url if TO_API else settings.sink_db.split("@")[-1]
+    """Where the charges go, password masked: for the dashboard."""
+    return settings.shown("payment_api_url" if TO_API else "sink_db")
 
 
 @app.on_before_shutdown.connect

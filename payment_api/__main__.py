@@ -23,6 +23,7 @@ from pathlib import Path
 from aiohttp import web
 
 from payment_api.server import Faults, Settings, create_app
+from shared.redact import mask_url
 
 
 def default_db_url() -> str:
@@ -82,6 +83,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         prune_interval_s=args.prune_interval,
     )
     faults = Faults(delay_ms=args.delay_ms, drop_after_commit=args.drop_after_commit)
+    logging.getLogger("payment_api").info(
+        "database %s; idempotency keys kept %.0f s", mask_url(settings.db_url), settings.key_retention_s
+    )
     web.run_app(create_app(settings, faults), host=args.host, port=args.port)
 
 

@@ -38,6 +38,7 @@ from tenacity import (
 
 from payment_api.errors import RequestRejected, RetryableError
 from payment_api.models import IDEMPOTENCY_KEY_HEADER, REPLAYED_HEADER, Charge
+from shared.redact import mask_url
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ class PaymentClient:
                 status, body = response.status, await response.read()
                 replayed = response.headers.get(REPLAYED_HEADER) == "true"
         except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            raise RetryableError(f"no response from the payment API: {exc!r}") from exc
+            raise RetryableError(f"no response from the payment API: {mask_url(repr(exc))}") from None
         if status == 201:
             return Charge.model_validate_json(body), replayed
         if status == 409 or status >= 500:

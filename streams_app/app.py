@@ -13,6 +13,8 @@ from pathlib import Path
 
 import faust
 
+from shared.redact import mask_url
+
 from . import faults, faust_fixes
 from .exceptions import SettingsError
 from .settings import Settings
@@ -45,7 +47,9 @@ settings = load_settings()
 
 app = PaymentsApp(
     settings.app_id,
-    broker=settings.broker_url,
+    # Faust's Kafka driver uses only host and port of this URL (credentials go in
+    # broker_credentials), and its worker banner prints it: hand it the masked form.
+    broker=mask_url(settings.broker_url),
     processing_guarantee=settings.faust_guarantee,
     store=settings.store,
     datadir=str(settings.table_dir),

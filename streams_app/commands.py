@@ -27,6 +27,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from lab.scenarios import FAULTS, SINKS
+from shared.redact import mask_url
 
 from .admin import ensure_topics, send_records
 from .app import app, settings
@@ -50,7 +51,7 @@ def start_local_broker() -> None:
 
     port = local_broker_port()
     if port is None:
-        console.print(f"BROKER_URL={settings.broker_url}: using that cluster, nothing started")
+        console.print(f"BROKER_URL={settings.shown('broker_url')}: using that cluster, nothing started")
         return
     info = kafka.start(port=port)
     console.print(f"Kafka {kafka.DEFAULT_VERSION} is up at {info.bootstrap} (log: {info.log_path})")
@@ -66,7 +67,7 @@ async def kafka(self: AppCommand, action: str) -> None:
     port = local_broker_port()
     if port is None:
         console.print(
-            f"BROKER_URL={settings.broker_url} names another cluster: there is no "
+            f"BROKER_URL={settings.shown('broker_url')} names another cluster: there is no "
             "local broker to manage. Unset BROKER_URL to use the embedded one."
         )
         raise SystemExit(1)
@@ -138,16 +139,9 @@ async def show_settings(self: AppCommand) -> None:
     table = Table(title="settings (environment variable = value in force)")
     for column in ("variable", "value", "meaning"):
         table.add_column(column, overflow="fold")
-    for (env, _default, doc), value in zip(Settings.describe(), _values(settings)):
-        table.add_row(env, str(value), doc)
+    for name, (env, _default, doc) in zip(Settings.field_names(), Settings.describe()):
+        table.add_row(env, settings.shown(name), doc)  # passwords in URLs masked
     Console().print(table)
-
-
-
-def _values(s: Settings) -> list[object]:
-    import dataclasses
-
-    return [getattr(s, f.name) for f in dataclasses.fields(s)]
 
 
 @app.command(
@@ -200,16 +194,17 @@ async def _start_payment_api() -> subprocess.Popen | None:
     """Start the payment API at PAYMENT_API_URL (it is the sink's external system);
     None when one already answers there or the URL is not local."""
     url = urlparse(settings.payment_api_url)
+    shown = settings.shown("payment_api_url")
     async with aiohttp.ClientSession() as session:
         try:
             async with session.get(f"{settings.payment_api_url}/healthz") as response:
                 if response.status == 200:
-                    console.print(f"payment API already up at {settings.payment_api_url}")
+                    console.print(f"payment API already up at {shown}")
                     return None
         except aiohttp.ClientError:
             pass
     if url.hostname not in LOCAL_HOSTS:
-        raise click.ClickException(f"PAYMENT_API_URL={settings.payment_api_url} does not answer")
+        raise click.ClickException(f"PAYMENT_API_URL={shown} does not answer")
     log_path = Path("logs") / "payment-api.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen(
@@ -218,7 +213,7 @@ async def _start_payment_api() -> subprocess.Popen | None:
         )
     await _wait_until_answering(f"{settings.payment_api_url}/healthz", process, 30.0,
                                 name="the payment API", log_path=log_path)
-    console.print(f"payment API up at {settings.payment_api_url} (log: {log_path})")
+    console.print(f"payment API up at {shown} (log: {log_path})")
     return process
 
 
@@ -243,7 +238,7 @@ async def _wait_until_answering(
             except aiohttp.ClientError:
                 pass
             await asyncio.sleep(0.3)
-    raise click.ClickException(f"{name} did not answer at {url} within {timeout:.0f} s; see {log_path}")
+    raise click.ClickException(f"{name} did not answer at {mask_url(url)} within {timeout:.0f} s; see {log_path}")
 
 
 async def _charged_events(url: str) -> int:

@@ -31,6 +31,10 @@ charges twice depends only on how the row is written:
 Every mode writes ``event_id`` so duplicates can be counted afterwards:
 ``duplicate_charges = rows - distinct event ids``.
 
+Errors name the database with its password masked (shared/redact.py): a
+failed connection is a SinkError that quotes neither the DSN's password nor
+psycopg's original message.
+
 The drivers are blocking (stdlib ``sqlite3``, ``psycopg``); :class:`Ledger`
 runs every call on one dedicated thread so the event loop never waits on disk
 and one connection is never shared between threads.
@@ -46,6 +50,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlparse
+
+from shared.redact import mask_url, masked_errors
 
 from .exceptions import SinkError
 
@@ -130,9 +136,10 @@ def _connect(url: str) -> tuple[_Connection, str]:
     import psycopg
 
     try:
-        pg = psycopg.connect(url, connect_timeout=10)
-    except psycopg.OperationalError as exc:
-        raise SinkError(f"cannot connect to SINK_DB={url!r}: {exc}") from exc
+        with masked_errors(url):
+            pg = psycopg.connect(url, connect_timeout=10)
+    except psycopg.Error as exc:  # already masked; not chained, it would print the original
+        raise SinkError(f"cannot connect to SINK_DB={mask_url(url)!r}: {exc}") from None
     for statement in _SCHEMA.format(pk="BIGSERIAL PRIMARY KEY").split(";"):
         if statement.strip():
             pg.execute(statement)

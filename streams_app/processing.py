@@ -49,6 +49,8 @@ from typing import Any, AsyncIterator
 
 from faust.types import TP, EventT, Message, StreamT
 
+from shared.redact import mask_url
+
 from .app import app, settings
 from .faults import crashpoint
 from .topics import dead_letters, place
@@ -186,7 +188,7 @@ async def processing(stream: StreamT, event: EventT, *, stage: str) -> AsyncIter
         except Exception as exc:
             log.exception("%s: failed on %s; dead-lettering it", stage, place(message))
             await dead_letter(event, stage=stage, code="processing_error",
-                              reason=f"{type(exc).__name__}: {exc}")
+                              reason=mask_url(f"{type(exc).__name__}: {exc}", settings.sink_db))
         _processed.setdefault(message.tp, set()).add(message.offset)
         if not COMMIT_FIRST:
             await stream.ack(event)
