@@ -24,8 +24,11 @@ event again, and the charge happens again unless the database refuses it.
   timed-out or dropped request: if the first attempt was charged, the retry
   charges again. idempotent sends Idempotency-Key = event id: the API answers
   a retry or a redelivery with the first charge, so one event is one charge
-  whatever the retries, crashes and rebalances. transactional is refused at
-  start-up (settings.py): an HTTP call cannot join a database transaction.
+  whatever the retries, crashes and rebalances, as long as the API still has
+  the key: the worker refuses to start against an API that keeps keys for
+  less than DEDUP_HORIZON (streams_app/key_retention.py). transactional is
+  refused at start-up (settings.py): an HTTP call cannot join a database
+  transaction.
 - PROCESSING_GUARANTEE=at_most_once: the offset is committed BEFORE the charge
   (streams_app/processing.py); a crash in between loses the charge for good
   (crash point ``sink.after_commit``). Shown for completeness, never
@@ -45,8 +48,9 @@ from payment_api.client import PaymentClient
 from payment_api.errors import RetryableError
 from shared.redact import mask_url
 from streams_app.app import app, settings
-from streams_app.exceptions import SinkError
+from streams_app.exceptions import SettingsError, SinkError
 from streams_app.faults import crashpoint
+from streams_app.key_retention import KeyRetentionGuard
 from streams_app.ledger import ChargeStats, Ledger
 from streams_app.models import AppliedPayment
 from streams_app.processing import first_deliveries, processing
@@ -62,6 +66,24 @@ TO_API = settings.sink_target == "api"
 API_RETRIES = 3
 
 payments_api = PaymentClient(settings.payment_api_url, timeout=settings.payment_api_timeout) if TO_API else None
+
+
+async def _stop_worker(reason: SettingsError) -> None:
+    """The API's key retention turned out too short after the start: stop the worker
+    (exit status 1, the reason logged) rather than charge; never returns."""
+    log.critical("sink: %s", reason)
+    await app.crash(reason)
+    await asyncio.Event().wait()  # cancelled by the stop
+
+
+#: Only keys can be forgotten: the check is for the idempotent API sink.
+retention_guard = (
+    KeyRetentionGuard(payments_api, dedup_horizon=settings.dedup_horizon,
+                      api_url=settings.shown("payment_api_url"), on_refusal=_stop_worker)
+    if payments_api is not None and IDEMPOTENT else None
+)
+if retention_guard is not None:
+    app.start_checks.append(retention_guard.at_start)
 
 #: Errors that mean "the external system is not reachable right now": retry, never skip.
 #: A refusal (payment_api.errors.RequestRejected, a 4xx) is not one: it is dead-lettered.
@@ -93,6 +115,8 @@ async def charge(event: EventT) -> bool:
     while True:
         try:
             if payments_api is not None:
+                if retention_guard is not None:
+                    await retention_guard.before_charge()
                 result = await payments_api.charge(
                     payment.amount, payment.currency, payment.account, reference=payment.event_id,
                     idempotency_key=payment.event_id if IDEMPOTENT else None, retries=API_RETRIES,

@@ -27,6 +27,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from lab.scenarios import FAULTS, SINKS
+from shared.durations import format_duration
 from shared.redact import mask_url
 
 from .admin import ensure_topics, send_records
@@ -193,28 +194,38 @@ async def demo(
 async def _start_payment_api() -> subprocess.Popen | None:
     """Start the payment API at PAYMENT_API_URL (it is the sink's external system);
     None when one already answers there or the URL is not local."""
-    url = urlparse(settings.payment_api_url)
     shown = settings.shown("payment_api_url")
     async with aiohttp.ClientSession() as session:
         try:
             async with session.get(f"{settings.payment_api_url}/healthz") as response:
                 if response.status == 200:
-                    console.print(f"payment API already up at {shown}")
+                    console.print(f"payment API already up at {shown} (the worker checks its key retention)")
                     return None
         except aiohttp.ClientError:
             pass
-    if url.hostname not in LOCAL_HOSTS:
+    if urlparse(settings.payment_api_url).hostname not in LOCAL_HOSTS:
         raise click.ClickException(f"PAYMENT_API_URL={shown} does not answer")
     log_path = Path("logs") / "payment-api.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "payment_api", "serve", "--host", url.hostname, "--port", str(url.port or 80)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            payment_api_command(settings), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     await _wait_until_answering(f"{settings.payment_api_url}/healthz", process, 30.0,
                                 name="the payment API", log_path=log_path)
-    console.print(f"payment API up at {shown} (log: {log_path})")
+    console.print(f"payment API up at {shown}, keeping idempotency keys "
+                  f"{format_duration(settings.dedup_horizon)} (DEDUP_HORIZON) (log: {log_path})")
     return process
+
+
+def payment_api_command(s: Settings) -> list[str]:
+    """``python -m payment_api serve`` at PAYMENT_API_URL, keeping idempotency keys as long
+    as the pipeline may deliver an event again (DEDUP_HORIZON): the worker refuses a
+    shorter retention at start (agents/sink.py)."""
+    url = urlparse(s.payment_api_url)
+    return [
+        sys.executable, "-m", "payment_api", "serve", "--host", url.hostname or "127.0.0.1",
+        "--port", str(url.port or 80), "--key-retention", format_duration(s.dedup_horizon),
+    ]
 
 
 async def _wait_for_web(url: str, worker: subprocess.Popen, timeout: float = 90.0) -> None:
