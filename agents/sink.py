@@ -24,8 +24,11 @@ event again, and the charge happens again unless the database refuses it.
   timed-out or dropped request: if the first attempt was charged, the retry
   charges again. idempotent sends Idempotency-Key = event id: the API answers
   a retry or a redelivery with the first charge, so one event is one charge
-  whatever the retries, crashes and rebalances. transactional is refused at
-  start-up (settings.py): an HTTP call cannot join a database transaction.
+  whatever the retries, crashes and rebalances, as long as the API still has
+  the key: the worker refuses to start against an API that keeps keys for
+  less than DEDUP_HORIZON (streams_app/key_retention.py). transactional is
+  refused at start-up (settings.py): an HTTP call cannot join a database
+  transaction.
 - PROCESSING_GUARANTEE=at_most_once: the offset is committed BEFORE the charge
   (streams_app/processing.py); a crash in between loses the charge for good
   (crash point ``sink.after_commit``). Shown for completeness, never
@@ -34,6 +37,7 @@ event again, and the charge happens again unless the database refuses it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from faust.types import EventT
@@ -42,7 +46,9 @@ from tenacity import RetryCallState
 from payment_api.client import PaymentClient
 from payment_api.errors import RetryableError
 from streams_app.app import app, settings
+from streams_app.exceptions import SettingsError
 from streams_app.faults import crashpoint
+from streams_app.key_retention import KeyRetentionGuard
 from streams_app.ledger import ChargeStats, Ledger
 from streams_app.models import AppliedPayment, parse_applied
 from streams_app.processing import first_deliveries, processing
@@ -64,6 +70,24 @@ payments_api = PaymentClient(settings.payment_api_url, timeout=settings.payment_
 #: as that lasts. A refusal (RequestRejected, a 4xx) is not retried: it is dead-lettered.
 #: The ledger retries database outages itself (streams_app/ledger.py).
 API_OUTAGE_RETRY = RetryPolicy()
+
+
+async def _stop_worker(reason: SettingsError) -> None:
+    """The API's key retention turned out too short after the start: stop the worker
+    (exit status 1, the reason logged) rather than charge; never returns."""
+    log.critical("sink: %s", reason)
+    await app.crash(reason)
+    await asyncio.Event().wait()  # cancelled by the stop
+
+
+#: Only keys can be forgotten: the check is for the idempotent API sink.
+retention_guard = (
+    KeyRetentionGuard(payments_api, dedup_horizon=settings.dedup_horizon,
+                      api_url=settings.shown("payment_api_url"), on_refusal=_stop_worker)
+    if payments_api is not None and IDEMPOTENT else None
+)
+if retention_guard is not None:
+    app.start_checks.append(retention_guard.at_start)
 
 
 @app.agent(applied_payments)
@@ -105,6 +129,8 @@ async def _charge_through_api(api: PaymentClient, payment: AppliedPayment) -> bo
         retry_on=lambda exc: isinstance(exc, RetryableError), before_sleep=_log_api_retry
     ):
         with attempt:
+            if retention_guard is not None:
+                await retention_guard.before_charge()
             result = await api.charge(
                 payment.amount, payment.currency, payment.account, reference=payment.event_id,
                 idempotency_key=payment.event_id if IDEMPOTENT else None, retries=API_RETRIES,
@@ -128,8 +154,8 @@ async def charge_stats() -> ChargeStats:
 
 
 def effect_target() -> str:
-    """Where the charges go, without credentials: for the dashboard."""
-    return settings.payment_api_url if TO_API else settings.sink_db.split("@")[-1]
+    """Where the charges go, password masked: for the dashboard."""
+    return settings.shown("payment_api_url" if TO_API else "sink_db")
 
 
 @app.on_before_shutdown.connect

@@ -22,6 +22,9 @@ able to traverse the directories above the data home (see
 Command line::
 
     python -m infra.postgres start|stop|status|dsn [--port P]
+
+``start`` and ``status`` show the DSN with its password masked; ``dsn`` prints
+the whole DSN, password included, for scripts (``PG_DSN=$(python -m infra.postgres dsn)``).
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ from pathlib import Path
 
 import psycopg
 from psycopg import sql
+
+from common.redact import mask_url
 
 DEFAULT_PORT = 5433
 DB_OS_USER = "postgres"
@@ -258,7 +263,8 @@ def _wait_until_connectable(info: PgInfo) -> None:
         except psycopg.OperationalError as exc:
             if time.monotonic() > deadline:
                 raise PostgresError(
-                    f"cannot connect to {info.dsn}: {exc}\n--- {info.log_path} ---\n{_log_tail(info)}"
+                    f"cannot connect to {mask_url(info.dsn)}: {mask_url(str(exc), info.dsn)}\n"
+                    f"--- {info.log_path} ---\n{_log_tail(info)}"
                 ) from exc
             time.sleep(0.2)
 
@@ -293,13 +299,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "start":
-            print(start(args.port).dsn)
+            print(f"running {mask_url(start(args.port).dsn)} (the DSN itself: python -m infra.postgres dsn)")
         elif args.command == "stop":
             stop(args.port)
         elif args.command == "status":
             running = status(args.port)
             info = describe(args.port)
-            print(f"running {info.dsn}" if running else f"stopped (data dir {info.data_dir})")
+            print(f"running {mask_url(info.dsn)}" if running else f"stopped (data dir {info.data_dir})")
             return 0 if running else 3
         else:
             print(describe(args.port).dsn)

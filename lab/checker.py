@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from urllib.parse import urlparse
 
+from common.redact import masked_errors
 from streams_app.dead_letters import DeadLetter
 from streams_app.traffic import Traffic
 
@@ -67,7 +68,7 @@ def charges_by_event(sink_db: str, column: str = "event_id") -> Counter[str]:
     else:
         import psycopg
 
-        with psycopg.connect(sink_db) as conn:
+        with masked_errors(sink_db), psycopg.connect(sink_db) as conn:
             rows = conn.execute(sql).fetchall()
     return Counter({event_id: int(n) for event_id, n in rows})
 

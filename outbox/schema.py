@@ -52,6 +52,8 @@ from urllib.parse import urlsplit
 import psycopg
 from psycopg.types.string import TextLoader
 
+from common.redact import mask_url, masked_errors
+
 T = TypeVar("T")
 Row = tuple[Any, ...]
 
@@ -224,7 +226,7 @@ async def connect(url: str) -> Connection:
         raw = await loop.run_in_executor(executor, lambda: _connect_postgres(url))
         return Connection(raw, Dialect.POSTGRESQL, executor, None)
     executor.shutdown()
-    raise ValueError(f"unsupported database URL {url!r}: use sqlite:///path.db or postgresql://...")
+    raise ValueError(f"unsupported database URL {mask_url(url)!r}: use sqlite:///path.db or postgresql://...")
 
 
 def _connect_sqlite(path: str) -> sqlite3.Connection:
@@ -236,7 +238,8 @@ def _connect_sqlite(path: str) -> sqlite3.Connection:
 
 def _connect_postgres(url: str) -> psycopg.Connection[Row]:
     # autocommit: psycopg opens no transaction of its own; Connection.transaction issues BEGIN.
-    raw = psycopg.connect(url, autocommit=True)
+    with masked_errors(url):  # libpq's errors may quote the URL, password included
+        raw = psycopg.connect(url, autocommit=True)
     raw.adapters.register_loader("jsonb", TextLoader)  # payloads come back as the JSON text
     return raw
 

@@ -4,12 +4,18 @@
 
     python -m payment_api serve [--host 127.0.0.1] [--port 8081] [--db URL]
                                 [--delay-ms N] [--drop-after-commit N|always]
-                                [--lock-timeout S] [--key-retention S] [--prune-interval S]
+                                [--lock-timeout S] [--key-retention DURATION] [--prune-interval S]
 
 ``--db`` defaults to ``$PAYMENT_API_DB``, else a SQLite file in
 ``${FAUST_SEMANTICS_HOME:-~/.cache/faust-semantics}``. The initial faults
 default to ``$PAYMENT_API_DELAY_MS`` and ``$PAYMENT_API_DROP_AFTER_COMMIT``;
 ``POST /v1/_faults`` changes them while the server runs.
+
+``--key-retention`` (how long idempotency keys are kept, e.g. ``7d``, ``36h``,
+or seconds) defaults to ``$IDEMPOTENCY_KEY_RETENTION``, else 7 days: the
+pipeline's default ``DEDUP_HORIZON``. A worker with SINK_TARGET=api refuses
+to start against an API that keeps keys for less than its ``DEDUP_HORIZON``
+(``faust -A streams_app demo`` passes ``DEDUP_HORIZON`` here).
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from payment_api.server import Faults, Settings, create_app
+from payment_api.server import DEFAULT_KEY_RETENTION_S, Faults, Settings, create_app
+from common.durations import format_duration, parse_duration
+from common.redact import mask_url
 
 
 def default_db_url() -> str:
@@ -51,6 +59,17 @@ def drop_after_commit(value: str) -> bool | int:
     return count
 
 
+def duration(value: str) -> float:
+    """Parse a duration option (``7d``, ``36h``, ``90``); it must be positive."""
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{value!r}: {exc}") from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a duration greater than 0")
+    return seconds
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m payment_api", description="The external payment API.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -67,7 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="abort the connection after committing a charge: always, never, or the next N times",
     )
     serve.add_argument("--lock-timeout", type=float, default=30.0, help="seconds before a stuck key may be retaken")
-    serve.add_argument("--key-retention", type=float, default=24 * 3600.0, help="seconds idempotency keys are kept")
+    serve.add_argument(
+        "--key-retention",
+        type=duration,
+        default=os.environ.get("IDEMPOTENCY_KEY_RETENTION", format_duration(DEFAULT_KEY_RETENTION_S)),
+        help="how long idempotency keys are kept, e.g. 7d or 36h (default: $IDEMPOTENCY_KEY_RETENTION, else 7d); "
+        "at least the pipeline's DEDUP_HORIZON",
+    )
     serve.add_argument("--prune-interval", type=float, default=300.0, help="seconds between prunes of expired keys")
     return parser
 
@@ -82,6 +107,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         prune_interval_s=args.prune_interval,
     )
     faults = Faults(delay_ms=args.delay_ms, drop_after_commit=args.drop_after_commit)
+    logging.getLogger("payment_api").info(
+        "database %s; idempotency keys kept %s", mask_url(settings.db_url), format_duration(settings.key_retention_s)
+    )
     web.run_app(create_app(settings, faults), host=args.host, port=args.port)
 
 

@@ -38,6 +38,7 @@ from tenacity import (
 
 from payment_api.errors import RequestRejected, RetryableError
 from payment_api.models import IDEMPOTENCY_KEY_HEADER, REPLAYED_HEADER, Charge
+from common.redact import mask_url
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,15 @@ class PaymentClient:
         data: dict[str, int] = await self._get_json("/v1/stats")
         return data
 
+    async def config(self) -> dict[str, float]:
+        """Return the server's promises (``key_retention_seconds``...); :class:`RetryableError`
+        when it does not answer, :class:`RequestRejected` when it refuses (404: too old to say)."""
+        try:
+            data: dict[str, float] = await self._get_json("/v1/config")
+        except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            raise RetryableError(f"no response from the payment API: {mask_url(repr(exc))}") from None
+        return data
+
     async def set_faults(
         self, *, delay_ms: int | None = None, drop_after_commit: bool | int | None = None
     ) -> dict[str, Any]:
@@ -152,7 +162,7 @@ class PaymentClient:
                 status, body = response.status, await response.read()
                 replayed = response.headers.get(REPLAYED_HEADER) == "true"
         except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            raise RetryableError(f"no response from the payment API: {exc!r}") from exc
+            raise RetryableError(f"no response from the payment API: {mask_url(repr(exc))}") from None
         if status == 201:
             return Charge.model_validate_json(body), replayed
         if status == 409 or status >= 500:

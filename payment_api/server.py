@@ -12,6 +12,7 @@ Routes::
     GET  /v1/charges           ?account=...&limit=... oldest first
     GET  /v1/stats             {"charges", "idempotency_keys", "distinct_references", "total_amount",
                                 "replays", "conflicts", "mismatches"}
+    GET  /v1/config            {"key_retention_seconds", "lock_timeout_seconds", "prune_interval_seconds"}
     GET  /healthz              liveness
     GET|POST /v1/_faults       read / change the injected faults at runtime
 
@@ -20,7 +21,11 @@ Idempotency follows Stripe and the IETF draft
 stores its response; a retry with the same key and parameters gets that
 response again, byte for byte, with ``Idempotent-Replayed: true``; the same
 key with other parameters gets 422; a retry arriving while the first request
-is still running gets 409. The storage protocol that makes this hold under
+is still running gets 409. A key is kept ``key_retention_s`` (default 7 days,
+the pipeline's default ``DEDUP_HORIZON``) and then pruned: a request with a
+pruned key is a new charge. ``GET /v1/config`` tells clients how long that is,
+so a client that may send a key again later (the Faust sink: an event
+re-read from Kafka) can check the promise instead of assuming it. The storage protocol that makes this hold under
 concurrency and crashes is described in :mod:`payment_api.store`.
 
 A request is fully validated (key format, then body) before storage is
@@ -76,12 +81,16 @@ _KEY_FORMAT: Final = re.compile(r"[\x20-\x7e]{1,255}")
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
+#: How long idempotency keys are kept unless configured: the pipeline's default DEDUP_HORIZON.
+DEFAULT_KEY_RETENTION_S: Final = 7 * 86400.0
+
+
 @dataclass(frozen=True)
 class Settings:
     """Server configuration fixed at start."""
 
     db_url: str
-    key_retention_s: float = 24 * 3600.0
+    key_retention_s: float = DEFAULT_KEY_RETENTION_S
     lock_timeout_s: float = 30.0
     prune_interval_s: float = 300.0
 
@@ -139,6 +148,7 @@ def create_app(settings: Settings, faults: Faults | None = None) -> web.Applicat
             web.get("/v1/charges", list_charges),
             web.get("/v1/charges/{charge_id}", get_charge),
             web.get("/v1/stats", get_stats),
+            web.get("/v1/config", get_config),
             web.get("/v1/_faults", get_faults),
             web.post("/v1/_faults", update_faults),
             web.get("/healthz", healthz),
@@ -250,6 +260,16 @@ async def list_charges(request: web.Request) -> web.Response:
 async def get_stats(request: web.Request) -> web.Response:
     """``GET /v1/stats``."""
     return web.json_response(dataclasses.asdict(await request.app[STORE].stats()))
+
+
+async def get_config(request: web.Request) -> web.Response:
+    """``GET /v1/config``: the promises a client may depend on, in seconds."""
+    settings = request.app[SETTINGS]
+    return web.json_response({
+        "key_retention_seconds": settings.key_retention_s,
+        "lock_timeout_seconds": settings.lock_timeout_s,
+        "prune_interval_seconds": settings.prune_interval_s,
+    })
 
 
 async def get_faults(request: web.Request) -> web.Response:

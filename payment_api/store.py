@@ -34,7 +34,7 @@ so statistics survive restarts.
 
 Backends are chosen by URL (:func:`store_from_url`): ``sqlite:///path.db``
 (SQLAlchemy convention: ``sqlite:////abs/path.db`` is absolute) or
-``postgresql://...``. Times are epoch seconds passed in by the caller, which
+``postgresql://...``; errors show the URL with its password masked. Times are epoch seconds passed in by the caller, which
 keeps lock expiry and pruning testable without sleeping.
 """
 
@@ -52,9 +52,11 @@ from typing import Any, Final, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from psycopg import AsyncConnection
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
 from payment_api.models import Charge
+from common.redact import mask_url, masked_errors
 
 T = TypeVar("T")
 
@@ -196,7 +198,7 @@ def store_from_url(url: str) -> Store:
         return SqliteStore(url.removeprefix("sqlite:///"))
     if scheme in ("postgresql", "postgres"):
         return PostgresStore(url)
-    raise ValueError(f"unsupported database URL {url!r}: use sqlite:///path.db or postgresql://...")
+    raise ValueError(f"unsupported database URL {mask_url(url)!r}: use sqlite:///path.db or postgresql://...")
 
 
 _TOTALS: Final = (
@@ -444,6 +446,12 @@ class PostgresStore(Store):
         self._pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] | None = None
 
     async def open(self) -> None:
+        """Open the pool; errors never quote the DSN's password (libpq's parser may)."""
+        with masked_errors(self._dsn):
+            conninfo_to_dict(self._dsn)  # a malformed DSN fails here, not in the pool's log
+            await self._open_pool()
+
+    async def _open_pool(self) -> None:
         pool = AsyncConnectionPool(
             self._dsn,
             min_size=1,

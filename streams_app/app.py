@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import faust
+
+from common.redact import mask_url
 
 from . import faults, faust_fixes
 from .exceptions import SettingsError
@@ -27,11 +31,24 @@ def load_settings() -> Settings:
         raise SystemExit(2) from None
 
 
+StartCheck = Callable[[], Awaitable[None]]
+
+
 class PaymentsApp(faust.App):
-    """faust.App plus the lifecycle hooks of the fixes in streams_app/faust_fixes.py."""
+    """faust.App plus the lifecycle hooks of the fixes in streams_app/faust_fixes.py,
+    and start checks: coroutines a module registers in :attr:`start_checks` (the
+    sink: the payment API's key retention) that run when a worker starts, before
+    any table or agent. One that raises SettingsError refuses the start; the
+    worker exits with its message."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.start_checks: list[StartCheck] = []
 
     async def on_first_start(self) -> None:
         await super().on_first_start()
+        for check in self.start_checks:
+            await check()
         faust_fixes.on_worker_start(
             Path(self.conf.tabledir), settings.faust_guarantee == "exactly_once", settings.faust_fixes
         )
@@ -45,7 +62,9 @@ settings = load_settings()
 
 app = PaymentsApp(
     settings.app_id,
-    broker=settings.broker_url,
+    # Faust's Kafka driver uses only host and port of this URL (credentials go in
+    # broker_credentials), and its worker banner prints it: hand it the masked form.
+    broker=mask_url(settings.broker_url),
     processing_guarantee=settings.faust_guarantee,
     store=settings.store,
     datadir=str(settings.table_dir),

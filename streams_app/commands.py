@@ -28,6 +28,8 @@ from rich.progress import Progress
 from rich.table import Table
 
 from lab.scenarios import FAULTS, SINKS
+from common.durations import format_duration
+from common.redact import mask_url
 
 from .admin import ensure_topics, send_records
 from .app import app, settings
@@ -51,7 +53,7 @@ def start_local_broker() -> None:
 
     port = local_broker_port()
     if port is None:
-        console.print(f"BROKER_URL={settings.broker_url}: using that cluster, nothing started")
+        console.print(f"BROKER_URL={settings.shown('broker_url')}: using that cluster, nothing started")
         return
     info = kafka.start(port=port)
     console.print(f"Kafka {kafka.DEFAULT_VERSION} is up at {info.bootstrap} (log: {info.log_path})")
@@ -67,7 +69,7 @@ async def kafka(self: AppCommand, action: str) -> None:
     port = local_broker_port()
     if port is None:
         console.print(
-            f"BROKER_URL={settings.broker_url} names another cluster: there is no "
+            f"BROKER_URL={settings.shown('broker_url')} names another cluster: there is no "
             "local broker to manage. Unset BROKER_URL to use the embedded one."
         )
         raise SystemExit(1)
@@ -172,16 +174,9 @@ async def show_settings(self: AppCommand) -> None:
     table = Table(title="settings (environment variable = value in force)")
     for column in ("variable", "value", "meaning"):
         table.add_column(column, overflow="fold")
-    for (env, _default, doc), value in zip(Settings.describe(), _values(settings)):
-        table.add_row(env, str(value), doc)
+    for name, (env, _default, doc) in zip(Settings.field_names(), Settings.describe()):
+        table.add_row(env, settings.shown(name), doc)  # passwords in URLs masked
     Console().print(table)
-
-
-
-def _values(s: Settings) -> list[object]:
-    import dataclasses
-
-    return [getattr(s, f.name) for f in dataclasses.fields(s)]
 
 
 @app.command(
@@ -233,27 +228,38 @@ async def demo(
 async def _start_payment_api() -> subprocess.Popen | None:
     """Start the payment API at PAYMENT_API_URL (it is the sink's external system);
     None when one already answers there or the URL is not local."""
-    url = urlparse(settings.payment_api_url)
+    shown = settings.shown("payment_api_url")
     async with aiohttp.ClientSession() as session:
         try:
             async with session.get(f"{settings.payment_api_url}/healthz") as response:
                 if response.status == 200:
-                    console.print(f"payment API already up at {settings.payment_api_url}")
+                    console.print(f"payment API already up at {shown} (the worker checks its key retention)")
                     return None
         except aiohttp.ClientError:
             pass
-    if url.hostname not in LOCAL_HOSTS:
-        raise click.ClickException(f"PAYMENT_API_URL={settings.payment_api_url} does not answer")
+    if urlparse(settings.payment_api_url).hostname not in LOCAL_HOSTS:
+        raise click.ClickException(f"PAYMENT_API_URL={shown} does not answer")
     log_path = Path("logs") / "payment-api.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "payment_api", "serve", "--host", url.hostname, "--port", str(url.port or 80)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            payment_api_command(settings), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     await _wait_until_answering(f"{settings.payment_api_url}/healthz", process, 30.0,
                                 name="the payment API", log_path=log_path)
-    console.print(f"payment API up at {settings.payment_api_url} (log: {log_path})")
+    console.print(f"payment API up at {shown}, keeping idempotency keys "
+                  f"{format_duration(settings.dedup_horizon)} (DEDUP_HORIZON) (log: {log_path})")
     return process
+
+
+def payment_api_command(s: Settings) -> list[str]:
+    """``python -m payment_api serve`` at PAYMENT_API_URL, keeping idempotency keys as long
+    as the pipeline may deliver an event again (DEDUP_HORIZON): the worker refuses a
+    shorter retention at start (agents/sink.py)."""
+    url = urlparse(s.payment_api_url)
+    return [
+        sys.executable, "-m", "payment_api", "serve", "--host", url.hostname or "127.0.0.1",
+        "--port", str(url.port or 80), "--key-retention", format_duration(s.dedup_horizon),
+    ]
 
 
 async def _wait_for_web(url: str, worker: subprocess.Popen, timeout: float = 90.0) -> None:
@@ -277,7 +283,7 @@ async def _wait_until_answering(
             except aiohttp.ClientError:
                 pass
             await asyncio.sleep(0.3)
-    raise click.ClickException(f"{name} did not answer at {url} within {timeout:.0f} s; see {log_path}")
+    raise click.ClickException(f"{name} did not answer at {mask_url(url)} within {timeout:.0f} s; see {log_path}")
 
 
 async def _charged_events(url: str) -> int:

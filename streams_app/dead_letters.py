@@ -42,7 +42,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -114,8 +114,9 @@ class Letter:
 
 
 def letter_for(record: SourceRecord, *, stage: str, code: str, reason: str, error: BaseException,
-               group: str) -> Letter:
-    """The dead letter of ``record``: its own key, value and headers, plus why and where from."""
+               group: str, redact: Callable[[str], str] = str) -> Letter:
+    """The dead letter of ``record``: its own key, value and headers, plus why and where from
+    (``redact`` takes secrets out of the error's text and the reason)."""
     return Letter(record.key, record.value, _own_headers(record.headers) + [
         (ORIGINAL_TOPIC, record.topic.encode()),
         (ORIGINAL_PARTITION, struct.pack(">i", record.partition)),
@@ -124,10 +125,10 @@ def letter_for(record: SourceRecord, *, stage: str, code: str, reason: str, erro
         (ORIGINAL_TIMESTAMP_TYPE, TIMESTAMP_TYPES.get(record.timestamp_type, "CreateTime").encode()),
         (ORIGINAL_CONSUMER_GROUP, group.encode()),
         (EXCEPTION_FQCN, f"{type(error).__module__}.{type(error).__qualname__}".encode()),
-        (EXCEPTION_MESSAGE, _text(str(error))),
+        (EXCEPTION_MESSAGE, _text(redact(str(error)))),
         (STAGE, stage.encode()),
         (CODE, code.encode()),
-        (REASON, _text(reason)),
+        (REASON, _text(redact(reason))),
     ])
 
 

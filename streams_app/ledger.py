@@ -72,12 +72,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import quote, urlparse
+from urllib.parse import urlparse
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, PoolClosed
 from tenacity import RetryCallState
+
+from common.redact import mask_url
 
 from .exceptions import ChargeRefused, SinkError
 from .retrying import RetryPolicy
@@ -162,24 +163,6 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, PoolClosed):
         return False
     return isinstance(exc, (psycopg.OperationalError, sqlite3.OperationalError))
-
-
-def masked(text: str, url: str) -> str:
-    """``text`` with the password of the PostgreSQL ``url`` replaced by ``***``.
-
-    Kept local and minimal on purpose: it finds the password with psycopg's own
-    conninfo parser and hides it where a DSN would show it (``:password@``,
-    ``password=``), which is where our messages put it.
-    """
-    try:
-        password = conninfo_to_dict(url).get("password")
-    except psycopg.Error:
-        return text
-    if not password:
-        return text
-    for form in {str(password), quote(str(password), safe="")}:
-        text = text.replace(f":{form}@", ":***@").replace(f"password={form}", "password=***")
-    return text
 
 
 @dataclass(frozen=True)
@@ -326,7 +309,7 @@ def _backend_for(url: str, *, pool_min_size: int, pool_max_size: int) -> _Backen
     if scheme in ("postgresql", "postgres"):
         return _PostgresBackend(url, min_size=pool_min_size, max_size=pool_max_size)
     raise ValueError(
-        f"unsupported sink database {masked(url, url)!r}: "
+        f"unsupported sink database {mask_url(url)!r}: "
         "use sqlite:///path/to/file.db or postgresql://user:password@host:port/db"
     )
 
@@ -353,7 +336,7 @@ class Ledger:
     @property
     def target(self) -> str:
         """The database URL with its password masked: for logs and dashboards."""
-        return masked(self.url, self.url)
+        return mask_url(self.url)
 
     @property
     def outage(self) -> bool:
@@ -446,4 +429,4 @@ class Ledger:
         )
 
     def _describe(self, exc: BaseException | None) -> str:
-        return masked(f"{type(exc).__name__}: {exc}".strip(), self.url)
+        return mask_url(f"{type(exc).__name__}: {exc}".strip(), self.url)

@@ -53,6 +53,7 @@ from typing import Any, AsyncIterator
 
 from faust.types import TP, EventT, Message, StreamT
 
+from common.redact import mask_url
 from tables.counters import count
 
 from .app import app, settings
@@ -223,13 +224,19 @@ async def _commit_through(message: Message, timeout: float = 5.0) -> None:
 async def dead_letter(message: Message, *, stage: str, code: str, reason: str, error: BaseException) -> None:
     """Send ``message`` to the DLQ (streams_app/dead_letters.py) and count it. Never raises:
     a send that fails is retried until it goes through, and the record waits unacked."""
-    letter = letter_for(message, stage=stage, code=code, reason=reason, error=error, group=app.conf.id)
+    letter = letter_for(message, stage=stage, code=code, reason=reason, error=error, group=app.conf.id,
+                        redact=_redact)
     sent = await send_dead_letter(letter, message, _send_to_dlq, max_bytes=app.conf.producer_max_request_size)
     if sent.reference:
         log.warning("%s: %s is too large to copy into the DLQ (%d bytes); dead-lettered as a reference",
                     stage, place(message), len(message.value or b""))
         count("dlq.references")
     count(f"{stage}.dead_lettered")
+
+
+def _redact(text: str) -> str:
+    """An error's text may quote the sink's DSN: never with its password."""
+    return mask_url(text, settings.sink_db)
 
 
 async def _send_to_dlq(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> None:

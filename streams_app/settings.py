@@ -12,6 +12,10 @@ Faust reads some of the same environment variables itself (``BROKER_URL``,
 app hands Faust the values validated here and an environment *without* those
 variables (see :meth:`Settings.faust_env`), so a raw string can never bypass
 validation.
+
+Values are shown (``show-settings``, error messages) through
+:func:`common.redact.mask_url`: a password in ``SINK_DB``, ``PAYMENT_API_URL``
+or ``BROKER_URL`` is never printed.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 from urllib.parse import urlparse
+
+from common.durations import parse_duration
+from common.redact import mask_url
 
 from .exceptions import SettingsError
 from .faust_fixes import FIXES
@@ -41,18 +48,6 @@ FAUST_GUARANTEE: Mapping[str, str] = {
     "exactly_once": "exactly_once",
     "at_most_once": "at_least_once",
 }
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-
-
-def parse_duration(text: str) -> float:
-    """``"90"`` -> 90.0 s, ``"15m"`` -> 900.0, ``"7d"`` -> 604800.0."""
-    match = _DURATION.match(text)
-    if not match:
-        raise ValueError("expected a number of seconds or a duration like 30s, 15m, 24h, 7d")
-    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-
 
 def parse_bool(text: str) -> bool:
     lowered = text.strip().lower()
@@ -106,7 +101,20 @@ def _sink_db(text: str) -> str:
         raise ValueError(
             "expected sqlite:///path/to/file.db or postgresql://user:pass@host:port/db"
         )
+    if scheme != "sqlite":
+        _check_postgres_dsn(text)
     return text
+
+
+def _check_postgres_dsn(text: str) -> None:
+    """libpq's own parser, so a malformed DSN stops the start instead of every charge."""
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        conninfo_to_dict(text)
+    except ProgrammingError as exc:
+        raise ValueError(f"not a valid PostgreSQL URL ({mask_url(str(exc).strip(), text)})") from None
 
 
 def _http_url(text: str) -> str:
@@ -246,8 +254,12 @@ class Settings:
 
     @property
     def bootstrap(self) -> str:
-        """``host:port`` for clients other than Faust (aiokafka, the lab)."""
-        return self.broker_url.removeprefix("kafka://")
+        """``host:port`` for clients other than Faust (aiokafka, the lab); no userinfo."""
+        return urlparse(self.broker_url).netloc.rpartition("@")[2]
+
+    def shown(self, name: str) -> str:
+        """The value of setting ``name`` as it may be printed: passwords masked."""
+        return mask_url(_show(getattr(self, name)))
 
     def fix_enabled(self, name: str) -> bool:
         assert name in FIXES, name
@@ -284,7 +296,7 @@ class Settings:
             try:
                 values[f.name] = f.metadata["parse"](str(text))
             except ValueError as exc:
-                problems.append(f"{source}={text!r} is invalid: {exc}")
+                problems.append(mask_url(f"{source}={text!r} is invalid: {exc}", str(text)))
         if problems:
             raise SettingsError(problems)
         settings = cls(**values)
@@ -295,6 +307,10 @@ class Settings:
                 "with SINK_TARGET=api",
             ])
         return settings
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, str]]:

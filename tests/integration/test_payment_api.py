@@ -29,6 +29,7 @@ from multidict import CIMultiDict
 
 from payment_api.client import PaymentClient
 from payment_api.errors import RequestRejected, RetryableError
+from payment_api.models import Charge, ChargeRequest
 from payment_api.server import (
     FAULTS,
     STORE,
@@ -37,7 +38,7 @@ from payment_api.server import (
     create_app,
     prune_expired_keys,
 )
-from payment_api.store import Store
+from payment_api.store import Acquired, Store
 
 pytestmark = pytest.mark.integration
 
@@ -329,6 +330,66 @@ def test_expired_keys_are_pruned_periodically(db_url: str) -> None:
     asyncio.run(scenario())
 
 
+HOUR = 3600.0
+
+
+async def completed_key(store: Store, key: str, created_at: float) -> None:
+    """A key whose charge completed at ``created_at`` (epoch s): as if charged back then."""
+    request = ChargeRequest.model_validate(CHARGE)
+    claim = await store.claim_key(key, request.fingerprint(), created_at, 30.0)
+    assert isinstance(claim, Acquired)
+    charge = Charge.create(request, created_at)
+    assert await store.complete_key(key, claim.token, charge, 201, charge.model_dump_json())
+
+
+def test_a_key_older_than_a_day_within_the_retention_is_still_honoured(db_url: str) -> None:
+    """The pipeline may deliver an event again within DEDUP_HORIZON (7 d): the API, keeping
+    keys 7 d by default, answers a 25-hour-old key with the first charge, while its pruner
+    runs (it deletes an 8-day-old key meanwhile)."""
+
+    async def scenario() -> None:
+        async with serve(db_url, prune_interval_s=0.05) as api, aiohttp.ClientSession() as session:
+            now = time.time()
+            await completed_key(api.store, "evt-25h", now - 25 * HOUR)
+            await completed_key(api.store, "evt-8d", now - 8 * 24 * HOUR)
+            deadline = time.monotonic() + 10
+            while (await get_stats(api.base_url))["idempotency_keys"] > 1 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)  # a few more prune rounds
+            status, _, headers = await post_charge(session, api.base_url, CHARGE, {"Idempotency-Key": "evt-25h"})
+            stats = await get_stats(api.base_url)
+            assert (status, headers.get("Idempotent-Replayed")) == (201, "true")
+            assert (stats["idempotency_keys"], stats["charges"], stats["replays"]) == (1, 2, 1)
+
+    asyncio.run(scenario())
+
+
+def test_with_a_one_day_retention_the_same_key_charges_again(db_url: str) -> None:
+    """The failure this guards against: the old 24-hour pruning forgot the key."""
+
+    async def scenario() -> None:
+        async with serve(db_url, key_retention_s=24 * HOUR, prune_interval_s=0.05) as api, \
+                aiohttp.ClientSession() as session:
+            await completed_key(api.store, "evt-25h", time.time() - 25 * HOUR)
+            deadline = time.monotonic() + 10
+            while (await get_stats(api.base_url))["idempotency_keys"] and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            status, _, headers = await post_charge(session, api.base_url, CHARGE, {"Idempotency-Key": "evt-25h"})
+            assert (status, headers.get("Idempotent-Replayed")) == (201, None)
+            assert (await get_stats(api.base_url))["charges"] == 2
+
+    asyncio.run(scenario())
+
+
+def test_config_reports_the_default_key_retention(db_url: str) -> None:
+    async def scenario() -> None:
+        async with serve(db_url) as api, PaymentClient(api.base_url) as client:
+            config = await client.config()
+            assert config["key_retention_seconds"] == 7 * 24 * HOUR
+
+    asyncio.run(scenario())
+
+
 # --------------------------------------------------------------------------- subprocess servers
 
 
@@ -434,3 +495,13 @@ def test_a_reference_is_stored_and_counted_but_never_deduplicates(db_url: str) -
             assert rejected.value.status == 422
 
     asyncio.run(scenario())
+
+
+def test_the_key_retention_option_reaches_v1_config(db_url: str, tmp_path: Path) -> None:
+    async def config(base_url: str) -> dict[str, float]:
+        async with PaymentClient(base_url) as client:
+            return await client.config()
+
+    with api_process(db_url, tmp_path / "api.log", "--key-retention", "36h") as api:
+        assert asyncio.run(config(api.base_url))["key_retention_seconds"] == 36 * HOUR
+    assert "idempotency keys kept 36h" in (tmp_path / "api.log").read_text()

@@ -7,7 +7,8 @@ import pytest
 
 from streams_app import ledger as ledger_module
 from streams_app.exceptions import ChargeRefused, SinkError
-from streams_app.ledger import Ledger, masked
+from common.redact import mask_url
+from streams_app.ledger import Ledger
 from streams_app.retrying import RetryPolicy
 
 PAYMENT = dict(account="acct-1", amount=100, currency="EUR", created_at="2026-01-01T00:00:00+00:00")
@@ -166,6 +167,6 @@ def test_the_password_is_masked_wherever_the_ledger_shows_the_database():
     url = "postgresql://payments:s3cr%2Ft@db.example:5432/payments"
     ledger = Ledger(url)  # connects to nothing until the first call
     assert ledger.target == "postgresql://payments:***@db.example:5432/payments"
-    assert masked(f"cannot reach {url}", url) == "cannot reach postgresql://payments:***@db.example:5432/payments"
-    assert masked("host=db password=s3cr/t user=x", "host=db password=s3cr/t") == "host=db password=*** user=x"
-    assert masked("sqlite:///c.db", "sqlite:///c.db") == "sqlite:///c.db"
+    assert mask_url(f"cannot reach {url}", url) == "cannot reach postgresql://payments:***@db.example:5432/payments"
+    assert mask_url("host=db password=s3cr/t user=x", "host=db password=s3cr/t") == "host=db password=*** user=x"
+    assert mask_url("sqlite:///c.db", "sqlite:///c.db") == "sqlite:///c.db"

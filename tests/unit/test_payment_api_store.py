@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from payment_api.__main__ import drop_after_commit
+from payment_api.__main__ import build_parser, drop_after_commit
 from payment_api.models import Charge, ChargeRequest
-from payment_api.server import Faults
+from payment_api.server import Faults, Settings, prune_expired_keys
 from payment_api.store import (
     Acquired,
     InProgress,
@@ -167,3 +167,55 @@ def test_drop_fault_fires_always_never_or_a_number_of_times(setting: bool | int,
 )
 def test_drop_after_commit_option(text: str, expected: bool | int) -> None:
     assert drop_after_commit(text) == expected
+
+
+DAY = 86400.0
+
+
+def test_keys_are_kept_for_the_configured_retention(db_url: str) -> None:
+    """The pruner deletes a key only once it is older than ``key_retention_s`` (7 d by
+    default, the pipeline's DEDUP_HORIZON): a day-old key is still honoured."""
+
+    async def scenario(store: Store) -> None:
+        acquired = await claim(store, key="evt-1", now=0.0)
+        assert isinstance(acquired, Acquired)
+        assert (await complete(store, acquired.token, now=0.0, key="evt-1"))[0]
+        retention = Settings(db_url=db_url).key_retention_s
+        assert retention == 7 * DAY
+        assert await prune_expired_keys(store, retention, now=1.5 * DAY) == 0
+        assert await prune_expired_keys(store, retention, now=7 * DAY) == 0
+        assert isinstance(await claim(store, key="evt-1", now=7 * DAY), Replay)
+        assert await prune_expired_keys(store, retention, now=7 * DAY + 1) == 1
+        assert isinstance(await claim(store, key="evt-1", now=7 * DAY + 1), Acquired)
+
+    run_with_store(db_url, scenario)
+
+
+def test_a_shorter_configured_retention_prunes_sooner(db_url: str) -> None:
+    async def scenario(store: Store) -> None:
+        acquired = await claim(store, key="evt-1", now=0.0)
+        assert isinstance(acquired, Acquired)
+        assert (await complete(store, acquired.token, now=0.0, key="evt-1"))[0]
+        retention = Settings(db_url=db_url, key_retention_s=DAY).key_retention_s
+        assert await prune_expired_keys(store, retention, now=1.5 * DAY) == 1
+
+    run_with_store(db_url, scenario)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("7d", 7 * DAY), ("36h", 1.5 * DAY), ("3600", 3600.0)])
+def test_key_retention_option_takes_durations(text: str, seconds: float) -> None:
+    assert build_parser().parse_args(["serve", "--key-retention", text]).key_retention == seconds
+
+
+def test_key_retention_defaults_to_the_environment_then_7_days(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("IDEMPOTENCY_KEY_RETENTION", raising=False)
+    assert build_parser().parse_args(["serve"]).key_retention == 7 * DAY
+    monkeypatch.setenv("IDEMPOTENCY_KEY_RETENTION", "30d")
+    assert build_parser().parse_args(["serve"]).key_retention == 30 * DAY
+
+
+@pytest.mark.parametrize("text", ["a week", "0", "-1d"])
+def test_a_bad_key_retention_is_refused_with_the_syntax(text: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--key-retention", text])
+    assert "--key-retention" in capsys.readouterr().err

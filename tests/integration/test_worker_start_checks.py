@@ -1,0 +1,122 @@
+"""A real ``faust worker`` against a real payment API: it refuses to start when the API
+keeps idempotency keys for less than DEDUP_HORIZON, and prints no password meanwhile.
+
+No broker is needed: the check runs when the worker starts, before it connects to
+Kafka (BROKER_URL names a closed port, so a worker that passes the check just waits).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SECRET = "hunter2-topsecret"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+@contextmanager
+def payment_api(tmp_path: Path, *options: str) -> Iterator[str]:
+    """``python -m payment_api serve`` on a free port; yields its base URL."""
+    port = _free_port()
+    log_path = tmp_path / "api.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "payment_api", "serve", "--port", str(port),
+             "--db", f"sqlite:///{tmp_path / 'api.db'}", *options],
+            cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"payment API did not start:\n{log_path.read_text()}")
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        _stop(process)
+
+
+def start_worker(tmp_path: Path, api_url: str, **env: str) -> tuple[subprocess.Popen[bytes], Path]:
+    log_path = tmp_path / "worker.log"
+    environment = {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "SINK_TARGET": "api",
+        "SINK_MODE": "idempotent",
+        # userinfo the API ignores: it must not be printed
+        "PAYMENT_API_URL": api_url.replace("http://", f"http://sink:{SECRET}@"),
+        "BROKER_URL": f"kafka://k:{SECRET}@127.0.0.1:{_free_port()}",
+        "SINK_DB": f"sqlite:///{tmp_path / 'sink.db'}",
+        "STORE_URL": "memory://",
+        "APP_ID": "start-check",
+        "APP_DATADIR": str(tmp_path / "data"),
+        "WEB_PORT": str(_free_port()),
+        **env,
+    }
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "faust", "-A", "streams_app", "worker", "-l", "info"],
+            cwd=tmp_path, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    return process, log_path
+
+
+def test_the_worker_refuses_an_api_that_forgets_keys_before_the_dedup_horizon(tmp_path: Path) -> None:
+    with payment_api(tmp_path, "--key-retention", "24h") as api_url:
+        worker, log_path = start_worker(tmp_path, api_url, DEDUP_HORIZON="7d")
+        try:
+            returncode = worker.wait(timeout=90)
+        finally:
+            _stop(worker)
+    log = log_path.read_text()
+    assert returncode != 0, log
+    assert "keeps idempotency keys for 1d, less than DEDUP_HORIZON=7d" in log
+    assert "--key-retention 7d" in log and "IDEMPOTENCY_KEY_RETENTION=7d" in log
+    assert SECRET not in log
+
+
+def test_the_worker_starts_when_the_api_keeps_keys_long_enough(tmp_path: Path) -> None:
+    with payment_api(tmp_path, "--key-retention", "7d") as api_url:
+        worker, log_path = start_worker(tmp_path, api_url, DEDUP_HORIZON="7d")
+        try:
+            deadline = time.monotonic() + 90
+            while "payment API keeps idempotency keys 7d >= DEDUP_HORIZON 7d" not in log_path.read_text():
+                assert worker.poll() is None, log_path.read_text()
+                assert time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.2)
+        finally:
+            _stop(worker)
+    assert SECRET not in log_path.read_text()
