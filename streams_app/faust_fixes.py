@@ -226,7 +226,12 @@ FIXES: Mapping[str, str] = {
         "missed a just-created changelog: stock send then raises KeyError in "
         "PartitionAssignor.group_for_topic and crashes the worker; when every other "
         "topic is in one group (topics are grouped by partition count; this app has one "
-        "count) that group is used."
+        "count) that group is used. And a changelog write names its partition, but stock "
+        "asks the consumer's metadata for it, which lacks a just-created changelog: the "
+        "answer is None and stock sends the record outside any transaction (a table row "
+        "that survives an abort), while a transactional id built from it ('<app>-1-None') "
+        "names no producer (ProducerSendError, then a worker that hangs with its web "
+        "server answering: 1 of 7 fresh exactly_once starts). The partition given is used."
     ),
     "commit-gate": (
         "exactly_once: Faust commits from a timer while agents keep processing, so an "
@@ -374,14 +379,21 @@ def _patch_transaction_routing() -> None:
         event = current_event()
         if event is None:  # changelog writes from the ProducerBuffer: partition = source
             groups = self.app.assignor._topic_groups
-            # Faust groups topics by partition count; its single-partition leader topic aside,
-            # this app has one group. If the leader's metadata missed a just-created changelog,
-            # stock send raises KeyError here and crashes the ProducerBuffer.
-            candidates = {g for t, g in groups.items() if not t.endswith("__assignor-__leader")}
-            if topic in groups or len(candidates) != 1:
+            group = groups.get(topic)
+            if group is None:
+                # Faust groups topics by partition count; its single-partition leader topic
+                # aside, this app has one group. If the leader's metadata missed a just-created
+                # changelog, stock send raises KeyError here and crashes the ProducerBuffer.
+                candidates = {g for t, g in groups.items() if not t.endswith("__assignor-__leader")}
+                if len(candidates) != 1:
+                    return await stock_send(self, topic, key, value, partition, timestamp, headers)
+                group = candidates.pop()
+            # A changelog write names its partition. Stock asks the consumer's metadata first,
+            # which lacks a just-created changelog: None, and the record is sent OUTSIDE the
+            # transaction (stock) or to a producer "<app>-<group>-None" that does not exist.
+            p = partition if partition is not None else self.consumer.key_partition(topic, key, None)
+            if p is None:
                 return await stock_send(self, topic, key, value, partition, timestamp, headers)
-            group = candidates.pop()
-            p = self.consumer.key_partition(topic, key, partition)
             return await self.producer.send(topic, key, value, p, timestamp, headers,
                                             transactional_id=f"{self.app.conf.id}-{group}-{p}")
         source = event.message.tp
@@ -393,6 +405,7 @@ def _patch_transaction_routing() -> None:
         )
 
     send._fixed = True  # type: ignore[attr-defined]
+    send._stock = stock_send  # type: ignore[attr-defined]
     TransactionManager.send = send  # type: ignore[method-assign]
 
 

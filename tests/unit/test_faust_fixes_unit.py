@@ -167,6 +167,38 @@ def test_a_changelog_missing_from_the_metadata_snapshot_is_not_a_partition_misma
         fixed(_Table({"app.events": 4, "app-seen-events-changelog": 8}), "app.events")
 
 
+class _TransactionManager:
+    """What TransactionManager.send reads, on a fresh worker whose consumer metadata does not
+    list the just-created changelog yet (key_partition answers None)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[int | None, str | None]] = []
+        groups = {"app.events": 0, "app-seen-events-changelog": 0, "app-__assignor-__leader": 1}
+        self.app = SimpleNamespace(conf=SimpleNamespace(id="app"), assignor=SimpleNamespace(
+            _topic_groups=groups, group_for_topic=groups.__getitem__))
+        self.consumer = SimpleNamespace(key_partition=lambda topic, key, partition=None: None)
+        self.producer = SimpleNamespace(send=self._send)
+
+    async def _send(self, topic, key, value, partition, timestamp, headers, *, transactional_id=None):
+        self.sent.append((partition, transactional_id))
+
+
+def test_a_changelog_write_goes_to_its_partition_s_transaction_before_the_metadata_knows_it(monkeypatch):
+    """Stock sends the write outside any transaction (transactional_id None); the fix sends it
+    to partition 1's transactional producer, the one that commits source partition 1."""
+    from faust.transport.consumer import TransactionManager
+
+    monkeypatch.setattr(TransactionManager, "send", TransactionManager.send)  # restored after
+    faust_fixes._patch_transaction_routing()
+    fixed = TransactionManager.send
+    args = ("app-seen-events-changelog", b'"evt-1"', b"1.0", 1, None, None)
+    stock_manager, fixed_manager = _TransactionManager(), _TransactionManager()
+    asyncio.run(fixed._stock(stock_manager, *args))
+    asyncio.run(fixed(fixed_manager, *args))
+    assert stock_manager.sent == [(None, None)]
+    assert fixed_manager.sent == [(1, "app-0-1")]
+
+
 def test_recovery_idle_wait_caps_only_the_changelog_queue_wait(monkeypatch):
     """recovery-idle-wait: tables/recovery.py's one asyncio.wait_for (5 s, twice, before
     Faust looks for trailing transaction markers) waits at most RECOVERY_IDLE_S."""
