@@ -46,7 +46,7 @@ from tenacity import RetryCallState
 from payment_api.client import PaymentClient
 from payment_api.errors import RetryableError
 from streams_app.app import app, settings
-from streams_app.exceptions import SettingsError
+from streams_app.exceptions import SettingsError, SinkError, Unavailable
 from streams_app.faults import crashpoint
 from streams_app.key_retention import KeyRetentionGuard
 from streams_app.ledger import ChargeStats, Ledger
@@ -57,7 +57,14 @@ from streams_app.topics import applied_payments, place
 
 log = logging.getLogger(__name__)
 
-ledger = Ledger(settings.sink_db)
+#: How long one try of a charge may wait for the database or the API inside processing(),
+#: where under exactly_once it holds the commit gate (and so every stage's commits); then
+#: the try gives up (Unavailable) and the sink waits OUTSIDE the gate before the next one.
+TRY_S = 2.0
+#: The waits between tries, for as long as the outage lasts: the charge is delayed, never skipped.
+OUTAGE_WAIT = RetryPolicy()
+
+ledger = Ledger(settings.sink_db, retry=RetryPolicy(give_up_after=TRY_S))
 IDEMPOTENT = settings.sink_mode == "idempotent"
 OFFSETS_IN_DATABASE = settings.sink_mode == "transactional"
 TO_API = settings.sink_target == "api"
@@ -66,10 +73,9 @@ API_RETRIES = 3
 
 payments_api = PaymentClient(settings.payment_api_url, timeout=settings.payment_api_timeout) if TO_API else None
 
-#: Waits between tries while the payment API is unavailable (RetryableError), for as long
-#: as that lasts. A refusal (RequestRejected, a 4xx) is not retried: it is dead-lettered.
-#: The ledger retries database outages itself (streams_app/ledger.py).
-API_OUTAGE_RETRY = RetryPolicy()
+#: Waits between calls while the payment API is unavailable (RetryableError), for one try.
+#: A refusal (RequestRejected, a 4xx) is not retried: it is dead-lettered.
+API_OUTAGE_RETRY = RetryPolicy(give_up_after=TRY_S)
 
 
 async def _stop_worker(reason: SettingsError) -> None:
@@ -95,12 +101,16 @@ async def charge_payments(stream):
     """Perform the external side effect once per delivery (naive) or per event id."""
     stream = stream.noack()  # acked by processing(): after the effect, or before it in at_most_once
     async for event in first_deliveries(stream):
-        async with processing(stream, event, stage="sink"):
-            payment = parse_applied(event.value, max_bytes=settings.max_record_bytes,
-                                    max_amount=settings.max_amount)
-            if not await charge(event, payment) and OFFSETS_IN_DATABASE:
-                log.info("sink: %s was charged before; the database refused it again", place(event.message))
-            crashpoint("sink.after_effect")
+        async for attempt in OUTAGE_WAIT.retrying(retry_on=lambda exc: isinstance(exc, Unavailable),
+                                                  before_sleep=_log_outage):
+            with attempt:  # the wait between attempts is outside processing(): the gate is free
+                async with processing(stream, event, stage="sink"):
+                    payment = parse_applied(event.value, max_bytes=settings.max_record_bytes,
+                                            max_amount=settings.max_amount)
+                    if not await charge(event, payment) and OFFSETS_IN_DATABASE:
+                        log.info("sink: %s was charged before; the database refused it again",
+                                 place(event.message))
+                    crashpoint("sink.after_effect")
 
 
 async def charge(event: EventT, payment: AppliedPayment) -> bool:
@@ -112,16 +122,19 @@ async def charge(event: EventT, payment: AppliedPayment) -> bool:
     A refusal (streams_app.exceptions.ChargeRefused, or the API's
     RequestRejected) is raised: processing() dead-letters the event.
     """
-    if payments_api is not None:
-        return await _charge_through_api(payments_api, payment)
-    fields = dict(event_id=payment.event_id, account=payment.account, amount=payment.amount,
-                  currency=payment.currency, created_at=payment.created_at)
-    if OFFSETS_IN_DATABASE:
-        message = event.message
-        return await ledger.charge_at_offset(
-            topic=message.topic, partition=message.partition, offset=message.offset, **fields
-        )
-    return await ledger.charge(idempotent=IDEMPOTENT, **fields)
+    try:
+        if payments_api is not None:
+            return await _charge_through_api(payments_api, payment)
+        fields = dict(event_id=payment.event_id, account=payment.account, amount=payment.amount,
+                      currency=payment.currency, created_at=payment.created_at)
+        if OFFSETS_IN_DATABASE:
+            message = event.message
+            return await ledger.charge_at_offset(
+                topic=message.topic, partition=message.partition, offset=message.offset, **fields
+            )
+        return await ledger.charge(idempotent=IDEMPOTENT, **fields)
+    except (SinkError, RetryableError) as exc:  # still down after TRY_S
+        raise Unavailable(f"{settings.sink_target} unavailable: {exc}") from exc
 
 
 async def _charge_through_api(api: PaymentClient, payment: AppliedPayment) -> bool:
@@ -136,6 +149,12 @@ async def _charge_through_api(api: PaymentClient, payment: AppliedPayment) -> bo
                 idempotency_key=payment.event_id if IDEMPOTENT else None, retries=API_RETRIES,
             )
     return not result.replayed
+
+
+def _log_outage(state: RetryCallState) -> None:
+    assert state.outcome is not None and state.next_action is not None
+    log.warning("sink: %s; waiting %.2f s (attempt %d), other stages go on",
+                state.outcome.exception(), state.next_action.sleep, state.attempt_number)
 
 
 def _log_api_retry(state: RetryCallState) -> None:

@@ -19,6 +19,7 @@ from common.redact import mask_url
 
 from . import faults, faust_fixes
 from .exceptions import SettingsError
+from .health import HealthMonitor
 from .settings import Settings
 
 
@@ -41,9 +42,15 @@ class PaymentsApp(faust.App):
     any table or agent. One that raises SettingsError refuses the start; the
     worker exits with its message."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, health: HealthMonitor, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.start_checks: list[StartCheck] = []
+        self.health = health
+
+    async def _on_agent_error(self, agent: Any, exc: BaseException) -> None:
+        # Faust's hook for an agent that raised out of its loop (docs: agent-errors).
+        self.health.agent_crashed(agent.name, exc)
+        await super()._on_agent_error(agent, exc)
 
     async def on_first_start(self) -> None:
         await super().on_first_start()
@@ -62,6 +69,7 @@ settings = load_settings()
 
 app = PaymentsApp(
     settings.app_id,
+    health=HealthMonitor(exactly_once=settings.faust_guarantee == "exactly_once"),
     # Faust's Kafka driver uses only host and port of this URL (credentials go in
     # broker_credentials), and its worker banner prints it: hand it the masked form.
     broker=mask_url(settings.broker_url),

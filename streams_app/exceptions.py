@@ -42,6 +42,15 @@ class SinkError(StreamsAppError):
     """The external side effect could not be performed (database unreachable...)."""
 
 
+class Unavailable(StreamsAppError):
+    """A system the stage depends on is down: the record is not the problem.
+
+    ``processing()`` lets it through without dead-lettering or acking the record;
+    the stage waits (outside the exactly_once commit gate, so the other stages
+    keep committing) and tries the same record again.
+    """
+
+
 class ChargeRefused(StreamsAppError):
     """The sink's database refused a statement (a constraint, a data error, bad SQL).
 

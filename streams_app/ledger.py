@@ -248,8 +248,9 @@ class _PostgresBackend:
 
     marker = "%s"
 
-    def __init__(self, url: str, *, min_size: int, max_size: int) -> None:
+    def __init__(self, url: str, *, min_size: int, max_size: int, checkout_timeout: float) -> None:
         self._url = url
+        self._checkout_timeout = checkout_timeout
         self._min_size = min_size
         self._max_size = max_size
         self._pool: AsyncConnectionPool | None = None
@@ -274,7 +275,7 @@ class _PostgresBackend:
                 pool = AsyncConnectionPool(
                     self._url, min_size=self._min_size, max_size=self._max_size, open=False,
                     name="ledger", check=AsyncConnectionPool.check_connection,
-                    kwargs={"connect_timeout": CONNECT_TIMEOUT_S}, timeout=CHECKOUT_TIMEOUT_S,
+                    kwargs={"connect_timeout": CONNECT_TIMEOUT_S}, timeout=self._checkout_timeout,
                     reconnect_timeout=RECONNECT_TIMEOUT_S,
                 )
                 await pool.open(wait=False)  # connects in the background; an outage is fine
@@ -301,13 +302,14 @@ async def _create_postgres_schema(pool: AsyncConnectionPool) -> None:
         await conn.execute(_SOURCE_INDEX)
 
 
-def _backend_for(url: str, *, pool_min_size: int, pool_max_size: int) -> _Backend:
+def _backend_for(url: str, *, pool_min_size: int, pool_max_size: int, checkout_timeout: float) -> _Backend:
     """Choose the driver from the URL scheme; nothing is opened yet."""
     scheme = urlparse(url).scheme
     if scheme == "sqlite":
         return _SqliteBackend(Path(url.removeprefix("sqlite:///").removeprefix("sqlite://")))
     if scheme in ("postgresql", "postgres"):
-        return _PostgresBackend(url, min_size=pool_min_size, max_size=pool_max_size)
+        return _PostgresBackend(url, min_size=pool_min_size, max_size=pool_max_size,
+                                checkout_timeout=checkout_timeout)
     raise ValueError(
         f"unsupported sink database {mask_url(url)!r}: "
         "use sqlite:///path/to/file.db or postgresql://user:password@host:port/db"
@@ -328,7 +330,10 @@ class Ledger:
     ) -> None:
         self.url = url
         self._retry = retry or RetryPolicy()
-        self._backend = _backend_for(url, pool_min_size=pool_min_size, pool_max_size=pool_max_size)
+        # A policy that gives up after N s must not wait longer than that for a connection.
+        checkout = min(CHECKOUT_TIMEOUT_S, self._retry.give_up_after or CHECKOUT_TIMEOUT_S)
+        self._backend = _backend_for(url, pool_min_size=pool_min_size, pool_max_size=pool_max_size,
+                                     checkout_timeout=checkout)
         self._outage = False
         self._retries = 0
         self._last_error: str | None = None

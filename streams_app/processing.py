@@ -32,8 +32,10 @@ and get four guarantees that stock Faust does not give:
    ``{prefix}.dlq`` with its original bytes and headers saying where from and
    why (streams_app/dead_letters.py: too large to copy, it is sent as a
    reference; a failing send is retried, never raised), count it as
-   ``{stage}.dead_lettered``, and then ack it. (The sink never gets here for a
-   database outage: it retries; see agents/sink.py.)
+   ``{stage}.dead_lettered``, and then ack it. A dependency that is down is
+   not the record's fault: :class:`~streams_app.exceptions.Unavailable` leaves
+   ``processing()`` with the record neither dead-lettered nor acked, and the
+   stage tries it again after a wait outside the commit gate (agents/sink.py).
 
 3. **Under exactly_once, a commit never splits an event.** Faust commits from
    a timer task while agents keep processing. An event processed during the
@@ -58,7 +60,7 @@ from tables.counters import count
 
 from .app import app, settings
 from .dead_letters import letter_for, send_dead_letter
-from .exceptions import RejectedRecord
+from .exceptions import RejectedRecord, Unavailable
 from .faults import crashpoint
 from .topics import dead_letters, place
 
@@ -192,6 +194,8 @@ async def processing(stream: StreamT, event: EventT, *, stage: str) -> AsyncIter
             crashpoint(f"{stage}.after_commit")
         try:
             yield
+        except Unavailable:
+            raise  # not the record's fault: neither dead-lettered nor acked; the stage retries it
         except RejectedRecord as exc:
             log.info("%s: dead-lettering %s (%s)", stage, place(message), exc)
             await dead_letter(message, stage=stage, code=exc.code, reason=exc.reason, error=exc)

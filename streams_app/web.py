@@ -6,6 +6,8 @@
     GET /api/accounts/{account}   one account's balance, answered by the worker that
                                   owns the account's partition (table_route forwards)
     GET /api/charges              charge counts from the external system (database or API)
+    GET /health, /health/ready    200 when the worker can make progress, else 503 and why
+    GET /health/live              200 while the worker answers (streams_app/health.py)
 
 Counters come from the ``pipeline-counters`` table on this worker (active and
 standby partitions); charges are counted in the database itself, so the two
@@ -24,6 +26,7 @@ from tables.balances import balances
 from tables.counters import totals
 
 from .app import app, settings
+from .health import SAMPLE_S, started, stream_positions
 
 DASHBOARD = (Path(__file__).parent / "dashboard.html").read_text()
 
@@ -50,7 +53,31 @@ async def stats() -> dict[str, Any]:
         "charged_events": charges.charged_events,
         "duplicate_charges": charges.duplicate_charges,
         "charged_amount": charges.total_amount,
+        "health": app.health.report()[1],
     }
+
+
+@app.timer(SAMPLE_S)
+async def _sample_health() -> None:
+    app.health.sample(started=started(app), positions=stream_positions(app))
+
+
+@app.page("/health/live")
+class Live(View):
+    async def get(self, request: Request) -> Response:
+        return self.json({"status": "live"})
+
+
+@app.page("/health/ready")
+class Ready(View):
+    async def get(self, request: Request) -> Response:
+        status, body = app.health.report()
+        return self.json(body, status=status)
+
+
+@app.page("/health")
+class HealthView(Ready):
+    pass
 
 
 @app.page("/")

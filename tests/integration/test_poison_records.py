@@ -21,6 +21,7 @@ from lab.readback import read_topic
 from streams_app.dead_letters import DeadLetter
 from streams_app.admin import send_records
 from streams_app.traffic import generate
+from tests.fixtures.kafka import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -42,6 +43,14 @@ def _send(pipeline, topic: str, records) -> None:
 def _dead_letters(pipeline) -> list[DeadLetter]:
     records = asyncio.run(read_topic(pipeline.config.bootstrap, pipeline.config.topic("dlq")))
     return [DeadLetter.from_record(r) for r in records]
+
+
+def _assert_ready(worker) -> None:
+    """/health says ready (no agent crashed, no partition stuck) within a sample or two."""
+    answers = []
+    wait_for(lambda: answers.append(worker.get_json("/health")) or answers[-1][0] == 200, 15,
+             lambda: f"expected /health 200, got {answers[-1]}")
+    assert worker.get_json("/health/live") == (200, {"status": "live"})
 
 
 def _assert_every_valid_event_charged_once(pipeline, *traffics) -> None:
@@ -79,6 +88,7 @@ def test_a_raw_record_too_large_to_dead_letter_is_dead_lettered_as_a_reference(p
     assert worker.running, worker.log_tail(40)
     assert worker.stats()["dead_lettered"] == 1
     assert "Crashed" not in worker.log_path.read_text()
+    _assert_ready(worker)
 
 
 @pytest.mark.parametrize("guarantee", GUARANTEES)
@@ -123,6 +133,7 @@ def test_tombstones_and_undecodable_records_on_every_topic_are_dead_lettered_wit
     assert worker.running, worker.log_tail(40)
     stats = worker.stats()
     assert stats["dead_lettered"] == sum(len(r) for r in poison.values())
+    _assert_ready(worker)
 
 
 def test_a_dead_letter_replayed_twice_is_processed_once(pipeline_factory):

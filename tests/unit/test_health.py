@@ -1,0 +1,59 @@
+"""Readiness rules of streams_app/health.py, on sampled positions (no broker)."""
+
+from __future__ import annotations
+
+from collections import namedtuple
+
+from streams_app.health import CRASH_WINDOW_S, STUCK_AFTER_S, HealthMonitor
+
+TP = namedtuple("TP", "topic partition")
+EVENTS = TP("payments.events", 2)
+
+
+def test_a_worker_that_has_not_finished_starting_is_not_ready():
+    monitor = HealthMonitor(exactly_once=False)
+    status, body = monitor.sample(started=False, positions=[], now=0).report(now=0)
+    assert status == 503 and body["reasons"][0].startswith("starting")
+    assert monitor.sample(started=True, positions=[], now=1).report(now=1)[0] == 200
+
+
+def test_a_partition_behind_whose_commit_does_not_move_is_stuck():
+    monitor = HealthMonitor(exactly_once=False)
+    monitor.sample(started=True, positions=[(EVENTS, 10, 50)], now=0)
+    assert monitor.sample(started=True, positions=[(EVENTS, 10, 50)], now=STUCK_AFTER_S - 1).report(
+        now=STUCK_AFTER_S - 1)[0] == 200
+    status, body = monitor.sample(started=True, positions=[(EVENTS, 10, 50)], now=STUCK_AFTER_S).report(
+        now=STUCK_AFTER_S)
+    assert status == 503 and "payments.events[2] stuck: committed 10 of 50" in body["reasons"][0]
+    # the commit moves: ready again, and the clock starts over
+    assert monitor.sample(started=True, positions=[(EVENTS, 11, 50)], now=STUCK_AFTER_S + 1).report(
+        now=STUCK_AFTER_S + 1)[0] == 200
+
+
+def test_a_partition_at_its_end_is_not_stuck_however_long_it_waits():
+    """Under exactly_once an idle partition ends on a transaction marker: one offset of slack."""
+    eos, alo = HealthMonitor(exactly_once=True), HealthMonitor(exactly_once=False)
+    for now in (0, STUCK_AFTER_S * 10):
+        assert eos.sample(started=True, positions=[(EVENTS, 50, 51)], now=now).report(now=now)[0] == 200
+        assert alo.sample(started=True, positions=[(EVENTS, 50, 50)], now=now).report(now=now)[0] == 200
+    alo = HealthMonitor(exactly_once=False)  # the same offset of slack is a waiting record here
+    assert alo.sample(started=True, positions=[(EVENTS, 50, 51)], now=0).report(now=0)[0] == 200
+    assert alo.sample(started=True, positions=[(EVENTS, 50, 51)], now=STUCK_AFTER_S).report(
+        now=STUCK_AFTER_S)[0] == 503
+
+
+def test_an_agent_crash_is_reported_for_a_while():
+    monitor = HealthMonitor(exactly_once=True)
+    monitor.sample(started=True, positions=[], now=0)
+    monitor.agent_crashed("agents.ingest.ingest_payments", KeyError("x"), now=10)
+    status, body = monitor.health.report(now=11)
+    assert status == 503 and "agents.ingest.ingest_payments crashed 1 time(s)" in body["reasons"][0]
+    assert "KeyError" in body["reasons"][0]
+    assert monitor.health.report(now=10 + CRASH_WINDOW_S + 1)[0] == 200
+
+
+def test_the_app_s_views_read_the_monitor():
+    from streams_app import app
+
+    status, body = app.health.report()
+    assert status == 503 and body["status"] == "not ready"  # never sampled: not started
