@@ -49,7 +49,7 @@ from typing import Any, Protocol
 import orjson
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
 
 log = logging.getLogger(__name__)
 
@@ -153,13 +153,17 @@ def as_reference(letter: Letter, record: SourceRecord) -> Letter:
     return Letter(key, orjson.dumps({"reference": reference}), own + dlq + [(REFERENCE, b"1")], reference=True)
 
 
-async def send_dead_letter(letter: Letter, record: SourceRecord, send: Sender, *, max_bytes: int) -> Letter:
+async def send_dead_letter(letter: Letter, record: SourceRecord, send: Sender, *, max_bytes: int,
+                           give_up: Callable[[BaseException], bool] = lambda exc: False) -> Letter:
     """Send ``letter`` (as a reference if it is larger than ``max_bytes`` or the broker
-    refuses its size); retry any other failure until it is sent. Return what was sent."""
+    refuses its size); retry any other failure until it is sent, except one for which
+    ``give_up`` is true (raised: e.g. this worker no longer owns the record). Return what
+    was sent."""
     if not letter.reference and letter.size() > max_bytes:
         letter = as_reference(letter, record)
     retrying = AsyncRetrying(
-        retry=retry_if_exception_type(Exception),  # never give up: the record waits, unacked
+        # never give up on the record itself: it waits, unacked
+        retry=retry_if_exception(lambda exc: isinstance(exc, Exception) and not give_up(exc)),
         wait=wait_exponential_jitter(initial=0.1, max=5.0),
         before_sleep=lambda state: log.error(
             "dead letter of %s[%d]@%d not sent (attempt %d: %r); retrying",

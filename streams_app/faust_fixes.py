@@ -258,6 +258,35 @@ FIXES: Mapping[str, str] = {
         "cleanly deletes its local table state and restores it from the committed "
         "changelog."
     ),
+    "fenced-rejoin": (
+        "exactly_once: a worker paused past its session timeout (a GC pause, a stopped VM) "
+        "comes back a zombie: another worker owns its partitions and has fenced its "
+        "transactional producers. Stock TransactionManager.commit (transport/consumer.py) "
+        "catches the ProducerFenced of its next commit and crashes the app: 'PaymentsApp "
+        "Crashed', exit 1, and a supervisor must restart it (measured: SIGSTOP 25 s mid-stream "
+        "with a second worker running, then SIGCONT). Kafka Streams treats this as 'task "
+        "migrated': it abandons the tasks and rejoins. Fix: a fenced commit returns False "
+        "(nothing is committed; the broker aborts the open transactions), every transactional "
+        "producer is stopped (Faust starts new ones, with a new epoch, for what the next "
+        "assignment gives), events in progress are neither acked nor dead-lettered (they come "
+        "again to whoever owns their partition; streams_app/processing.py), the group is "
+        "rejoined, and before the tables are reassigned the local table state is deleted: it "
+        "may hold rows of the aborted transactions (a dedup row of an event whose output was "
+        "rolled back would lose that event), so it is restored from the committed changelog, "
+        "as after an unclean stop (wipe-unclean-state). /health says 'fenced' until then."
+    ),
+    "recovery-highwater": (
+        "exactly_once: table recovery reads each changelog partition up to its highwater, which "
+        "Faust takes from AIOKafkaConsumerThread._highwaters: under transactions the consumer's "
+        "cached last stable offset (AIOKafkaConsumer.last_stable_offset), known only once a fetch "
+        "of that partition has answered. For a partition not fetched since it was assigned it is "
+        "None, Faust turns None into -1, and recovery reads nothing: the table starts from "
+        "whatever the local store holds. Seen when a fenced worker rejoined with its local state "
+        "wiped: 'Highwater - Active' -1 for every active changelog partition, every balance of "
+        "those partitions restarted from 0 and 24 events were forwarded twice (their dedup rows "
+        "gone). Fix: ask the broker (ListOffsets with the consumer's read_committed isolation "
+        "level: the last stable offset) as Faust does outside transactions."
+    ),
     "route-metadata": (
         "table_route asks the plain (non-transactional) producer for the key's partition; "
         "a producer that never sent to the table's changelog (every producer under "
@@ -287,6 +316,10 @@ def install(
         _patch_persisted_offsets()
     if "route-metadata" in enabled:
         _patch_route_metadata()
+    if exactly_once and "fenced-rejoin" in enabled:
+        _patch_fenced_rejoin()
+    if exactly_once and "recovery-highwater" in enabled:
+        _patch_recovery_highwater()
     if "shutdown-commit" in enabled:
         _patch_shutdown_commit()
     if "seek-after-queue-clear" in enabled:
@@ -1229,3 +1262,128 @@ def _patch_route_metadata() -> None:
 
     route_req._fixed = True  # type: ignore[attr-defined]
     Router.route_req = route_req  # type: ignore[method-assign]
+
+
+# -- fenced-rejoin -------------------------------------------------------------------
+
+
+def is_fenced(error: BaseException) -> bool:
+    """``error`` says this worker's transactional producer was fenced (or, once fenced,
+    stopped): the work in progress belongs to another worker now. Faust reports a missing
+    producer only as ProducerSendError text."""
+    from aiokafka.errors import ProducerFenced
+
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ProducerFenced) or "No transaction producer found" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _patch_fenced_rejoin() -> None:
+    from aiokafka.errors import ProducerFenced
+    from faust.tables.manager import TableManager
+    from faust.transport.consumer import TransactionManager
+
+    stock_commit = TransactionManager.commit
+    if getattr(stock_commit, "_fixed", False):
+        return
+    stock_on_rebalance = TableManager.on_rebalance
+
+    async def commit(self: TransactionManager, offsets: Mapping[Any, int],
+                     start_new_transaction: bool = True) -> bool:
+        app = self.app
+        if app.__dict__.get("_fenced"):
+            return False  # until the rejoin: nothing of ours can commit
+        try:
+            # Stock catches ProducerFenced around the same call and crashes the app.
+            await self.producer.commit_transactions(
+                _by_transactional_id(app, offsets), app.conf.id, start_new_transaction=start_new_transaction,
+            )
+        except ProducerFenced as exc:
+            await _on_fenced(app, exc)
+            return False
+        return True
+
+    async def on_rebalance(self: TableManager, assigned: Any, revoked: Any, newly_assigned: Any,
+                           generation_id: int = 0) -> None:
+        if self.app.__dict__.pop("_fenced", False):
+            _wipe_table_state(self)
+            self.app.health.rejoined()
+        await stock_on_rebalance(self, assigned, revoked, newly_assigned, generation_id)
+
+    for owner, name, fixed, stock in ((TransactionManager, "commit", commit, stock_commit),
+                                      (TableManager, "on_rebalance", on_rebalance, stock_on_rebalance)):
+        fixed._fixed = True  # type: ignore[attr-defined]
+        fixed._stock = stock  # type: ignore[attr-defined]
+        setattr(owner, name, fixed)
+
+
+def _by_transactional_id(app: Any, offsets: Mapping[Any, int]) -> dict[str, dict[Any, int]]:
+    """Offsets grouped by the transactional producer that commits them (as stock)."""
+    grouped: dict[str, dict[Any, int]] = {}
+    for tp, offset in offsets.items():
+        group = app.assignor.group_for_topic(tp.topic)
+        grouped.setdefault(f"{app.conf.id}-{group}-{tp.partition}", {})[tp] = offset
+    return grouped
+
+
+async def _on_fenced(app: Any, error: BaseException) -> None:
+    """Abandon the transactions, stop their producers and rejoin the group."""
+    if app.__dict__.get("_fenced"):
+        return
+    app.__dict__["_fenced"] = True
+    log.warning(
+        "fenced-rejoin: this worker was fenced (%s): another worker owns its partitions now. "
+        "Its open transactions are aborted by the broker; stopping its transactional producers, "
+        "wiping local table state at the next assignment and rejoining the group.", error,
+    )
+    app.health.fenced(str(error))
+    producer = app.producer
+    for transactional_id in list(producer._transaction_producers):
+        try:
+            await producer.stop_transaction(transactional_id)
+        except Exception as exc:  # noqa: BLE001 - a fenced producer may fail to stop cleanly
+            log.info("fenced-rejoin: stopping %s: %r", transactional_id, exc)
+    thread = getattr(app.consumer, "_thread", None)
+    if thread is not None:
+        await thread.call_thread(lambda: thread._ensure_consumer()._coordinator.request_rejoin())
+
+
+def _wipe_table_state(tables: Any) -> None:
+    """Close every local table store and delete the table directory: tables restore from
+    their committed changelogs (what an exactly_once worker does after an unclean stop)."""
+    import gc
+
+    stores = [table.data for table in tables.values()]
+    for store in stores:
+        if hasattr(store, "_dbs"):
+            store._dbs.clear()
+            store._key_index.clear()
+    gc.collect()  # rocksdict closes a database when its handle is collected
+    tabledir = Path(tables.app.conf.tabledir)
+    if tabledir.exists():
+        shutil.rmtree(tabledir)
+    log.warning("fenced-rejoin: deleted local table state in %s; tables restore from their changelogs",
+                tabledir)
+
+
+# -- recovery-highwater --------------------------------------------------------------
+
+
+def _patch_recovery_highwater() -> None:
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    stock = AIOKafkaConsumerThread._highwaters
+    if getattr(stock, "_fixed", False):
+        return
+
+    async def _highwaters(self: AIOKafkaConsumerThread, partitions: list[Any]) -> Mapping[Any, int]:
+        # The consumer reads read_committed under exactly_once, so ListOffsets answers the
+        # last stable offset, from the broker, fetched or not.
+        return await self._ensure_consumer().end_offsets(partitions)
+
+    _highwaters._fixed = True  # type: ignore[attr-defined]
+    _highwaters._stock = stock  # type: ignore[attr-defined]
+    AIOKafkaConsumerThread._highwaters = _highwaters  # type: ignore[method-assign]

@@ -10,6 +10,9 @@ the worker does, sampled every :data:`SAMPLE_S`:
 - **agent crashed**: an agent raised out of its loop (anything ``processing()``
   did not turn into a dead letter) within the last :data:`CRASH_WINDOW_S`;
   Faust restarts it, and a crash loop stays visible;
+- **fenced**: under exactly_once another worker took this worker's partitions
+  while it was paused; until it has rejoined (streams_app/faust_fixes.py
+  ``fenced-rejoin``);
 - **partition stuck**: a stream partition behind its high watermark whose
   committed offset has not moved for :data:`STUCK_AFTER_S` (under
   exactly_once one offset of slack: an idle partition ends on a transaction
@@ -46,10 +49,13 @@ class Health:
     started: bool = False
     crashes: dict[str, list[tuple[float, str]]] = field(default_factory=dict)  # agent -> (when, error)
     stuck: dict[str, dict[str, Any]] = field(default_factory=dict)  # "topic[p]" -> details
+    fenced: str | None = None  # why, from the fence until the rejoin's assignment
     sampled_at: float | None = None
 
     def reasons(self, now: float) -> list[str]:
         found = [] if self.started else ["starting: tables are recovering or streams not yet sought"]
+        if self.fenced:
+            found.append(f"fenced: another worker owns this worker's partitions ({self.fenced}); rejoining")
         for agent, crashes in sorted(self.crashes.items()):
             recent = [error for when, error in crashes if now - when <= CRASH_WINDOW_S]
             if recent:
@@ -81,6 +87,12 @@ class HealthMonitor:
     def report(self, now: float | None = None) -> tuple[int, dict[str, Any]]:
         """HTTP status and body of ``/health/ready``, from the last sample."""
         return self.health.report(now)
+
+    def fenced(self, reason: str) -> None:
+        self.health.fenced = reason
+
+    def rejoined(self) -> None:
+        self.health.fenced = None
 
     def agent_crashed(self, agent: str, error: BaseException, now: float | None = None) -> None:
         now = time.time() if now is None else now

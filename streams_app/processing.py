@@ -62,6 +62,7 @@ from .app import app, settings
 from .dead_letters import letter_for, send_dead_letter
 from .exceptions import RejectedRecord, Unavailable
 from .faults import crashpoint
+from .faust_fixes import is_fenced
 from .topics import dead_letters, place
 
 log = logging.getLogger(__name__)
@@ -193,16 +194,26 @@ async def processing(stream: StreamT, event: EventT, *, stage: str) -> AsyncIter
             await _commit_through(message)
             crashpoint(f"{stage}.after_commit")
         try:
-            yield
-        except Unavailable:
-            raise  # not the record's fault: neither dead-lettered nor acked; the stage retries it
-        except RejectedRecord as exc:
-            log.info("%s: dead-lettering %s (%s)", stage, place(message), exc)
-            await dead_letter(message, stage=stage, code=exc.code, reason=exc.reason, error=exc)
+            try:
+                yield
+            except Unavailable:
+                raise  # not the record's fault: neither dead-lettered nor acked; the stage retries it
+            except RejectedRecord as exc:
+                log.info("%s: dead-lettering %s (%s)", stage, place(message), exc)
+                await dead_letter(message, stage=stage, code=exc.code, reason=exc.reason, error=exc)
+            except Exception as exc:
+                if is_fenced(exc):
+                    raise
+                log.exception("%s: failed on %s; dead-lettering it", stage, place(message))
+                await dead_letter(message, stage=stage, code="processing_error",
+                                  reason=f"{type(exc).__name__}: {exc}", error=exc)
         except Exception as exc:
-            log.exception("%s: failed on %s; dead-lettering it", stage, place(message))
-            await dead_letter(message, stage=stage, code="processing_error",
-                              reason=f"{type(exc).__name__}: {exc}", error=exc)
+            if not is_fenced(exc):
+                raise
+            # Another worker owns the partition now (faust_fixes fenced-rejoin): the record's
+            # outputs are in an aborted transaction and it comes again to its owner.
+            log.warning("%s: %s left unprocessed: this worker was fenced", stage, place(message))
+            return
         _processed.setdefault(message.tp, set()).add(message.offset)
         if not COMMIT_FIRST:
             await stream.ack(event)
@@ -230,7 +241,8 @@ async def dead_letter(message: Message, *, stage: str, code: str, reason: str, e
     a send that fails is retried until it goes through, and the record waits unacked."""
     letter = letter_for(message, stage=stage, code=code, reason=reason, error=error, group=app.conf.id,
                         redact=_redact)
-    sent = await send_dead_letter(letter, message, _send_to_dlq, max_bytes=app.conf.producer_max_request_size)
+    sent = await send_dead_letter(letter, message, _send_to_dlq, max_bytes=app.conf.producer_max_request_size,
+                                  give_up=is_fenced)
     if sent.reference:
         log.warning("%s: %s is too large to copy into the DLQ (%d bytes); dead-lettered as a reference",
                     stage, place(message), len(message.value or b""))

@@ -199,6 +199,31 @@ def test_a_changelog_write_goes_to_its_partition_s_transaction_before_the_metada
     assert fixed_manager.sent == [(1, "app-0-1")]
 
 
+class _ConsumerThreadNeverFetched:
+    """A consumer thread under exactly_once whose client has assigned a changelog partition
+    and not fetched it yet: no cached last stable offset; the broker says 42."""
+
+    consumer = SimpleNamespace(in_transaction=True)
+
+    def _ensure_consumer(self):
+        async def end_offsets(partitions):
+            return {tp: 42 for tp in partitions}
+
+        return SimpleNamespace(last_stable_offset=lambda tp: None, end_offsets=end_offsets)
+
+
+def test_recovery_reads_the_changelog_s_highwater_from_the_broker_before_any_fetch(monkeypatch):
+    """Stock answers None (recovery then reads nothing: highwater -1); the fix asks the broker."""
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    monkeypatch.setattr(AIOKafkaConsumerThread, "_highwaters", AIOKafkaConsumerThread._highwaters)
+    faust_fixes._patch_recovery_highwater()
+    fixed = AIOKafkaConsumerThread._highwaters
+    tp = ("app-balances-changelog", 2)
+    assert asyncio.run(fixed._stock(_ConsumerThreadNeverFetched(), [tp])) == {tp: None}
+    assert asyncio.run(fixed(_ConsumerThreadNeverFetched(), [tp])) == {tp: 42}
+
+
 def test_recovery_idle_wait_caps_only_the_changelog_queue_wait(monkeypatch):
     """recovery-idle-wait: tables/recovery.py's one asyncio.wait_for (5 s, twice, before
     Faust looks for trailing transaction markers) waits at most RECOVERY_IDLE_S."""
