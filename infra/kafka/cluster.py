@@ -37,6 +37,7 @@ import contextlib
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -45,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
+from aiokafka import AIOKafkaClient
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
@@ -62,7 +64,6 @@ from . import (
     _log_excerpt,
     _new_cluster_id,
     _running_pid,
-    _serving,
     _signal,
     _tool,
     _wait_for_exit,
@@ -193,7 +194,8 @@ class LocalCluster:
     # -- lifecycle ---------------------------------------------------------------
 
     def start(self, wait: float = 60.0, version: str = DEFAULT_VERSION) -> ClusterInfo:
-        """Start every node that is not running, in parallel, and wait for the whole cluster.
+        """Start every node that is not running, in parallel (and resume paused ones), and
+        wait for the whole cluster.
 
         Returns once every node serves Metadata and the cluster reports all of them as
         registered brokers with a controller. Raises :class:`BrokerStartError` naming
@@ -204,7 +206,10 @@ class LocalCluster:
         self.root.mkdir(parents=True, exist_ok=True)
         with _exclusive(self.root / ".lock"):
             cluster_id = self._cluster_id()
-            to_launch = [node for node in self.node_ids if _running_pid(self._layout(node)) is None]
+            running = {node: pid for node in self.node_ids if (pid := _running_pid(self._layout(node)))}
+            for pid in running.values():
+                _signal(pid, signal.SIGCONT)  # a paused node is running, but cannot serve
+            to_launch = [node for node in self.node_ids if node not in running]
             _in_parallel(lambda node: self._launch(node, libs, cluster_id), to_launch)
         self._wait_serving(self.node_ids, wait)
         self._wait_registered(wait)
@@ -297,14 +302,23 @@ class LocalCluster:
         Clients cannot see it: in KRaft the Metadata "controller id" is a random live
         broker, to which admin requests are sent and forwarded. So this asks the quorum
         itself with Kafka's ``kafka-metadata-quorum describe --status`` (a JVM, a few
-        seconds), through the controller listeners of every node.
+        seconds) through the controller listeners of the nodes that run and are not
+        paused (a paused one would hang it). Raises ``RuntimeError`` when no quorum
+        answers, e.g. while a new leader is being elected or without a majority.
         """
+        live = [node for node in self.node_ids if (pid := _running_pid(self._layout(node))) and not _paused(pid)]
+        if not live:
+            raise RuntimeError(f"no node of the cluster on {self.bootstrap} is running")
         libs = ensure_jars(version, self.home)
+        controllers = ",".join(f"{HOST}:{self.ports[node - 1] + CONTROLLER_PORT_OFFSET}" for node in live)
         command = [
             _tool("java"), "-Xmx128m", "-cp", f"{libs}/*", f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
-            QUORUM_TOOL, "--bootstrap-controller", self.controller_bootstrap, "describe", "--status",
+            QUORUM_TOOL, "--bootstrap-controller", controllers, "describe", "--status",
         ]  # fmt: skip
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"{QUORUM_TOOL} got no answer from {controllers} in {timeout:.0f} s") from None
         match = re.search(r"^LeaderId:\s+(-?\d+)", result.stdout, re.MULTILINE)
         if result.returncode != 0 or match is None:
             raise RuntimeError(
@@ -407,7 +421,7 @@ class LocalCluster:
         elif _paused(pid):
             state = "paused"
         else:
-            state = "serving" if _serving(layout.port, timeout=5.0) else "not serving"
+            state = "serving" if _node_serving(layout.port, timeout=5.0) else "not serving"
         return NodeInfo(
             node_id=node_id, port=layout.port, controller_port=layout.port + CONTROLLER_PORT_OFFSET,
             pid=pid, state=state, data_dir=layout.root, log_path=layout.log_path,
@@ -445,6 +459,32 @@ async def partition_state(bootstrap: str, topic: str, partition: int) -> Partiti
                 leader=entry["leader"], replicas=tuple(entry["replicas"]), isr=tuple(entry["isr"])
             )
     raise LookupError(f"{topic}[{partition}] is not in the cluster's metadata")
+
+
+def _node_serving(port: int, timeout: float) -> bool:
+    """Return whether the node on ``port`` itself answers a Metadata request.
+
+    Not :func:`infra.kafka.metadata_ok`: its admin client sends the request to any
+    broker it has learnt of, so with a peer paused it hangs on that peer and a
+    healthy node would look down. A bare client's bootstrap asks only ``port``.
+    """
+    try:
+        socket.create_connection((HOST, port), timeout=1.0).close()
+    except OSError:
+        return False
+    return asyncio.run(_bootstraps(f"{HOST}:{port}", timeout))
+
+
+async def _bootstraps(bootstrap: str, timeout: float) -> bool:
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+    try:
+        async with asyncio.timeout(timeout):
+            await client.bootstrap()
+        return bool(client.cluster.brokers())
+    except (KafkaError, OSError, TimeoutError):
+        return False
+    finally:
+        await client.close()
 
 
 async def _describe_cluster(bootstrap: str, timeout: float = 5.0) -> dict[str, object]:
