@@ -75,6 +75,38 @@ def test_the_faust_command_reports_the_cluster_from_a_broker_url_list(local_clus
     assert output.count("serving") == CLUSTER_BROKERS and output.count("yes") == 1, output
 
 
+def test_a_paused_node_is_reported_paused_and_its_peers_keep_serving(cluster: LocalCluster) -> None:
+    controller = cluster.active_controller()
+    victim = next(node for node in cluster.node_ids if node != controller)
+    cluster.pause(victim)
+    states = {node.node_id: node.state for node in cluster.status().nodes}
+    assert states == {node: "paused" if node == victim else "serving" for node in cluster.node_ids}
+    assert cluster.active_controller() == controller
+    cluster.resume(victim)
+    wait_for(
+        lambda: cluster.status().node(victim).state == "serving", timeout=30,
+        describe=lambda: f"node {victim} after SIGCONT: {cluster.status().node(victim)}",
+    )  # fmt: skip
+
+
+def test_killing_the_active_controller_elects_another(cluster: LocalCluster) -> None:
+    killed = cluster.active_controller()
+    cluster.kill(killed)
+    assert cluster.status().node(killed).state == "down"
+    elected: list[int] = []
+
+    def another_leads() -> bool:
+        try:
+            elected.append(cluster.active_controller(timeout=15))
+        except RuntimeError:  # no leader while the election runs
+            return False
+        return elected[-1] not in (killed, -1)
+
+    wait_for(another_leads, timeout=60, describe=lambda: f"controllers seen after killing {killed}: {elected}")
+    cluster.restart(killed)
+    assert cluster.status().up
+
+
 # --- replicated topics --------------------------------------------------------------
 
 
