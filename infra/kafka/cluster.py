@@ -441,24 +441,30 @@ class LocalCluster:
             _wait_for_exit(pid, layout, STOP_TIMEOUT_S)
 
 
-async def partition_state(bootstrap: str, topic: str, partition: int) -> PartitionState:
+async def partition_state(bootstrap: str, topic: str, partition: int, timeout: float = 10.0) -> PartitionState:
     """Return the leader, replicas and ISR of one partition from a Metadata answer.
 
-    All topics are described: Metadata naming a missing topic would auto-create it.
-    Raises ``LookupError`` for a topic or partition the cluster does not have.
+    Every broker applies the metadata log on its own, so a topic just created can be
+    missing from the answer of one of them for a moment: asked again until ``timeout``,
+    then ``LookupError``. All topics are described: Metadata naming a missing topic
+    would auto-create it.
     """
+    deadline = time.monotonic() + timeout
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        topics = {entry["topic"]: entry for entry in await admin.describe_topics()}
+        while True:
+            topics = {entry["topic"]: entry for entry in await admin.describe_topics()}
+            for entry in topics.get(topic, {"partitions": []})["partitions"]:
+                if entry["partition"] == partition:
+                    return PartitionState(
+                        leader=entry["leader"], replicas=tuple(entry["replicas"]), isr=tuple(entry["isr"])
+                    )
+            if time.monotonic() > deadline:
+                raise LookupError(f"{topic}[{partition}] is not in the cluster's metadata after {timeout:.0f} s")
+            await asyncio.sleep(0.2)
     finally:
         await admin.close()
-    for entry in topics.get(topic, {"partitions": []})["partitions"]:
-        if entry["partition"] == partition:
-            return PartitionState(
-                leader=entry["leader"], replicas=tuple(entry["replicas"]), isr=tuple(entry["isr"])
-            )
-    raise LookupError(f"{topic}[{partition}] is not in the cluster's metadata")
 
 
 def _node_serving(port: int, timeout: float) -> bool:

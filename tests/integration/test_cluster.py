@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from infra import kafka
 from infra.kafka.cluster import CONTROLLER_PORT_OFFSET, ClusterInfo, LocalCluster
 from lab.checker import check
 from streams_app.admin import PIPELINE_TOPICS, create_topics, delete_topics_containing, ensure_topics
@@ -107,6 +109,48 @@ def test_killing_the_active_controller_elects_another(cluster: LocalCluster) -> 
     assert cluster.status().up
 
 
+def test_a_node_that_cannot_start_fails_the_start_with_its_log(tmp_path: Path) -> None:
+    """A spare cluster (free ports, empty home sharing the jar cache) whose node 2 finds
+    its client port taken: start() names node 2 and quotes its first error."""
+    libs = kafka.ensure_jars()
+    (tmp_path / libs.parent.name).symlink_to(libs.parent)
+    spare = LocalCluster(_free_cluster_ports(CLUSTER_BROKERS), tmp_path)
+    try:
+        with socket.socket() as squatter:
+            squatter.bind((kafka.HOST, spare.ports[1]))
+            squatter.listen()
+            with pytest.raises(kafka.BrokerStartError) as failure:
+                spare.start(wait=60)
+        message = str(failure.value)
+        assert message.startswith(f"node 2 (port {spare.ports[1]})"), message[:300]
+        assert "Address already in use" in message.split("--- last")[0], "the first error must be quoted"
+        assert str(spare.root / "node-2" / "server.log") in message
+        assert "node 1" not in message and "node 3" not in message, "only the failed node is blamed"
+    finally:
+        spare.stop()
+
+
+def _free_cluster_ports(count: int) -> tuple[int, ...]:
+    """``count`` consecutive client ports that are free, with their controller ports."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind((kafka.HOST, 0))
+            first = int(probe.getsockname()[1])
+        ports = tuple(range(first, first + count))
+        wanted = [*ports, *(port + CONTROLLER_PORT_OFFSET for port in ports)]
+        if max(wanted) <= 65535 and all(_free(port) for port in wanted):
+            return ports
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind((kafka.HOST, port))
+        except OSError:
+            return False
+        return True
+
+
 # --- replicated topics --------------------------------------------------------------
 
 
@@ -139,9 +183,9 @@ def test_acks_all_writes_survive_a_sigkill_of_the_partition_leader(cluster: Loca
     topic = f"t-failover-{uuid.uuid4().hex[:6]}"
     asyncio.run(create_topics(bootstrap, [topic], 1, {"min.insync.replicas": "2"}, replication=3))
     try:
-        victim = cluster.leader_of(topic, 0)
         before = cluster.partition_state(topic, 0)
-        assert len(before.replicas) == 3 and sorted(before.isr) == [1, 2, 3]
+        victim = before.leader
+        assert victim in (1, 2, 3) and len(before.replicas) == 3 and sorted(before.isr) == [1, 2, 3], before
 
         sent, seen, stalled = asyncio.run(_write_through_a_kill(cluster, topic, victim, before=300, after=300))
         assert seen == sent, f"read {len(seen)} of {len(sent)} acknowledged records (or out of order / twice)"
