@@ -260,15 +260,18 @@ class LocalCluster:
 
     def pause(self, node_id: int) -> int:
         """SIGSTOP node ``node_id``: its sockets stay open but it answers nothing (a GC
-        pause or a hung host, as its peers see it). Returns its pid."""
+        pause or a hung host, as its peers see it). Returns its pid once every thread
+        has stopped (signal delivery to a JVM's threads takes a moment)."""
         pid = self._pid_or_fail(node_id, "pause")
         _signal(pid, signal.SIGSTOP)
+        _wait_until(lambda: _paused(pid), f"node {node_id} (pid {pid}) stopped after SIGSTOP")
         return pid
 
     def resume(self, node_id: int) -> int:
-        """SIGCONT node ``node_id`` after :meth:`pause`; returns its pid."""
+        """SIGCONT node ``node_id`` after :meth:`pause`; returns its pid once it runs again."""
         pid = self._pid_or_fail(node_id, "resume")
         _signal(pid, signal.SIGCONT)
+        _wait_until(lambda: not _paused(pid), f"node {node_id} (pid {pid}) running after SIGCONT")
         return pid
 
     def restart(self, node_id: int, wait: float = 60.0, version: str = DEFAULT_VERSION) -> NodeInfo:
@@ -517,6 +520,15 @@ def _paused(pid: int) -> bool:
         stat = Path(f"/proc/{pid}/stat").read_text()
         return stat.rsplit(")", 1)[1].split()[0] == "T"
     return False
+
+
+def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Poll ``condition`` every 10 ms; raise ``RuntimeError`` naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"expected {what} within {timeout:.0f} s")
+        time.sleep(0.01)
 
 
 def _in_parallel(work: Callable[[int], _T], node_ids: list[int]) -> list[_T]:
