@@ -145,14 +145,17 @@ def _cluster_action(action: str, ports: tuple[int, ...]) -> None:
         pids = cluster.stop() if action == "stop" else cluster.reset()
         if action == "reset":
             shutil.rmtree(settings.table_dir, True)  # see the single broker's reset
-        what = "stopped" if action == "stop" else f"stopped and its data deleted, and this app's table state ({settings.table_dir})"
-        console.print(f"Kafka cluster on {cluster.bootstrap} {what} (pids: {', '.join(map(str, pids)) or 'none running'})")
+        what = "stopped" if action == "stop" else (
+            f"stopped and its data deleted, and this app's table state ({settings.table_dir})"
+        )
+        stopped = ", ".join(map(str, pids)) or "none running"
+        console.print(f"Kafka cluster on {cluster.bootstrap} {what} (pids: {stopped})")
         return
     info = info or cluster.status()
     try:
-        controller = cluster.active_controller() if any(n.state == "serving" for n in info.nodes) else None
-    except (RuntimeError, subprocess.TimeoutExpired):
-        controller = None  # no quorum: the table's states say why
+        controller = cluster.active_controller(timeout=10) if any(n.state == "serving" for n in info.nodes) else None
+    except RuntimeError:
+        controller = None  # no quorum (or an election under way): the table's states say why
     table = Table(title=f"Kafka cluster {cluster.bootstrap}", caption=f"logs: {info.root}/node-<id>/server.log")
     for column in ("node", "state", "pid", "port", "controller port", "active controller"):
         table.add_column(column)

@@ -85,7 +85,8 @@ def _cluster_command(args: argparse.Namespace) -> int:
     began = time.monotonic()
     if args.command == "start":
         info = cluster.start(version=args.kafka_version)
-        print(f"Kafka cluster up at {info.bootstrap} ({time.monotonic() - began:.1f} s); BROKER_URL='{info.broker_url}'")
+        elapsed = time.monotonic() - began
+        print(f"Kafka cluster up at {info.bootstrap} ({elapsed:.1f} s); BROKER_URL='{info.broker_url}'")
         _print_nodes(info)
     elif args.command in {"stop", "reset"}:
         pids = cluster.stop() if args.command == "stop" else cluster.reset()
