@@ -214,10 +214,9 @@ def _run_id(guarantee: str, sink: str, fault: str, seed: int) -> str:
 
 
 def create_topics(config: PipelineConfig) -> None:
-    settings = Settings.from_env({
-        "TOPIC_PREFIX": config.run_id, "BROKER_URL": f"kafka://{config.bootstrap}",
-        "TOPIC_PARTITIONS": str(config.partitions),
-    })
+    """Create the run's topics as its workers would: from the settings a worker of the
+    run reads (partitions, and on a cluster REPLICATION_FACTOR / MIN_INSYNC_REPLICAS)."""
+    settings = Settings.from_env(config.env("topics", web_port=1))
     asyncio.run(ensure_topics(settings))
 
 
@@ -307,9 +306,12 @@ def _producer_retry(run: _Run) -> list[WorkerProcess]:
     """The worker talks to Kafka through a proxy that loses some produce answers."""
     from infra import kafka
 
-    info = kafka.status(int(run.config.bootstrap.rsplit(":", 1)[1]))
+    hosts = run.config.bootstrap.split(",")
+    info = kafka.status(int(hosts[0].rsplit(":", 1)[1])) if len(hosts) == 1 else None
     if info is None:
-        raise RuntimeError("producer-retry needs the local broker (its PROXIED listener)")
+        raise RuntimeError(
+            f"producer-retry needs the local single broker (its PROXIED listener), not {run.config.bootstrap}"
+        )
     run.proxy = FaultProxy(
         listen_port=info.proxied_advertised_port, target_port=info.proxied_listener_port,
         drop_rate=0.15, max_drops=max(3, run.kills * 3), seed=run.rng.randrange(1 << 30),

@@ -25,17 +25,24 @@ async def ensure_topics(settings: Settings) -> list[str]:
     Run before producing: a topic auto-created by the broker on first send gets
     the broker's default partition count, and a source topic with fewer
     partitions than the others breaks the co-partitioning the tables rely on.
-    Returns the names it created.
+    Topics get REPLICATION_FACTOR replicas and MIN_INSYNC_REPLICAS, as the ones the
+    worker creates. Returns the names it created.
     """
     names = [settings.topic(suffix) for suffix in PIPELINE_TOPICS]
-    return await create_topics(settings.bootstrap, names, settings.partitions)
+    return await create_topics(
+        settings.bootstrap, names, settings.partitions, settings.topic_configs,
+        replication=settings.replication_factor,
+    )  # fmt: skip
 
 
 async def create_topics(
     bootstrap: str, names: Iterable[str], partitions: int, configs: dict[str, str] | None = None,
-    *, timeout: float = TOPIC_READY_TIMEOUT_S,
+    *, replication: int = 1, timeout: float = TOPIC_READY_TIMEOUT_S,
 ) -> list[str]:
     """Create the missing topics of ``names`` and wait until every partition has a leader.
+
+    ``replication`` is the replication factor (1 by default: scratch topics of
+    tests and benchmarks; the pipeline's come from :func:`ensure_topics`).
 
     Producing straight after a CreateTopics answer otherwise meets
     NotLeaderForPartition (retried, but logged as a warning per partition).
@@ -48,7 +55,7 @@ async def create_topics(
         missing = [n for n in names if n not in set(await admin.list_topics())]
         if missing:
             response = await admin.create_topics(
-                [NewTopic(n, partitions, 1, topic_configs=configs or {}) for n in missing]
+                [NewTopic(n, partitions, replication, topic_configs=configs or {}) for n in missing]
             )
             for topic, code, *_ in response.topic_errors:
                 if code and code != TopicAlreadyExistsError.errno:  # a worker may create them meanwhile

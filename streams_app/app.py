@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import faust
 
-from common.redact import mask_url
 
 from . import faults, faust_fixes
 from .exceptions import SettingsError
@@ -65,20 +64,39 @@ class PaymentsApp(faust.App):
         faust_fixes.on_worker_stopped(Path(self.conf.tabledir))
 
 
+def durable_topic_class(configs: dict[str, str]) -> type[faust.Topic]:
+    """Return the Topic class of the app: Faust's, with ``configs`` under every topic's own.
+
+    Every topic Faust creates goes through this class: the pipeline topics (declared
+    ``internal=True`` in streams_app/topics.py), each table's changelog (tables pass
+    their ``extra_topic_configs`` as the topic's config) and Faust's own leader topic.
+    Faust has ``topic_replication_factor`` for the replica count but no setting for
+    ``min.insync.replicas``, so it goes here, once, instead of into every declaration.
+    """
+
+    class DurableTopic(faust.Topic):
+        def __init__(self, *args: Any, config: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+            super().__init__(*args, config={**configs, **(config or {})}, **kwargs)
+
+    return DurableTopic
+
+
 settings = load_settings()
 
 app = PaymentsApp(
     settings.app_id,
     health=HealthMonitor(exactly_once=settings.faust_guarantee == "exactly_once"),
-    # Faust's Kafka driver uses only host and port of this URL (credentials go in
-    # broker_credentials), and its worker banner prints it: hand it the masked form.
-    broker=mask_url(settings.broker_url),
+    # Every host of BROKER_URL, as a list: no second parse of the text by Faust. Host and
+    # port only (credentials go in broker_credentials): the worker banner prints these.
+    broker=[f"kafka://{host}" for host in settings.broker_hosts],
     processing_guarantee=settings.faust_guarantee,
     store=settings.store,
     datadir=str(settings.table_dir),
     topic_partitions=settings.partitions,
-    # One replica is all a single local broker has; a production cluster sets 3.
-    topic_replication_factor=1,
+    # REPLICATION_FACTOR / MIN_INSYNC_REPLICAS (1/1 for one broker, 3/2 for a cluster)
+    # for every topic the app creates, changelogs included.
+    topic_replication_factor=settings.replication_factor,
+    Topic=durable_topic_class(settings.topic_configs),
     # Faust binds 0.0.0.0 by default; a dashboard of table state stays local
     # unless the operator asks for more.
     web_bind=settings.web_bind,

@@ -41,38 +41,72 @@ console = Console(stderr=True)
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 
 
-def local_broker_port(s: Settings = settings) -> int | None:
-    """The port of the local broker this config uses, or None for another cluster."""
-    url = urlparse(s.broker_url)
-    return url.port if url.hostname in LOCAL_HOSTS else None
+def local_broker_ports(s: Settings = settings) -> tuple[int, ...] | None:
+    """The ports of the local broker (one host) or cluster (several) BROKER_URL names,
+    or None when any of its hosts is not local: then it is another cluster."""
+    hosts = [host.rsplit(":", 1) for host in s.broker_hosts]
+    if any(name not in LOCAL_HOSTS for name, _port in hosts):
+        return None
+    return tuple(int(port) for _name, port in hosts)
 
 
 def start_local_broker() -> None:
-    """Start the embedded broker when BROKER_URL is local; otherwise do nothing."""
+    """Start the embedded broker, or cluster, when every host of BROKER_URL is local; otherwise do nothing."""
     from infra import kafka
+    from infra.kafka.cluster import LocalCluster
 
-    port = local_broker_port()
-    if port is None:
+    ports = local_broker_ports()
+    if ports is None:
         console.print(f"BROKER_URL={settings.shown('broker_url')}: using that cluster, nothing started")
         return
-    info = kafka.start(port=port)
-    console.print(f"Kafka {kafka.DEFAULT_VERSION} is up at {info.bootstrap} (log: {info.log_path})")
+    if len(ports) == 1:
+        info = kafka.start(port=ports[0])
+        console.print(f"Kafka {kafka.DEFAULT_VERSION} is up at {info.bootstrap} (log: {info.log_path})")
+        return
+    cluster = LocalCluster(ports).start()
+    console.print(f"Kafka {kafka.DEFAULT_VERSION} cluster of {len(ports)} nodes is up at {cluster.bootstrap} "
+                  f"(logs under {cluster.root})")
 
 
-@app.command(
-    argument("action", type=click.Choice(["start", "stop", "status", "reset"])),
-)
-async def kafka(self: AppCommand, action: str) -> None:
-    """Start, stop, query or reset (stop and delete all data of) the local Kafka broker (KRaft mode)."""
-    from infra import kafka as local
+def _kafka_ports(brokers: int | None) -> tuple[int, ...]:
+    """The client ports ``kafka --brokers N`` manages: BROKER_URL's hosts, or N ports from its one port.
 
-    port = local_broker_port()
-    if port is None:
+    One place for the fact: with BROKER_URL=kafka://127.0.0.1:29092, ``--brokers 3`` is
+    the cluster on 29092-29094; with the three hosts listed, ``--brokers`` may be left out.
+    """
+    ports = local_broker_ports()
+    if ports is None:
         console.print(
             f"BROKER_URL={settings.shown('broker_url')} names another cluster: there is no "
             "local broker to manage. Unset BROKER_URL to use the embedded one."
         )
         raise SystemExit(1)
+    if brokers is None or brokers == len(ports):
+        return ports
+    if len(ports) == 1 and brokers > 1:
+        return tuple(range(ports[0], ports[0] + brokers))
+    console.print(
+        f"BROKER_URL={settings.shown('broker_url')} lists {len(ports)} hosts but --brokers is {brokers}: "
+        "leave --brokers out, or set BROKER_URL to one host (the first port of the cluster)"
+    )
+    raise SystemExit(1)
+
+
+@app.command(
+    argument("action", type=click.Choice(["start", "stop", "status", "reset"])),
+    option("--brokers", type=click.IntRange(min=1), default=None,
+           help="Nodes: 1 is the single broker; N > 1 a KRaft cluster on N consecutive ports from "
+                "BROKER_URL's port (default: as many as BROKER_URL lists, 1 by default)."),
+)
+async def kafka(self: AppCommand, action: str, brokers: int | None) -> None:
+    """Start, stop, query or reset (stop and delete all data of) the local Kafka broker or cluster (KRaft mode)."""
+    from infra import kafka as local
+
+    ports = _kafka_ports(brokers)
+    if len(ports) > 1:
+        await asyncio.to_thread(_cluster_action, action, ports)
+        return
+    port = ports[0]
     # infra.kafka is synchronous (it runs its own event loop): keep it off Faust's.
     if action == "start":
         await asyncio.to_thread(start_local_broker)
@@ -92,6 +126,48 @@ async def kafka(self: AppCommand, action: str) -> None:
             console.print(f"Kafka on port {port} is down")
             raise SystemExit(1)
         console.print(f"Kafka {local.DEFAULT_VERSION} is up at {info.bootstrap} (pid {info.pid}, log: {info.log_path})")
+
+
+def _cluster_action(action: str, ports: tuple[int, ...]) -> None:
+    """``kafka start|stop|status|reset`` for the local cluster on ``ports`` (runs in a thread)."""
+    from infra import kafka as local
+    from infra.kafka.cluster import ClusterInfo, LocalCluster
+
+    cluster = LocalCluster(ports)
+    info: ClusterInfo | None = None
+    if action == "start":
+        began = time.monotonic()
+        try:
+            info = cluster.start()
+        except local.BrokerStartError as exc:
+            console.print(f"the Kafka cluster on {cluster.bootstrap} did not start:\n{exc}", markup=False)
+            raise SystemExit(1) from None
+        console.print(f"Kafka {local.DEFAULT_VERSION} cluster up in {time.monotonic() - began:.1f} s; "
+                      f"BROKER_URL='{info.broker_url}'")
+    elif action in {"stop", "reset"}:
+        pids = cluster.stop() if action == "stop" else cluster.reset()
+        if action == "reset":
+            shutil.rmtree(settings.table_dir, True)  # see the single broker's reset
+        what = "stopped" if action == "stop" else (
+            f"stopped and its data deleted, and this app's table state ({settings.table_dir})"
+        )
+        stopped = ", ".join(map(str, pids)) or "none running"
+        console.print(f"Kafka cluster on {cluster.bootstrap} {what} (pids: {stopped})")
+        return
+    info = info or cluster.status()
+    try:
+        controller = cluster.active_controller(timeout=10) if any(n.state == "serving" for n in info.nodes) else None
+    except RuntimeError:
+        controller = None  # no quorum (or an election under way): the table's states say why
+    table = Table(title=f"Kafka cluster {cluster.bootstrap}", caption=f"logs: {info.root}/node-<id>/server.log")
+    for column in ("node", "state", "pid", "port", "controller port", "active controller"):
+        table.add_column(column)
+    for node in info.nodes:
+        table.add_row(str(node.node_id), node.state, str(node.pid or "-"), str(node.port),
+                      str(node.controller_port), "yes" if node.node_id == controller else "")
+    Console().print(table)
+    if not info.up:
+        raise SystemExit(1)
 
 
 @app.command(

@@ -27,11 +27,12 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Final, Literal, get_args
 from urllib.parse import urlparse
 
 from common.durations import parse_duration
 from common.redact import mask_url
+from infra.kafka import replication_defaults
 
 from .exceptions import SettingsError
 from .faust_fixes import FIXES
@@ -82,11 +83,43 @@ def _port(text: str) -> int:
     return value
 
 
+_BROKER_URL_FORMS = (
+    "expected kafka://HOST:PORT, or for a cluster a host list in Faust's syntax "
+    "kafka://HOST1:PORT1;HOST2:PORT2;HOST3:PORT3 (',' works too), e.g. kafka://127.0.0.1:9092"
+)
+
+
+def broker_hosts(url: str) -> tuple[str, ...]:
+    """``HOST:PORT`` of every host in a BROKER_URL, in order.
+
+    Takes what Faust's ``faust.utils.urls.urllist`` takes: hosts separated by ``;``
+    or ``,``, the scheme written once (``kafka://a:9092;b:9092``) or on every host
+    (``kafka://a:9092;kafka://b:9092``). Unlike Faust, every host must name its port
+    and the scheme must be ``kafka``: a typo should stop the worker, not default.
+    """
+    parts = [part.strip() for part in re.split(r"[;,]", url) if part.strip()]
+    if not parts or not parts[0].startswith("kafka://"):
+        raise ValueError(_BROKER_URL_FORMS)
+    hosts = []
+    for part in parts:
+        parsed = urlparse(part if "://" in part else f"kafka://{part}")
+        try:
+            port = parsed.port
+        except ValueError:
+            port = None
+        if parsed.scheme != "kafka" or not parsed.hostname or not port or parsed.path not in {"", "/"}:
+            raise ValueError(f"{part!r}: {_BROKER_URL_FORMS}")
+        hosts.append(f"{parsed.hostname}:{port}")
+    return tuple(hosts)
+
+
 def _broker_url(text: str) -> str:
-    parsed = urlparse(text)
-    if parsed.scheme != "kafka" or not parsed.hostname or not parsed.port:
-        raise ValueError("expected kafka://HOST:PORT, e.g. kafka://127.0.0.1:9092")
-    return text
+    broker_hosts(text)
+    return text.strip()
+
+
+#: REPLICATION_FACTOR / MIN_INSYNC_REPLICAS left unset: derived in Settings.__post_init__.
+AUTO: Final = 0
 
 
 def _store_url(text: str) -> str:
@@ -161,8 +194,21 @@ class Settings:
     )
     broker_url: str = _setting(
         "BROKER_URL", "kafka://127.0.0.1:9092", _broker_url,
-        "Kafka bootstrap server. `kafka start`, `demo` and the lab start a local "
-        "broker on its port only when the host is 127.0.0.1 or localhost.",
+        "Kafka bootstrap servers: kafka://HOST:PORT, or a list kafka://H1:P1;H2:P2;H3:P3. "
+        "`kafka start`, `demo` and the lab start a local broker (one host) or cluster "
+        "(several) on those ports only when every host is 127.0.0.1 or localhost.",
+    )
+    replication_factor: int = _setting(
+        "REPLICATION_FACTOR", AUTO, _positive_int,
+        "Replicas of every pipeline topic and changelog. Default: 1 when BROKER_URL names "
+        "one host, 2 for two, 3 for three or more (a partial bootstrap list of a bigger "
+        "cluster: set it).",
+    )
+    min_insync_replicas: int = _setting(
+        "MIN_INSYNC_REPLICAS", AUTO, _positive_int,
+        "min.insync.replicas of every pipeline topic and changelog: an acks=all write "
+        "fails unless this many replicas have it. Default: 2 when REPLICATION_FACTOR is "
+        "3 or more, else 1. At most REPLICATION_FACTOR.",
     )
     app_id: str = _setting(
         "APP_ID", "payments-pipeline", _name,
@@ -242,6 +288,14 @@ class Settings:
         "all (default), none (stock Faust, to see the bugs in the lab), or a comma list.",
     )
 
+    def __post_init__(self) -> None:
+        """Fill in the replication settings left to AUTO, from the hosts in BROKER_URL."""
+        if self.replication_factor == AUTO:
+            replication = replication_defaults(len(broker_hosts(self.broker_url)))[0]
+            object.__setattr__(self, "replication_factor", replication)
+        if self.min_insync_replicas == AUTO:
+            object.__setattr__(self, "min_insync_replicas", replication_defaults(self.replication_factor)[1])
+
     # -- derived values -------------------------------------------------------
 
     @property
@@ -253,9 +307,20 @@ class Settings:
         return Path(self.datadir or f"{self.app_id}-data")
 
     @property
+    def broker_hosts(self) -> tuple[str, ...]:
+        """``host:port`` of every host in BROKER_URL."""
+        return broker_hosts(self.broker_url)
+
+    @property
     def bootstrap(self) -> str:
-        """``host:port`` for clients other than Faust (aiokafka, the lab); no userinfo."""
-        return urlparse(self.broker_url).netloc.rpartition("@")[2]
+        """``h1:p1,h2:p2,...`` (every host of BROKER_URL, no userinfo) for clients other than
+        Faust (aiokafka, the lab)."""
+        return ",".join(self.broker_hosts)
+
+    @property
+    def topic_configs(self) -> dict[str, str]:
+        """Configs every topic of the pipeline is created with (pipeline topics and changelogs)."""
+        return {"min.insync.replicas": str(self.min_insync_replicas)}
 
     def shown(self, name: str) -> str:
         """The value of setting ``name`` as it may be printed: passwords masked."""
@@ -300,6 +365,12 @@ class Settings:
         if problems:
             raise SettingsError(problems)
         settings = cls(**values)
+        if settings.min_insync_replicas > settings.replication_factor:
+            raise SettingsError([
+                f"MIN_INSYNC_REPLICAS={settings.min_insync_replicas} is more than REPLICATION_FACTOR="
+                f"{settings.replication_factor}: no acks=all write could ever succeed; lower "
+                "MIN_INSYNC_REPLICAS or raise REPLICATION_FACTOR",
+            ])
         if settings.sink_mode == "transactional" and settings.sink_target != "database":
             raise SettingsError([
                 "SINK_MODE='transactional' needs SINK_TARGET='database': the offset can be stored "
@@ -316,7 +387,7 @@ class Settings:
     def describe(cls) -> list[tuple[str, str, str]]:
         """(env name, default, doc) of every setting: for the README and --help."""
         return [
-            (f.metadata["env"], _show(f.default), f.metadata["doc"])
+            (f.metadata["env"], "auto" if f.name in _DERIVED else _show(f.default), f.metadata["doc"])
             for f in dataclasses.fields(cls)
         ]
 
@@ -325,8 +396,11 @@ def _show(value: Any) -> str:
     return ",".join(value) if isinstance(value, tuple) else str(value)
 
 
+#: Settings whose default is derived from others (AUTO until __post_init__).
+_DERIVED = {"replication_factor", "min_insync_replicas"}
+
 #: Faust's own names for settings we own under another name; hidden from Faust.
-_FAUST_TWINS = {"APP_STORE", "APP_WEB_TABLES_ENABLED"}
+_FAUST_TWINS = {"APP_STORE", "APP_WEB_TABLES_ENABLED", "TOPIC_REPLICATION_FACTOR"}
 
 
 def _read_config_file(path: Path, problems: list[str]) -> dict[str, tuple[str, str]]:

@@ -14,4 +14,4 @@ os.environ.setdefault("SINK_DB", f"sqlite:///{tempfile.mkdtemp(prefix='sink-unit
 os.environ.setdefault("APP_ID", "unit-tests")
 os.environ.setdefault("TOPIC_PREFIX", "unit")
 
-pytest_plugins = ["tests.fixtures.kafka", "tests.fixtures.postgres", "tests.fixtures.pipeline"]
+pytest_plugins = ["tests.fixtures.kafka", "tests.fixtures.kafka_cluster", "tests.fixtures.postgres", "tests.fixtures.pipeline"]

@@ -14,7 +14,10 @@ it with the system Java. Nothing lands in the git tree::
 
 Command line::
 
-    python -m infra.kafka start|stop|status|jars [--port P]
+    python -m infra.kafka start|stop|status|reset|jars [--port P] [--brokers N]
+
+A cluster of several nodes (``--brokers 3``; broker faults, replication) is
+``infra/kafka/cluster.py``, built on the functions here.
 
 Version: Kafka 4.4.0
 --------------------
@@ -348,32 +351,65 @@ def _server_properties(layout: _Layout) -> str:
             f"log.dirs={layout.log_dirs}",
             "auto.create.topics.enable=true",
             "group.initial.rebalance.delay.ms=0",
-            "offsets.topic.replication.factor=1",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
+            *replication_properties(1),
             "",
         )
     )
 
 
-def _launch(layout: _Layout, libs: Path) -> int:
+def replication_defaults(brokers: int) -> tuple[int, int]:
+    """Return (replication factor, min.insync.replicas) fit for a cluster of ``brokers``.
+
+    One broker: 1/1, the only choice. Three or more: 3/2, the usual production pair:
+    an acks=all write survives the loss of one broker and the partition stays
+    writable while one replica is down. Two: 2/1 (2/2 would stop every write while
+    either broker is down). The broker defaults of local clusters and the
+    REPLICATION_FACTOR / MIN_INSYNC_REPLICAS defaults of the app both come from here.
+    """
+    replication = max(1, min(brokers, 3))
+    return replication, (2 if replication >= 3 else 1)
+
+
+def replication_properties(brokers: int) -> tuple[str, ...]:
+    """Broker config lines for the replication of ``brokers`` nodes: topic defaults and internal topics.
+
+    Without internal topics the cluster can host (replication factor <= brokers),
+    transactions and group commits cannot work at all.
+    """
+    replication, min_isr = replication_defaults(brokers)
+    return (
+        f"default.replication.factor={replication}",
+        f"min.insync.replicas={min_isr}",
+        f"offsets.topic.replication.factor={replication}",
+        f"transaction.state.log.replication.factor={replication}",
+        f"transaction.state.log.min.isr={min_isr}",
+        f"share.coordinator.state.topic.replication.factor={replication}",
+        f"share.coordinator.state.topic.min.isr={min_isr}",
+    )
+
+
+def _launch(
+    layout: _Layout, libs: Path, properties: str | None = None, cluster_id: str | None = None,
+    jvm_options: tuple[str, ...] = JVM_OPTIONS,
+) -> int:
     """Write the config, format storage if new, start the JVM detached and return its pid.
 
-    The JVM's stdout and stderr both go to ``server.log`` (``log4j2.yaml`` logs to
-    stdout), so the file also shows failures that happen before logging is set up.
+    ``properties`` defaults to the one-node config and ``cluster_id`` to a fresh id;
+    the nodes of a cluster (``infra.kafka.cluster``) pass their own config and the
+    cluster's shared id. The JVM's stdout and stderr both go to ``server.log``
+    (``log4j2.yaml`` logs to stdout), so the file also shows failures that happen
+    before logging is set up.
     """
     java = _tool("java")
     classpath = ["-cp", f"{libs}/*", f"-Dlog4j2.configurationFile={LOG4J_CONFIG}"]
-    layout.config.write_text(_server_properties(layout), encoding="utf-8")
+    layout.config.write_text(properties or _server_properties(layout), encoding="utf-8")
     if layout.log_path.exists():
         layout.log_path.replace(layout.log_path.with_name(layout.log_path.name + ".1"))
     with layout.log_path.open("ab") as log:
         if not (layout.log_dirs / "meta.properties").exists():
-            _format_storage([java, *classpath], layout, log)
+            _format_storage([java, *classpath], layout, log, cluster_id or _new_cluster_id())
         process = subprocess.Popen(
-            [java, *JVM_OPTIONS, *classpath, "kafka.Kafka", str(layout.config)],
+            [java, *jvm_options, *classpath, "kafka.Kafka", str(layout.config)],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -385,9 +421,9 @@ def _launch(layout: _Layout, libs: Path) -> int:
     return process.pid
 
 
-def _format_storage(java_command: list[str], layout: _Layout, log: IO[bytes]) -> None:
-    """Format ``log.dirs`` for a new single-node KRaft cluster with a fresh cluster id."""
-    command = [*java_command, "kafka.tools.StorageTool", "format", "-t", _new_cluster_id(), "-c", str(layout.config)]
+def _format_storage(java_command: list[str], layout: _Layout, log: IO[bytes], cluster_id: str) -> None:
+    """Format ``log.dirs`` for a new KRaft node of cluster ``cluster_id``."""
+    command = [*java_command, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(layout.config)]
     result = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, check=False)
     if result.returncode != 0:
         raise BrokerStartError(

@@ -1,7 +1,9 @@
 """``python -m infra.kafka start|stop|status|reset|jars``: manage the local Kafka broker.
 
-One line of output per command. Exit codes: 0 success (for ``status``: the broker
-is up), 1 the broker is down (``status``) or failed to start, 2 Java or Maven
+One line of output per command (``--brokers N`` with N > 1: a cluster of N nodes on
+ports P .. P+N-1, see ``infra/kafka/cluster.py``; ``status`` then prints a line per
+node). Exit codes: 0 success (for ``status``: the broker, or every node, is up), 1
+the broker or a node is down (``status``) or failed to start, 2 Java or Maven
 missing or the jars could not be resolved.
 """
 
@@ -13,6 +15,7 @@ import time
 from collections.abc import Sequence
 
 from infra import kafka
+from infra.kafka.cluster import ClusterInfo, LocalCluster
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -21,8 +24,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("command", choices=["start", "stop", "status", "reset", "jars"])
     parser.add_argument("--port", type=int, default=kafka.DEFAULT_PORT, help="main listener port (default %(default)s)")
     parser.add_argument("--kafka-version", default=kafka.DEFAULT_VERSION, help="Kafka release (default %(default)s)")
+    parser.add_argument(
+        "--brokers", type=int, default=1,
+        help="nodes: 1 (default) is the single broker; N > 1 a KRaft cluster on ports PORT .. PORT+N-1",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.brokers < 1:
+        parser.error("--brokers must be 1 or more")
     try:
+        if args.brokers > 1 and args.command != "jars":
+            return _cluster_command(args)
         return _COMMANDS[args.command](args)
     except kafka.KafkaToolingError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -67,6 +78,34 @@ def _jars(args: argparse.Namespace) -> int:
     count = len(list(libs.glob("*.jar")))
     print(f"Kafka {args.kafka_version}: {count} jars in {libs} ({time.monotonic() - began:.1f} s)")
     return 0
+
+
+def _cluster_command(args: argparse.Namespace) -> int:
+    cluster = LocalCluster.consecutive(args.port, args.brokers)
+    began = time.monotonic()
+    if args.command == "start":
+        info = cluster.start(version=args.kafka_version)
+        elapsed = time.monotonic() - began
+        print(f"Kafka cluster up at {info.bootstrap} ({elapsed:.1f} s); BROKER_URL='{info.broker_url}'")
+        _print_nodes(info)
+    elif args.command in {"stop", "reset"}:
+        pids = cluster.stop() if args.command == "stop" else cluster.reset()
+        done = "stopped" if args.command == "stop" else "stopped and its data deleted"
+        print(f"Kafka cluster on {cluster.bootstrap} {done} (pids {', '.join(map(str, pids)) or 'none'})")
+    else:
+        info = cluster.status()
+        print(f"Kafka cluster on {cluster.bootstrap} is {'up' if info.up else 'NOT up'}")
+        _print_nodes(info)
+        return 0 if info.up else 1
+    return 0
+
+
+def _print_nodes(info: ClusterInfo) -> None:
+    for node in info.nodes:
+        print(
+            f"  node {node.node_id}: {node.state:<11} pid {node.pid or '-'}  port {node.port}  "
+            f"controller port {node.controller_port}  log {node.log_path}"
+        )
 
 
 _COMMANDS = {"start": _start, "stop": _stop, "status": _status, "reset": _reset, "jars": _jars}

@@ -3,7 +3,7 @@
 import pytest
 
 from streams_app.exceptions import SettingsError
-from streams_app.settings import Settings, parse_duration
+from streams_app.settings import Settings, broker_hosts, parse_duration
 
 
 def test_defaults_are_the_documented_ones():
@@ -92,3 +92,100 @@ def test_the_sink_target_and_the_payment_api_url_are_validated():
 def test_offsets_stored_with_the_effect_need_a_database():
     with pytest.raises(SettingsError, match="SINK_MODE='transactional' needs SINK_TARGET='database'"):
         Settings.from_env({"SINK_MODE": "transactional", "SINK_TARGET": "api"})
+
+
+# --- BROKER_URL host lists and replication ------------------------------------------------
+
+CLUSTER_URL = "kafka://127.0.0.1:29092;127.0.0.1:29093;127.0.0.1:29094"
+CLUSTER_HOSTS = ("127.0.0.1:29092", "127.0.0.1:29093", "127.0.0.1:29094")
+
+
+@pytest.mark.parametrize("url", [
+    CLUSTER_URL,
+    "kafka://127.0.0.1:29092,127.0.0.1:29093,127.0.0.1:29094",
+    "kafka://127.0.0.1:29092;kafka://127.0.0.1:29093;kafka://127.0.0.1:29094",
+    " kafka://127.0.0.1:29092 ; 127.0.0.1:29093 ; 127.0.0.1:29094 ; ",
+])
+def test_broker_url_takes_faust_s_host_list_forms(url):
+    assert broker_hosts(url) == CLUSTER_HOSTS
+    s = Settings.from_env({"BROKER_URL": url})
+    assert s.broker_hosts == CLUSTER_HOSTS
+    assert s.bootstrap == ",".join(CLUSTER_HOSTS)
+
+
+def test_every_host_is_the_same_host_list_faust_derives():
+    from faust.utils.urls import urllist
+
+    faust_hosts = tuple(f"{u.host}:{u.port}" for u in urllist(CLUSTER_URL, default_scheme="kafka"))
+    assert faust_hosts == broker_hosts(CLUSTER_URL)
+
+
+@pytest.mark.parametrize("url,named", [
+    ("kafka://127.0.0.1:29092;127.0.0.1", "'127.0.0.1'"),
+    ("kafka://a:1;http://b:2", "'http://b:2'"),
+    ("127.0.0.1:9092;127.0.0.1:9093", "kafka://HOST1:PORT1;HOST2:PORT2"),
+    ("kafka://a:port", "'kafka://a:port'"),
+    ("kafka://;", "kafka://HOST:PORT"),
+])
+def test_a_bad_host_in_the_list_is_named_with_the_forms_allowed(url, named):
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({"BROKER_URL": url})
+    message = str(err.value)
+    assert named in message and "kafka://HOST:PORT" in message
+
+
+@pytest.mark.parametrize("url,replication,min_insync", [
+    ("kafka://127.0.0.1:9092", 1, 1),
+    ("kafka://a:1;b:2", 2, 1),
+    (CLUSTER_URL, 3, 2),
+    ("kafka://a:1;b:2;c:3;d:4;e:5", 3, 2),
+])
+def test_replication_defaults_follow_the_hosts_listed(url, replication, min_insync):
+    s = Settings.from_env({"BROKER_URL": url})
+    assert (s.replication_factor, s.min_insync_replicas) == (replication, min_insync)
+    assert s.topic_configs == {"min.insync.replicas": str(min_insync)}
+
+
+def test_replication_settings_override_the_defaults():
+    # A bootstrap list may name only part of a bigger cluster: more replicas than hosts is allowed.
+    s = Settings.from_env({"BROKER_URL": "kafka://a:1", "REPLICATION_FACTOR": "3", "MIN_INSYNC_REPLICAS": "2"})
+    assert (s.replication_factor, s.min_insync_replicas) == (3, 2)
+    # Only the replication factor set: min.insync.replicas follows it, not the host count.
+    s = Settings.from_env({"BROKER_URL": CLUSTER_URL, "REPLICATION_FACTOR": "1"})
+    assert (s.replication_factor, s.min_insync_replicas) == (1, 1)
+    s = Settings.from_env({"BROKER_URL": "kafka://a:1", "REPLICATION_FACTOR": "5"})
+    assert (s.replication_factor, s.min_insync_replicas) == (5, 2)
+
+
+def test_min_insync_above_the_replication_factor_says_what_to_change():
+    with pytest.raises(SettingsError, match="MIN_INSYNC_REPLICAS=3 is more than REPLICATION_FACTOR=2.*lower"):
+        Settings.from_env({"BROKER_URL": CLUSTER_URL, "REPLICATION_FACTOR": "2", "MIN_INSYNC_REPLICAS": "3"})
+
+
+@pytest.mark.parametrize("env", ["REPLICATION_FACTOR", "MIN_INSYNC_REPLICAS"])
+@pytest.mark.parametrize("text", ["0", "-1", "three"])
+def test_replication_settings_are_whole_numbers_from_one(env, text):
+    with pytest.raises(SettingsError, match=f"{env}='{text}' is invalid"):
+        Settings.from_env({env: text})
+
+
+def test_show_settings_documents_the_replication_settings():
+    described = {env: (default, doc) for env, default, doc in Settings.describe()}
+    assert described["REPLICATION_FACTOR"][0] == "auto" and "3 for three" in described["REPLICATION_FACTOR"][1]
+    assert described["MIN_INSYNC_REPLICAS"][0] == "auto" and "acks=all" in described["MIN_INSYNC_REPLICAS"][1]
+
+
+def test_faust_gets_every_host_and_the_replication_settings():
+    """The app module is built from the unit-test environment: one host, 1/1."""
+    from streams_app.app import app, settings
+
+    assert [f"{u.host}:{u.port}" for u in app.conf.broker] == list(settings.broker_hosts)
+    assert app.conf.topic_replication_factor == settings.replication_factor
+    topic = app.topic("unit-durable", config={"retention.ms": "1000"})
+    assert topic.config == {"min.insync.replicas": str(settings.min_insync_replicas), "retention.ms": "1000"}
+    # A table's own extra_topic_configs win over the app-wide default, and the changelog gets both.
+    from tables.seen_events import seen_events
+
+    changelog = seen_events.changelog_topic.config
+    assert changelog["min.insync.replicas"] == str(settings.min_insync_replicas)
+    assert changelog["cleanup.policy"] == "compact,delete"
