@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .runner import ExperimentResult, run_experiment
-from .scenarios import API_SINKS, DB_SINKS, FAULTS, GUARANTEES, applies
+from .scenarios import API_SINKS, DB_SINKS, FAULTS, GUARANTEES, OUTAGES, applies
 
 
 @dataclass(frozen=True)
@@ -71,15 +71,29 @@ STOCK: tuple[Cell, ...] = (
 )
 
 
-def full_cells(eos_events: int = 5000, eos_kills: int = 20) -> list[Cell]:
+def outage_cells(*, cluster: bool, events: int = 2000) -> list[Cell]:
+    """The infrastructure's faults (:data:`~lab.scenarios.OUTAGES`) under exactly_once and
+    at_least_once with the idempotent sink (the API one for api-outage): the issue's
+    claim is that none of them loses or repeats a charge. The broker faults need the
+    local 3-broker cluster (``cluster``)."""
+    return [
+        Cell(guarantee, "api-idempotent" if fault == "api-outage" else "idempotent", fault, events=events)
+        for guarantee in ("exactly_once", "at_least_once")
+        for fault in sorted(OUTAGES)
+        if cluster or FAULTS[fault].needs != "cluster"
+    ]
+
+
+def full_cells(eos_events: int = 5000, eos_kills: int = 20, *, cluster: bool = False) -> list[Cell]:
     """Every guarantee x database sink x fault, every guarantee x API sink x the faults
     that reach it (:data:`API_FAULTS`); every exactly_once cell at the large scale
-    (``eos_events`` events, ``eos_kills`` kills where the fault kills)."""
+    (``eos_events`` events, ``eos_kills`` kills where the fault kills); then the
+    infrastructure's faults (:func:`outage_cells`)."""
     cells: list[Cell] = []
     for guarantee in GUARANTEES:
         for sink in DB_SINKS + API_SINKS:
             for fault in FAULTS:
-                if not applies(sink, fault) or (sink in API_SINKS and fault not in API_FAULTS):
+                if fault in OUTAGES or not applies(sink, fault) or (sink in API_SINKS and fault not in API_FAULTS):
                     continue
                 scale: dict[str, int] = {}
                 if guarantee == "exactly_once":  # the issue's scale of evidence for exactly_once
@@ -88,14 +102,15 @@ def full_cells(eos_events: int = 5000, eos_kills: int = 20) -> list[Cell]:
                     cells += [Cell(guarantee, sink, fault, producer_idempotence=on, **scale) for on in (False, True)]
                 else:
                     cells.append(Cell(guarantee, sink, fault, **scale))
-    return sorted(cells, key=_priority) + list(STOCK)
+    return sorted(cells, key=_priority) + list(STOCK) + outage_cells(cluster=cluster)
 
 
 #: The order of the full matrix: the strongest claims first, so that an interrupted run
 #: (its report is rewritten after every cell) has measured what matters most.
 _SINK_ORDER = ("idempotent", "api-idempotent", "transactional", "api-naive", "naive")
 _FAULT_ORDER = ("random-kills", "crash-mid-transaction", "crash-after-effect", "api-drop-after-commit",
-                "api-timeout", "rebalance", "crash-before-commit", "producer-retry", "none")
+                "api-timeout", "rebalance", "crash-before-commit", "producer-retry", "none",
+                *sorted(OUTAGES))
 
 
 def _priority(cell: Cell) -> tuple[int, int, int]:

@@ -25,6 +25,7 @@ import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from infra.kafka.cluster import LocalCluster
 from streams_app.admin import delete_topics_containing, ensure_topics, send_records
 from streams_app.settings import Settings
 from streams_app.traffic import Traffic, generate
@@ -34,6 +35,7 @@ from .proxy import FaultProxy
 from .readback import committed_offsets, read_topic, uncommitted
 from .scenarios import (
     API_SINKS,
+    DB_SINKS,
     FAULTS,
     GUARANTEES,
     SINKS,
@@ -124,7 +126,9 @@ def run_experiment(
     if guarantee not in GUARANTEES or sink not in SINKS or fault not in FAULTS:
         raise ValueError(f"unknown guarantee/sink/fault: {guarantee}/{sink}/{fault}")
     if not applies(sink, fault):
-        raise ValueError(f"the fault {fault} is injected by the payment API: use one of {', '.join(API_SINKS)}")
+        needs = "a database sink (" + ", ".join(DB_SINKS) + ")" if FAULTS[fault].needs == "postgres" \
+            else "an API sink (" + ", ".join(API_SINKS) + ")"
+        raise ValueError(f"the fault {fault} needs {needs}, not {sink}")
     run_id = _run_id(guarantee, sink, fault, seed)
     workdir = (workdir or Path("lab-runs")) / run_id
     env = sink_env(sink)
@@ -134,6 +138,8 @@ def run_experiment(
         faust_fixes=faust_fixes,
         extra_env={"PRODUCER_IDEMPOTENCE": "true" if producer_idempotence else "false"},
     )
+    if FAULTS[fault].needs == "postgres":
+        config.sink_db = lab_database(run_id)
     traffic = generate(events, duplicate_rate=0.2, bad_rate=0.05, seed=seed, id_prefix=run_id)
     run = _Run(config, traffic, FAULTS[fault], kills, random.Random(seed))
     started = time.monotonic()
@@ -349,7 +355,128 @@ def _api_faults(run: _Run) -> list[WorkerProcess]:
     return [worker]
 
 
+#: How long a broker, the database or the payment API stays down, and a zombie paused
+#: (past the workers' 10 s session timeout in the lab).
+OUTAGE_S = 20.0
+PAUSE_S = 30.0
+ZOMBIE_PAUSE_S = 25.0
+#: The lab's own PostgreSQL server (db-outage stops it: never the shared one of the tests).
+LAB_PG_PORT = 5435
+
+
+def _cluster(run: _Run) -> LocalCluster:
+    """The local cluster the run's bootstrap names (every host local, three or more)."""
+    hosts = run.config.bootstrap.split(",")
+    if len(hosts) < 3 or any(not h.startswith(("127.0.0.1:", "localhost:")) for h in hosts):
+        raise RuntimeError(
+            f"{run.fault.name} needs the local 3-broker cluster, not {run.config.bootstrap}: start it with "
+            "`faust -A streams_app kafka start --brokers 3` and pass BROKER_URL (or --bootstrap) listing its hosts"
+        )
+    return LocalCluster(tuple(int(h.rsplit(":", 1)[1]) for h in hosts))
+
+
+def _one_worker_half_the_traffic(run: _Run) -> tuple[WorkerProcess, list]:
+    """Start a worker, send the first half of the traffic; return it and the second half."""
+    worker = run.worker()
+    worker.start()
+    worker.wait_ready()
+    first, second = _chunks(run.traffic.records, 2)
+    run.send(first)
+    time.sleep(run.rng.uniform(0.2, 1.0))  # the fault lands while the first half is processed
+    return worker, second
+
+
+def _broker_faults(run: _Run) -> list[WorkerProcess]:
+    """A broker dies (broker-kill, controller-kill) or hangs (broker-pause) mid-stream: its
+    partitions get new leaders from the in-sync replicas; the pipeline must not notice more
+    than a pause. The second half of the traffic is sent while it is down."""
+    cluster = _cluster(run)
+    worker, rest = _one_worker_half_the_traffic(run)
+    name = run.fault.name
+    node = cluster.active_controller() if name == "controller-kill" else \
+        cluster.leader_of(run.config.topic("applied"), 0)
+    run.notes.append(f"{name}: node {node}")
+    if name == "broker-pause":
+        cluster.pause(node)
+        run.send(rest)
+        time.sleep(PAUSE_S)
+        cluster.resume(node)
+    else:
+        cluster.kill(node)
+        run.injected.kills += 1
+        run.send(rest)
+        time.sleep(OUTAGE_S)
+        cluster.restart(node)
+    run.injected.restarts += 1
+    return [worker]
+
+
+def _zombie(run: _Run) -> list[WorkerProcess]:
+    """One of two workers is paused past its session timeout while it processes (its open
+    transactions hold outputs), the other takes its partitions; then it wakes up fenced."""
+    w1, w2 = run.worker("w1"), run.worker("w2")
+    for w in (w1, w2):
+        w.start()
+    for w in (w1, w2):
+        w.wait_ready()
+    first, second = _chunks(run.traffic.records, 2)
+    run.send(first)
+    time.sleep(run.rng.uniform(0.2, 0.8))
+    w1.pause()
+    run.injected.rebalances += 1
+    run.send(second)
+    time.sleep(ZOMBIE_PAUSE_S)
+    w1.resume()
+    run.injected.rebalances += 1
+    return [w1, w2]
+
+
+def _db_outage(run: _Run) -> list[WorkerProcess]:
+    """The sink's PostgreSQL stops mid-stream (fast shutdown: connections cut) and comes back."""
+    from infra import postgres
+
+    worker, rest = _one_worker_half_the_traffic(run)
+    postgres.stop(LAB_PG_PORT)
+    run.send(rest)
+    time.sleep(OUTAGE_S)
+    postgres.start(LAB_PG_PORT)
+    return [worker]
+
+
+def _api_outage(run: _Run) -> list[WorkerProcess]:
+    """The payment API goes down mid-stream and comes back on the same port and data."""
+    worker, rest = _one_worker_half_the_traffic(run)
+    assert run.payment_api is not None
+    run.payment_api.stop()
+    run.send(rest)
+    time.sleep(OUTAGE_S)
+    run.payment_api.start()
+    return [worker]
+
+
+def lab_database(run_id: str) -> str:
+    """A fresh database for the run on the lab's own PostgreSQL server (started if needed)."""
+    from urllib.parse import urlsplit
+
+    import psycopg
+    from psycopg import sql
+
+    from infra import postgres
+
+    server = postgres.start(LAB_PG_PORT)
+    name = re.sub(r"[^a-z0-9_]", "_", run_id.lower())[:60]
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return urlsplit(server.dsn)._replace(path=f"/{name}").geturl()
+
+
 _FAULT_RUNNERS = {
+    "broker-kill": _broker_faults,
+    "broker-pause": _broker_faults,
+    "controller-kill": _broker_faults,
+    "zombie": _zombie,
+    "db-outage": _db_outage,
+    "api-outage": _api_outage,
     "api-timeout": _api_faults,
     "api-drop-after-commit": _api_faults,
     "random-kills": _random_kills,

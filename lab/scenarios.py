@@ -32,6 +32,10 @@ class Fault:
     crash_point: dict[str, str] | None = None
     #: the fault is injected by the payment API: only API sinks meet it
     api_only: bool = False
+    #: what the fault needs: "cluster" (the local 3-broker cluster: BROKER_URL or
+    #: --bootstrap listing its hosts), "postgres" (a database sink; the run's database
+    #: is on the lab's own PostgreSQL server, which the fault stops), "api" (an API sink)
+    needs: str | None = None
 
 
 FAULTS: dict[str, Fault] = {f.name: f for f in (
@@ -68,6 +72,25 @@ FAULTS: dict[str, Fault] = {f.name: f for f in (
         api_only=True,
     ),
     Fault(
+        "broker-kill",
+        "SIGKILL the broker leading a partition of every pipeline topic while traffic flows; "
+        "restart it 20 s later (3-broker cluster, replication 3, min.insync 2)",
+        needs="cluster",
+    ),
+    Fault("broker-pause", "SIGSTOP a leading broker for 30 s while traffic flows, then SIGCONT",
+          needs="cluster"),
+    Fault("controller-kill", "SIGKILL the active KRaft controller (a broker too); restart it 20 s later",
+          needs="cluster"),
+    Fault(
+        "zombie",
+        "two workers; one is SIGSTOPped mid-stream past its session timeout, the other takes its "
+        "partitions, then SIGCONT: the zombie is fenced and must rejoin, not crash or repeat",
+    ),
+    Fault("db-outage", "the sink's PostgreSQL is stopped for 20 s mid-stream, then started",
+          needs="postgres"),
+    Fault("api-outage", "the payment API is down for 20 s mid-stream, then back on the same port and data",
+          api_only=True),
+    Fault(
         "api-drop-after-commit",
         "the payment API commits a charge, then drops the connection without answering "
         "(its first charges): the client cannot know it was charged and retries",
@@ -76,9 +99,19 @@ FAULTS: dict[str, Fault] = {f.name: f for f in (
 )}
 
 
+#: Faults of the infrastructure rather than of a worker's process: brokers, the network
+#: between, the sink's database, the payment API, a paused worker. Under exactly_once
+#: they must change nothing; under at_least_once an idempotent sink charges once.
+OUTAGES = frozenset({"broker-kill", "broker-pause", "controller-kill", "zombie", "db-outage", "api-outage"})
+
+
 def applies(sink: str, fault: str) -> bool:
-    """Whether the fault can meet the sink (the API's faults need an API sink)."""
-    return not FAULTS[fault].api_only or sink in API_SINKS
+    """Whether the fault can meet the sink (the API's faults need an API sink, a database
+    outage a database sink)."""
+    needs = FAULTS[fault].needs
+    if FAULTS[fault].api_only:
+        return sink in API_SINKS
+    return needs != "postgres" or sink in DB_SINKS
 
 METRICS = ("duplicate_charges", "lost", "output_duplicates", "output_missing",
            "balance_mismatches", "open_transactions", "log_duplicates")
@@ -100,7 +133,7 @@ def _holds(rule: str, value: int) -> bool:
 def predict(guarantee: str, sink: str, fault: str, producer_idempotence: bool = True) -> Prediction:
     """What the source text says this cell must show."""
     e = dict.fromkeys(METRICS, "=0")
-    if FAULTS[fault].api_only:
+    if FAULTS[fault].api_only and fault not in OUTAGES:
         if sink == "api-naive":
             e["duplicate_charges"] = ">0"
             return Prediction(e, "no idempotency key: the client's retry after a lost answer is a second charge")
@@ -136,7 +169,7 @@ def predict(guarantee: str, sink: str, fault: str, producer_idempotence: bool = 
         if sink == "naive" and fault == "crash-after-effect":
             e["duplicate_charges"] = ">0"
             why = "Kafka transactions end at Kafka: the database write is repeated on redelivery"
-        elif sink == "naive" and fault in {"random-kills", "rebalance", "crash-mid-transaction"}:
+        elif sink == "naive" and fault in {"random-kills", "rebalance", "crash-mid-transaction"} | OUTAGES:
             e["duplicate_charges"] = "any"
             why = "the Kafka output stays exact; an external write without a key may repeat"
         elif sink == "idempotent":

@@ -182,6 +182,13 @@ class WorkerProcess:
             raise TimeoutError(f"worker {self.name} ignored SIGTERM for {timeout} s:\n{self.log_tail()}")
         return code
 
+    def pause(self) -> None:
+        """SIGSTOP: the process and its sockets stay, it answers nothing (a long GC pause)."""
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.process.pid, signal.SIGCONT)
+
     def kill(self) -> None:
         """SIGKILL: no flush, no commit, no shutdown hook, as in a power cut."""
         if self.running:
@@ -203,7 +210,7 @@ class PaymentApiProcess:
     """
 
     def __init__(self, workdir: Path, delay_ms: int = 0, drop_after_commit: int = 0) -> None:
-        self.port = free_port()
+        self.port = free_port()  # kept across a stop and a start: the sink's URL stays valid
         self.db_path = workdir / "payment-api.db"
         self.log_path = workdir / "payment-api.log"
         self.args = ["--delay-ms", str(delay_ms), "--drop-after-commit", str(drop_after_commit)]

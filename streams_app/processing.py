@@ -211,8 +211,13 @@ async def processing(stream: StreamT, event: EventT, *, stage: str) -> AsyncIter
             if not is_fenced(exc):
                 raise
             # Another worker owns the partition now (faust_fixes fenced-rejoin): the record's
-            # outputs are in an aborted transaction and it comes again to its owner.
+            # outputs are in an aborted transaction and it comes again to its owner. It is
+            # acked all the same: the rejoin's revocation waits until every delivered record
+            # is acked (Consumer.wait_empty) and would hang; nothing a fenced worker acks is
+            # committed (its commits fail until the rejoin, which forgets the acked offsets).
             log.warning("%s: %s left unprocessed: this worker was fenced", stage, place(message))
+            if not COMMIT_FIRST:
+                await stream.ack(event)
             return
         _processed.setdefault(message.tp, set()).add(message.offset)
         if not COMMIT_FIRST:

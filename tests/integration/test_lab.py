@@ -133,3 +133,15 @@ def test_rebalance_with_the_idempotent_sink_neither_duplicates_nor_loses(kafka_b
     assert r.injected.rebalances >= 1
     assert r.counts["duplicate_charges"] == 0
     assert r.counts["lost"] == 0
+
+
+def test_exactly_once_is_exact_when_the_leading_broker_is_killed(cluster, tmp_path):
+    """The lab's broker-kill on the 3-broker cluster: the broker leading a partition of
+    every pipeline topic is SIGKILLed while traffic flows and restarted 20 s later. New
+    leaders come from the in-sync replicas (replication 3, min.insync 2, acks=all)."""
+    r = run_experiment("exactly_once", "idempotent", "broker-kill", events=EVENTS, seed=7,
+                       bootstrap=cluster.bootstrap, workdir=tmp_path)
+    assert r.drained, r.notes
+    assert r.injected.kills == 1 and r.injected.restarts == 1
+    assert r.as_predicted, r.as_json()
+    assert r.counts["charged_unique"] == r.counts["unique_events"] > 0

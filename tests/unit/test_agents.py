@@ -155,3 +155,35 @@ def test_an_internal_record_that_is_not_a_payment_is_dead_lettered_with_its_byte
     headers = dict(dlq.await_args.kwargs["headers"])
     assert headers["x-dlq-code"] in {b"empty", b"not_json", b"missing_field"}
     assert headers["x-dlq-stage"] == agent_name.split("_")[0].encode()
+
+
+def test_a_fenced_worker_neither_dead_letters_nor_remembers_the_record_but_releases_it(in_memory_app, monkeypatch):
+    """Under exactly_once a fenced worker's sends fail ('No transaction producer found' once its
+    producers are stopped): the record belongs to another worker now. It must not reach the
+    DLQ, must not count as processed here (it may come back after the rejoin), and must be
+    acked, or the rejoin's revocation waits for it forever (Consumer.wait_empty)."""
+    import streams_app.processing
+    from faust.exceptions import ProducerSendError
+
+    monkeypatch.setattr(streams_app.processing, "_processed", {})
+    in_memory_app["unit.unique"].side_effect = ProducerSendError("No transaction producer found for : app-1-2")
+    from faust.streams import Stream
+
+    acked = []
+    stock_ack = Stream.ack
+
+    async def ack(self, event):
+        acked.append(event.message.offset)
+        return await stock_ack(self, event)
+
+    monkeypatch.setattr(Stream, "ack", ack)
+
+    async def scenario():
+        async with dedup_payments.test_context() as agent:
+            await agent.put(payment(event_id="evt-f"), key=json_key("evt-f"), wait=False)
+            await asyncio.sleep(0.2)
+    run(scenario())
+    assert acked == [0], "released: the rebalance must not wait for it"
+    assert in_memory_app["unit.dlq"].await_count == 0
+    assert streams_app.processing._processed == {}
+    assert not is_duplicate("evt-f")

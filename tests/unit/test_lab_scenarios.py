@@ -29,9 +29,27 @@ def test_against_kafka_faults_an_api_sink_is_predicted_as_its_database_twin():
 
 def test_api_faults_only_meet_api_sinks_in_every_matrix():
     assert not applies("idempotent", "api-timeout") and applies("api-idempotent", "api-timeout")
-    for cell in (*QUICK, *full_cells()):
+    for cell in (*QUICK, *full_cells(cluster=True)):
         assert applies(cell.sink, cell.fault), cell
     api_cells = {(c.guarantee, c.sink, c.fault) for c in full_cells() if c.sink in API_SINKS}
     assert {(g, s, f) for g in GUARANTEES for s in API_SINKS
             for f in ("api-timeout", "api-drop-after-commit")} <= api_cells
     assert all(FAULTS[f].api_only is False for f in ("none", "crash-after-effect"))
+
+
+def test_infrastructure_faults_are_predicted_harmless_with_an_idempotent_sink():
+    """The issue's claim for broker, database, API and zombie faults: exactly_once exact;
+    at_least_once with the idempotent sink charges each event once and loses nothing."""
+    from lab.matrix import outage_cells
+    from lab.scenarios import OUTAGES
+
+    cells = outage_cells(cluster=True)
+    assert {c.fault for c in cells} == set(OUTAGES)
+    for cell in cells:
+        expect = predict(cell.guarantee, cell.sink, cell.fault).expect
+        if cell.guarantee == "exactly_once":
+            assert set(expect.values()) == {"=0"}, cell
+        else:
+            assert expect["duplicate_charges"] == expect["lost"] == "=0", cell
+    assert not {c.fault for c in outage_cells(cluster=False)} & {"broker-kill", "broker-pause", "controller-kill"}
+    assert not applies("api-idempotent", "db-outage") and not applies("idempotent", "api-outage")
