@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-unit lab matrix matrix-resume matrix-quick bench bench-full kafka-stop clean
+.PHONY: run test test-unit lab matrix matrix-resume matrix-quick matrix-outages bench bench-full kafka-stop clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ lab: $(STAMP)
 
 matrix-quick: $(STAMP)
 	$(BIN)/faust -A streams_app lab matrix --quick --out reports/quick
+
+# The infrastructure faults on the local 3-broker cluster (started for you): reports/outages/.
+OUTAGE_CLUSTER := kafka://127.0.0.1:29092;127.0.0.1:29093;127.0.0.1:29094
+matrix-outages: $(STAMP)
+	BROKER_URL="$(OUTAGE_CLUSTER)" $(BIN)/faust -A streams_app lab matrix --outages --events 1000 --out reports/outages
 
 matrix: $(STAMP)
 	$(BIN)/faust -A streams_app lab matrix --out reports

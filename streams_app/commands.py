@@ -419,14 +419,17 @@ async def _watch(url: str, traffic, worker: subprocess.Popen, exit_when_done: bo
            show_default=True, help="matrix: where semantics.md/.html/.png/.json go."),
     option("--resume", is_flag=True,
            help="matrix: keep the cells of OUT/semantics.json measured on this same code; run the rest."),
+    option("--outages", is_flag=True,
+           help="matrix: only the infrastructure faults (broker, controller, database, API, zombie); "
+                "the broker faults need BROKER_URL listing the local 3-broker cluster."),
 )
 async def lab(
     self: AppCommand, action: str, guarantee: str, sink: str, fault: str, events: int, kills: int,
     seed: int, as_json: bool, stock_faust: bool, no_producer_idempotence: bool, keep_topics: bool,
-    quick: bool, out: Path, resume: bool,
+    quick: bool, out: Path, resume: bool, outages: bool,
 ) -> None:
     """The semantics lab: inject a fault on the real broker and count what happened."""
-    from lab.matrix import QUICK, full_cells, measured_before, run_cells
+    from lab.matrix import QUICK, full_cells, measured_before, outage_cells, run_cells
     from lab.report import code_version, write_reports
     from lab.runner import run_experiment
 
@@ -445,10 +448,16 @@ async def lab(
             _print_result(result)
         return
     # The broker faults need the local 3-broker cluster: BROKER_URL listing its hosts.
-    cells = list(QUICK) if quick else full_cells(cluster=len(settings.broker_hosts) >= 3)
-    scale = (f"Quick matrix: {events} records and {kills} kills per cell." if quick else
-             f"Full matrix: {events} records and {kills} kills per at_least_once and at_most_once "
-             "cell; every exactly_once cell at 5,000 records and 20 kills (where the fault kills).")
+    cluster = len(settings.broker_hosts) >= 3
+    if outages:
+        cells = outage_cells(cluster=cluster, events=events)
+        scale = (f"Infrastructure faults: {events} records per cell, one fault each, "
+                 f"{'on the local 3-broker cluster' if cluster else 'on one broker (no broker faults)'}.")
+    else:
+        cells = list(QUICK) if quick else full_cells(cluster=cluster)
+        scale = (f"Quick matrix: {events} records and {kills} kills per cell." if quick else
+                 f"Full matrix: {events} records and {kills} kills per at_least_once and at_most_once "
+                 "cell; every exactly_once cell at 5,000 records and 20 kills (where the fault kills).")
     done: list = measured_before(out / "semantics.json", cells, code=code_version()) if resume else []
     if done:
         console.print(f"resuming: {len(done)} of {len(cells)} cells were measured on this code already")
