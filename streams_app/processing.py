@@ -242,8 +242,9 @@ async def _commit_through(message: Message, timeout: float = 5.0) -> None:
 
 
 async def dead_letter(message: Message, *, stage: str, code: str, reason: str, error: BaseException) -> None:
-    """Send ``message`` to the DLQ (streams_app/dead_letters.py) and count it. Never raises:
-    a send that fails is retried until it goes through, and the record waits unacked."""
+    """Send ``message`` to the DLQ (streams_app/dead_letters.py) and count it. A send that
+    fails is retried until it goes through (the record waits unacked); it raises only once
+    this worker was fenced (the record is another worker's now: see processing())."""
     letter = letter_for(message, stage=stage, code=code, reason=reason, error=error, group=app.conf.id,
                         redact=_redact)
     sent = await send_dead_letter(letter, message, _send_to_dlq, max_bytes=app.conf.producer_max_request_size,
