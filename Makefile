@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-unit lab matrix matrix-resume matrix-quick matrix-outages bench bench-full kafka-stop clean
+.PHONY: run test test-unit lab matrix matrix-resume matrix-quick matrix-outages soak bench bench-full kafka-stop clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ matrix-quick: $(STAMP)
 
 # The infrastructure faults on the local 3-broker cluster (started for you): reports/outages/.
 OUTAGE_CLUSTER := kafka://127.0.0.1:29092;127.0.0.1:29093;127.0.0.1:29094
+# 30 minutes of traffic on the cluster, worker kills and broker bounces: reports/soak.md.
+soak: $(STAMP)
+	BROKER_URL="$(OUTAGE_CLUSTER)" $(BIN)/faust -A streams_app lab soak --guarantee exactly_once --minutes 30 --out reports
+
 matrix-outages: $(STAMP)
 	BROKER_URL="$(OUTAGE_CLUSTER)" $(BIN)/faust -A streams_app lab matrix --outages --events 1000 --out reports/outages
 

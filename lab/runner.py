@@ -364,15 +364,22 @@ ZOMBIE_PAUSE_S = 25.0
 LAB_PG_PORT = 5435
 
 
-def _cluster(run: _Run) -> LocalCluster:
-    """The local cluster the run's bootstrap names (every host local, three or more)."""
-    hosts = run.config.bootstrap.split(",")
+def local_cluster(bootstrap: str) -> LocalCluster | None:
+    """The local cluster ``bootstrap`` names (three or more hosts, all local), or None."""
+    hosts = bootstrap.split(",")
     if len(hosts) < 3 or any(not h.startswith(("127.0.0.1:", "localhost:")) for h in hosts):
+        return None
+    return LocalCluster(tuple(int(h.rsplit(":", 1)[1]) for h in hosts))
+
+
+def _cluster(run: _Run) -> LocalCluster:
+    cluster = local_cluster(run.config.bootstrap)
+    if cluster is None:
         raise RuntimeError(
             f"{run.fault.name} needs the local 3-broker cluster, not {run.config.bootstrap}: start it with "
             "`faust -A streams_app kafka start --brokers 3` and pass BROKER_URL (or --bootstrap) listing its hosts"
         )
-    return LocalCluster(tuple(int(h.rsplit(":", 1)[1]) for h in hosts))
+    return cluster
 
 
 def _one_worker_half_the_traffic(run: _Run) -> tuple[WorkerProcess, list]:

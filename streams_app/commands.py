@@ -399,7 +399,7 @@ async def _watch(url: str, traffic, worker: subprocess.Popen, exit_when_done: bo
 
 
 @app.command(
-    argument("action", type=click.Choice(["run", "matrix"])),
+    argument("action", type=click.Choice(["run", "matrix", "soak"])),
     option("--guarantee", type=click.Choice(["at_least_once", "exactly_once", "at_most_once"]),
            default="at_least_once", show_default=True, help="run: the processing guarantee."),
     option("--sink", type=click.Choice(SINKS), default="idempotent", show_default=True,
@@ -419,6 +419,12 @@ async def _watch(url: str, traffic, worker: subprocess.Popen, exit_when_done: bo
            show_default=True, help="matrix: where semantics.md/.html/.png/.json go."),
     option("--resume", is_flag=True,
            help="matrix: keep the cells of OUT/semantics.json measured on this same code; run the rest."),
+    option("--minutes", type=float, default=30.0, show_default=True, help="soak: how long traffic flows."),
+    option("--rate", type=int, default=200, show_default=True, help="soak: payments per second."),
+    option("--kill-every", type=float, default=120.0, show_default=True,
+           help="soak: seconds between worker SIGKILLs (randomised)."),
+    option("--bounce-every", type=float, default=300.0, show_default=True,
+           help="soak: seconds between broker bounces (on the local 3-broker cluster only)."),
     option("--outages", is_flag=True,
            help="matrix: only the infrastructure faults (broker, controller, database, API, zombie); "
                 "the broker faults need BROKER_URL listing the local 3-broker cluster."),
@@ -426,7 +432,8 @@ async def _watch(url: str, traffic, worker: subprocess.Popen, exit_when_done: bo
 async def lab(
     self: AppCommand, action: str, guarantee: str, sink: str, fault: str, events: int, kills: int,
     seed: int, as_json: bool, stock_faust: bool, no_producer_idempotence: bool, keep_topics: bool,
-    quick: bool, out: Path, resume: bool, outages: bool,
+    quick: bool, out: Path, resume: bool, minutes: float, rate: int, kill_every: float,
+    bounce_every: float, outages: bool,
 ) -> None:
     """The semantics lab: inject a fault on the real broker and count what happened."""
     from lab.matrix import QUICK, full_cells, measured_before, outage_cells, run_cells
@@ -446,6 +453,19 @@ async def lab(
             print(json.dumps(result.as_json()))
         else:
             _print_result(result)
+        return
+    if action == "soak":
+        from lab.soak import run_soak, write_report
+
+        result = await asyncio.to_thread(
+            run_soak, minutes=minutes, rate=rate, kill_every=kill_every, bounce_every=bounce_every,
+            bootstrap=settings.bootstrap, guarantee=guarantee, seed=seed, workdir=workdir,
+        )
+        paths = write_report(result, out)
+        console.print(f"soak {'exact' if result.exact else 'NOT exact'}: {result.counts}; "
+                      f"RSS growth {result.rss_growth_mb()} MB; report: {paths[0]}")
+        if not result.exact:
+            raise SystemExit(1)
         return
     # The broker faults need the local 3-broker cluster: BROKER_URL listing its hosts.
     cluster = len(settings.broker_hosts) >= 3

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import rocksdict
+
 from faust.stores.rocksdb import RocksDBOptions
 
 from streams_app.faust_fixes import drop_ttl_stores
@@ -74,3 +76,16 @@ def test_stores_written_as_ttl_databases_are_dropped_at_start(tmp_path):
     assert drop_ttl_stores(tmp_path) == [tmp_path / "seen-events-0.db"]
     assert sorted(p.name for p in tmp_path.glob("*.db")) == ["balances-0.db"]
     assert drop_ttl_stores(tmp_path / "absent") == []
+
+
+def test_the_sweep_deletes_the_expired_ids_in_one_write(tmp_path):
+    """delete_keys removes exactly the keys the scan found, in one RocksDB write batch."""
+    from tables.seen_events import delete_keys
+
+    db = rocksdict.Rdict(str(tmp_path / "seen-events-0.db"), options=rocksdict.Options(raw_mode=True))
+    for name in ("a", "b", "c"):
+        db[json.dumps(name).encode()] = b"1.0"
+    delete_keys(db, [b'"a"', b'"c"'])
+    delete_keys(db, [])
+    assert list(db.keys()) == [b'"b"']
+    db.close()
