@@ -14,6 +14,10 @@ The producer sees a failed request and sends the batch again:
 - with idempotence (KIP-98) the batch carries the producer id and sequence
   number, and the broker recognises it and does not append it again.
 
+:meth:`FaultProxy.cut` is the other fault it injects: a network partition between
+the worker and one broker (every connection through the proxy dropped, new ones
+refused) while the broker stays alive for everyone else, until :meth:`FaultProxy.heal`.
+
 Kafka's wire format: every request is ``int32 size`` + (``int16 api_key``,
 ``int16 api_version``, ``int32 correlation_id``, ...) and every response
 ``int32 size`` + (``int32 correlation_id``, ...). Produce is api key 0.
@@ -50,6 +54,8 @@ class FaultProxy:
     stats: ProxyStats = field(default_factory=ProxyStats)
 
     def __post_init__(self) -> None:
+        self._cut = False
+        self._writers: set[asyncio.StreamWriter] = set()
         self._rng = random.Random(self.seed)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
@@ -70,6 +76,20 @@ class FaultProxy:
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
             self._thread.join(10)
+
+    def cut(self) -> None:
+        """A network partition: every connection through the proxy is dropped and new ones
+        are refused until :meth:`heal` (the broker itself runs on, for everyone else)."""
+        self._cut = True
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._drop_all)
+
+    def heal(self) -> None:
+        self._cut = False
+
+    def _drop_all(self) -> None:
+        for writer in list(self._writers):
+            writer.close()
 
     def __enter__(self) -> FaultProxy:
         return self.start()
@@ -92,11 +112,15 @@ class FaultProxy:
     # -- one client connection -------------------------------------------------
 
     async def _client(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        if self._cut:
+            client_w.close()
+            return
         try:
             broker_r, broker_w = await asyncio.open_connection(self.host, self.target_port)
         except OSError:
             client_w.close()
             return
+        self._writers.update((client_w, broker_w))
         doomed: set[int] = set()  # correlation ids whose response is to be lost
         upstream = asyncio.ensure_future(self._requests(client_r, broker_w, doomed))
         downstream = asyncio.ensure_future(self._responses(broker_r, client_w, doomed))
@@ -105,6 +129,7 @@ class FaultProxy:
             task.cancel()
         for writer in (client_w, broker_w):
             writer.close()
+            self._writers.discard(writer)
 
     async def _requests(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                         doomed: set[int]) -> None:

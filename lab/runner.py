@@ -177,6 +177,7 @@ class _Run:
     notes: list[str] = field(default_factory=list)
     workers: list[WorkerProcess] = field(default_factory=list)
     proxy: FaultProxy | None = None
+    proxies: list[FaultProxy] = field(default_factory=list)  # network-partition: one per broker
     payment_api: PaymentApiProcess | None = None
 
     def start_payment_api(self) -> None:
@@ -206,6 +207,8 @@ class _Run:
         if self.proxy is not None:
             self.injected.retries = self.proxy.stats.dropped_responses
             self.proxy.stop()
+        for proxy in self.proxies:
+            proxy.stop()
         if self.payment_api is not None:
             self.payment_api.stop()
             self.injected.retries += sum(
@@ -418,6 +421,27 @@ def _broker_faults(run: _Run) -> list[WorkerProcess]:
     return [worker]
 
 
+def _network_partition(run: _Run) -> list[WorkerProcess]:
+    """The worker reaches each broker through its own fault proxy (every node advertises its
+    proxy on its PROXIED listener); the proxy to the leader of applied[0] cuts everything for
+    PAUSE_S while the cluster itself sees that broker alive."""
+    cluster = _cluster(run)
+    proxies = {}
+    for node in cluster.node_ids:
+        advertised, listener = cluster.proxied_ports(node)
+        proxies[node] = FaultProxy(listen_port=advertised, target_port=listener, drop_rate=0.0).start()
+    run.proxies.extend(proxies.values())
+    run.config.extra_env["BROKER_URL"] = "kafka://" + ";".join(cluster.proxied_bootstrap.split(","))
+    worker, rest = _one_worker_half_the_traffic(run)
+    node = cluster.leader_of(run.config.topic("applied"), 0)
+    run.notes.append(f"network-partition: worker cut from node {node}")
+    proxies[node].cut()
+    run.send(rest)
+    time.sleep(PAUSE_S)
+    proxies[node].heal()
+    return [worker]
+
+
 def _zombie(run: _Run) -> list[WorkerProcess]:
     """One of two workers is paused past its session timeout while it processes (its open
     transactions hold outputs), the other takes its partitions; then it wakes up fenced."""
@@ -481,6 +505,7 @@ _FAULT_RUNNERS = {
     "broker-kill": _broker_faults,
     "broker-pause": _broker_faults,
     "controller-kill": _broker_faults,
+    "network-partition": _network_partition,
     "zombie": _zombie,
     "db-outage": _db_outage,
     "api-outage": _api_outage,

@@ -82,6 +82,12 @@ FAULTS: dict[str, Fault] = {f.name: f for f in (
     Fault("controller-kill", "SIGKILL the active KRaft controller (a broker too); restart it 20 s later",
           needs="cluster"),
     Fault(
+        "network-partition",
+        "the worker reaches every broker through a fault proxy; the one to the broker leading a "
+        "partition of every pipeline topic cuts all its connections for 30 s (the broker stays up)",
+        needs="cluster",
+    ),
+    Fault(
         "zombie",
         "two workers; one is SIGSTOPped mid-stream past its session timeout, the other takes its "
         "partitions, then SIGCONT: the zombie is fenced and must rejoin, not crash or repeat",
@@ -102,7 +108,8 @@ FAULTS: dict[str, Fault] = {f.name: f for f in (
 #: Faults of the infrastructure rather than of a worker's process: brokers, the network
 #: between, the sink's database, the payment API, a paused worker. Under exactly_once
 #: they must change nothing; under at_least_once an idempotent sink charges once.
-OUTAGES = frozenset({"broker-kill", "broker-pause", "controller-kill", "zombie", "db-outage", "api-outage"})
+OUTAGES = frozenset({"broker-kill", "broker-pause", "controller-kill", "network-partition", "zombie", "db-outage",
+                     "api-outage"})
 
 
 def applies(sink: str, fault: str) -> bool:

@@ -75,6 +75,13 @@ from . import (
 
 #: The controller (quorum) port of a node is its client port plus this.
 CONTROLLER_PORT_OFFSET = 100
+#: Each node's PROXIED listener, for the lab's network faults (as the single broker's,
+#: infra/kafka): it listens on client port + PROXIED_LISTENER_OFFSET and advertises client
+#: port + PROXIED_ADVERTISED_OFFSET, where a fault proxy (lab/proxy.py) forwards to it.
+#: Clients bootstrapping at :attr:`LocalCluster.proxied_bootstrap` reach every node only
+#: through its proxy, which can cut them off from one node while the cluster sees it alive.
+PROXIED_ADVERTISED_OFFSET = 200
+PROXIED_LISTENER_OFFSET = 300
 #: The heap of each node: half the single broker's, since three of them run at once.
 NODE_JVM_OPTIONS = ("-Xms256m", "-Xmx512m", *(option for option in JVM_OPTIONS if not option.startswith("-Xm")))
 QUORUM_TOOL = "org.apache.kafka.tools.MetadataQuorumCommand"
@@ -153,11 +160,12 @@ class LocalCluster:
     def __post_init__(self) -> None:
         if len(set(self.ports)) != len(self.ports) or not self.ports:
             raise ValueError(f"a cluster needs distinct client ports, got {self.ports}")
-        clashes = set(self.ports) & {port + CONTROLLER_PORT_OFFSET for port in self.ports}
+        offsets = (CONTROLLER_PORT_OFFSET, PROXIED_ADVERTISED_OFFSET, PROXIED_LISTENER_OFFSET)
+        clashes = set(self.ports) & {port + offset for port in self.ports for offset in offsets}
         if clashes:
             raise ValueError(
-                f"client ports {sorted(clashes)} would also be controller ports (client port + "
-                f"{CONTROLLER_PORT_OFFSET}); pick ports less than {CONTROLLER_PORT_OFFSET} apart"
+                f"client ports {sorted(clashes)} would also be controller or proxied ports (client port + "
+                f"{', '.join(map(str, offsets))}); pick ports less than {CONTROLLER_PORT_OFFSET} apart"
             )
 
     @classmethod
@@ -178,6 +186,16 @@ class LocalCluster:
     @property
     def bootstrap(self) -> str:
         return ",".join(f"{HOST}:{port}" for port in self.ports)
+
+    @property
+    def proxied_bootstrap(self) -> str:
+        """Every node's advertised PROXIED address (where the lab's fault proxies listen)."""
+        return ",".join(f"{HOST}:{port + PROXIED_ADVERTISED_OFFSET}" for port in self.ports)
+
+    def proxied_ports(self, node_id: int) -> tuple[int, int]:
+        """(advertised, listener) ports of node ``node_id``'s PROXIED listener."""
+        port = self._layout(node_id).port
+        return port + PROXIED_ADVERTISED_OFFSET, port + PROXIED_LISTENER_OFFSET
 
     @property
     def controller_bootstrap(self) -> str:
@@ -344,9 +362,10 @@ class LocalCluster:
                 f"controller.quorum.voters={voters}",
                 "controller.listener.names=CONTROLLER",
                 "inter.broker.listener.name=PLAINTEXT",
-                f"listeners=PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{port + CONTROLLER_PORT_OFFSET}",
-                f"advertised.listeners=PLAINTEXT://{HOST}:{port}",
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                f"listeners=PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{port + CONTROLLER_PORT_OFFSET},"
+                f"PROXIED://{HOST}:{port + PROXIED_LISTENER_OFFSET}",
+                f"advertised.listeners=PLAINTEXT://{HOST}:{port},PROXIED://{HOST}:{port + PROXIED_ADVERTISED_OFFSET}",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,PROXIED:PLAINTEXT",
                 f"log.dirs={layout.log_dirs}",
                 "auto.create.topics.enable=true",
                 "group.initial.rebalance.delay.ms=0",

@@ -1,0 +1,66 @@
+"""The lab's fault proxy cutting a connection, as a network partition does (no broker needed:
+an echo server stands in, since the proxy only frames bytes)."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+
+from lab.proxy import FaultProxy
+from lab.workers import free_port
+
+
+def _echo_server() -> tuple[int, threading.Event]:
+    """A server that answers every size-prefixed frame with itself."""
+    port, stop = free_port(), threading.Event()
+    server = socket.create_server(("127.0.0.1", port))
+    server.settimeout(0.2)
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=_echo, args=(conn,), daemon=True).start()
+        server.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return port, stop
+
+
+def _echo(conn: socket.socket) -> None:
+    with conn:
+        while data := conn.recv(65536):
+            conn.sendall(data)
+
+
+def _frame(correlation_id: int) -> bytes:
+    body = struct.pack(">hhi", 3, 0, correlation_id)  # a Metadata request header
+    return struct.pack(">i", len(body)) + body
+
+
+def _round_trip(port: int, correlation_id: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
+        conn.sendall(_frame(correlation_id))
+        return conn.recv(64)
+
+
+def test_a_cut_proxy_drops_and_refuses_connections_until_healed():
+    target, stop = _echo_server()
+    proxy = FaultProxy(listen_port=free_port(), target_port=target, drop_rate=0.0).start()
+    try:
+        assert _round_trip(proxy.listen_port, 7) == _frame(7)
+        open_conn = socket.create_connection(("127.0.0.1", proxy.listen_port), timeout=2)
+        open_conn.sendall(_frame(8))
+        assert open_conn.recv(64) == _frame(8)
+        proxy.cut()
+        assert open_conn.recv(64) == b"", "an open connection is dropped by the cut"
+        assert _round_trip(proxy.listen_port, 9) == b"", "a new connection is refused while cut"
+        proxy.heal()
+        assert _round_trip(proxy.listen_port, 10) == _frame(10)
+        open_conn.close()
+    finally:
+        proxy.stop()
+        stop.set()
