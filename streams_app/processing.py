@@ -58,6 +58,7 @@ from faust.types import TP, EventT, Message, StreamT
 from common.redact import mask_url
 from tables.counters import count
 
+from . import metrics
 from .app import app, settings
 from .dead_letters import letter_for, send_dead_letter
 from .exceptions import RejectedRecord, Unavailable
@@ -248,6 +249,7 @@ async def dead_letter(message: Message, *, stage: str, code: str, reason: str, e
                     stage, place(message), len(message.value or b""))
         count("dlq.references")
     count(f"{stage}.dead_lettered")
+    metrics.dead_lettered(stage, code)
 
 
 def _redact(text: str) -> str:

@@ -8,6 +8,7 @@
     GET /api/charges              charge counts from the external system (database or API)
     GET /health, /health/ready    200 when the worker can make progress, else 503 and why
     GET /health/live              200 while the worker answers (streams_app/health.py)
+    GET /metrics                  Prometheus text format (streams_app/metrics.py)
 
 Counters come from the ``pipeline-counters`` table on this worker (active and
 standby partitions); charges are counted in the database itself, so the two
@@ -16,17 +17,23 @@ sides of "exactly once" are measured independently.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
 from faust.web import Request, Response, View
 
-from agents.sink import charge_stats, effect_target
+from agents.sink import charge_stats, effect_target, ledger
 from tables.balances import balances
 from tables.counters import totals
+from tables.seen_events import seen_events
 
+from . import metrics
 from .app import app, settings
 from .health import SAMPLE_S, started, stream_positions
+
+log = logging.getLogger(__name__)
 
 DASHBOARD = (Path(__file__).parent / "dashboard.html").read_text()
 
@@ -130,3 +137,49 @@ class Charges(View):
         })
 
 
+
+
+_ledger_retries_seen: dict[tuple, int] = {}
+
+
+def _fetched(tp: Any) -> tuple[int | None, int | None]:
+    """The client's fetch position of ``tp`` (past the transaction markers it fetched) and
+    the last offset Faust delivered; None where unknown (not yet sought, no client)."""
+    from aiokafka import TopicPartition
+
+    read = app.consumer._read_offset.get(tp)
+    try:
+        client = app.consumer._thread._ensure_consumer()
+        state = client._fetcher._subscriptions.subscription.assignment.state_value(
+            TopicPartition(tp.topic, tp.partition))
+    except AttributeError:
+        return None, read
+    if state is None or not state.has_valid_position:
+        return None, read
+    return state.position, read
+
+
+async def _refresh_metrics() -> None:
+    """The values /metrics reads at scrape time: from the external system, the consumer
+    and the stores. An external system that does not answer leaves its last values."""
+    metrics.set_lag(stream_positions(app), exactly_once=settings.faust_guarantee == "exactly_once",
+                    fetched=_fetched)
+    metrics.set_dedup_keys(getattr(seen_events.data, "_dbs", None), lambda: len(seen_events))
+    if settings.sink_target == "database":
+        metrics.sync_counter(metrics.SINK_RETRIES, ("database",), ledger.retries, _ledger_retries_seen)
+        metrics.SINK_OUTAGE.labels("database").set(int(ledger.outage))
+    try:
+        charges = await charge_stats()
+    except Exception as exc:  # noqa: BLE001 - an outage must not fail the scrape
+        log.warning("metrics: charges not refreshed: %s", exc)
+    else:
+        metrics.set_charges(settings.sink_target, charges.charges, charges.charged_events,
+                            charges.duplicate_charges)
+
+
+@app.page("/metrics")
+class Metrics(View):
+    async def get(self, request: Request) -> Response:
+        body = await metrics.exposition(_refresh_metrics)
+        # aiohttp's own Response: Faust's self.bytes() refuses a content type with parameters.
+        return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})

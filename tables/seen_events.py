@@ -35,6 +35,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from streams_app import metrics
 from streams_app.app import app, settings
 
 _HORIZON_MS = int(settings.dedup_horizon * 1000)
@@ -122,6 +123,7 @@ def sweep_expired(now: float | None = None, budget: int = SWEEP_BUDGET) -> int:
         for key in keys:
             db.delete(key)
         deleted += len(keys)
+    metrics.swept(sum(_resume_at.get(p, 0) is None for p in dbs), deleted, now)
     if deleted:
         log.info("seen-events: deleted %d ids older than DEDUP_HORIZON from the local store", deleted)
     return deleted
