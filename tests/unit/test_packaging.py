@@ -71,3 +71,25 @@ def test_the_grafana_dashboard_reads_only_metrics_the_worker_exports():
     unknown = used - metric_names()
     assert not unknown, f"the dashboard reads metrics streams_app/metrics.py does not declare: {sorted(unknown)}"
     assert promql_metric_names("sum by (le) (rate(payments_x_bucket{a=\"b\"}[5m]))") == {"payments_x_bucket"}
+
+
+def test_the_image_runs_as_a_non_root_user_with_the_base_install():
+    lines = [line.strip() for line in (REPO / "Dockerfile").read_text().splitlines()]
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0"), "the container must not run as root"
+    assert not any("-e ." in line or ".[" in line for line in lines), "the image installs the base package only"
+
+
+def test_lab_and_bench_packages_are_extras_not_install_requires():
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    base = cfg["options"]["install_requires"]
+    extras = cfg["options.extras_require"]
+    for name in ("quixstreams", "matplotlib", "psutil", "py-spy"):
+        assert name not in base, f"{name} belongs in an extra"
+        assert name in extras["test"]
+    assert "matplotlib" in extras["lab"]
+    assert all(name in extras["bench"] for name in ("quixstreams", "psutil", "py-spy"))
+    assert "api" in extras
