@@ -49,6 +49,7 @@ from streams_app import metrics
 from streams_app.app import app, settings
 from streams_app.exceptions import SettingsError, SinkError, Unavailable
 from streams_app.faults import crashpoint
+from streams_app.logs import record_fields
 from streams_app.key_retention import KeyRetentionGuard
 from streams_app.ledger import ChargeStats, Ledger
 from streams_app.models import AppliedPayment, parse_applied
@@ -112,7 +113,8 @@ async def charge_payments(stream):
                     metrics.sink_answered(settings.sink_target)
                     if not charged and OFFSETS_IN_DATABASE:
                         log.info("sink: %s was charged before; the database refused it again",
-                                 place(event.message))
+                                 place(event.message), extra=record_fields(event.message, stage="sink",
+                                                                           event_id=payment.event_id))
                     crashpoint("sink.after_effect")
 
 

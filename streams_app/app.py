@@ -16,7 +16,7 @@ from typing import Any
 import faust
 
 
-from . import faults, faust_fixes, metrics
+from . import faults, faust_fixes, logs, metrics
 from .exceptions import SettingsError
 from .health import HealthMonitor
 from .settings import Settings
@@ -114,6 +114,8 @@ app = PaymentsApp(
     env=settings.faust_env(os.environ),
     # Faust's own sensor metrics, in the registry /metrics serves (streams_app/metrics.py).
     monitor=metrics.faust_monitor(),
+    # LOG_FORMAT=json: the worker's log handlers write one JSON object per line.
+    logging_config=logs.logging_config(settings.log_format),
 )
 
 faust_fixes.install(
