@@ -9,6 +9,7 @@
     GET /health, /health/ready    200 when the worker can make progress, else 503 and why
     GET /health/live              200 while the worker answers (streams_app/health.py)
     GET /metrics                  Prometheus text format (streams_app/metrics.py)
+    GET /api/dead-letters         the latest dead letters, with the command that replays each
 
 Counters come from the ``pipeline-counters`` table on this worker (active and
 standby partitions); charges are counted in the database itself, so the two
@@ -17,7 +18,9 @@ sides of "exactly once" are measured independently.
 
 from __future__ import annotations
 
+import heapq
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +34,36 @@ from tables.seen_events import seen_events
 
 from . import metrics
 from .app import app, settings
+from .dlq import dlq_place, latest_dead_letters
 from .health import SAMPLE_S, started, stream_positions
 
 log = logging.getLogger(__name__)
 
 DASHBOARD = (Path(__file__).parent / "dashboard.html").read_text()
+
+
+#: What the charges card counts, by sink target: the external system's own count.
+CHARGES_LABEL = {"database": "charges (database rows)", "api": "charges (payment API)"}
+TOP_BALANCES = 5
+EXACTLY_ONCE = settings.faust_guarantee == "exactly_once"
+
+
+def lag_rows() -> list[dict[str, Any]]:
+    """True lag of each stream partition this worker holds (metrics.true_lag)."""
+    rows = []
+    for tp, committed, highwater in stream_positions(app):
+        position, read = _fetched(tp) if EXACTLY_ONCE else (None, None)
+        rows.append({"topic": tp.topic, "partition": tp.partition, "lag": metrics.true_lag(
+            committed, highwater, exactly_once=EXACTLY_ONCE, position=position, read=read)})
+    return rows
+
+
+def top_balances(n: int = TOP_BALANCES) -> list[dict[str, Any]]:
+    """The largest balances among the accounts this worker holds (one pass over its table)."""
+    entries = ((account, currency, amount) for account, by_currency in balances.items()
+               for currency, amount in dict(by_currency).items())
+    return [{"account": a, "currency": c, "amount": v}
+            for a, c, v in heapq.nlargest(n, entries, key=lambda e: e[2])]
 
 
 async def stats() -> dict[str, Any]:
@@ -60,6 +88,9 @@ async def stats() -> dict[str, Any]:
         "charged_events": charges.charged_events,
         "duplicate_charges": charges.duplicate_charges,
         "charged_amount": charges.total_amount,
+        "charges_label": CHARGES_LABEL[settings.sink_target],
+        "lag": lag_rows(),
+        "top_balances": top_balances(),
         "health": app.health.report()[1],
     }
 
@@ -162,8 +193,7 @@ def _fetched(tp: Any) -> tuple[int | None, int | None]:
 async def _refresh_metrics() -> None:
     """The values /metrics reads at scrape time: from the external system, the consumer
     and the stores. An external system that does not answer leaves its last values."""
-    metrics.set_lag(stream_positions(app), exactly_once=settings.faust_guarantee == "exactly_once",
-                    fetched=_fetched)
+    metrics.set_lag(stream_positions(app), exactly_once=EXACTLY_ONCE, fetched=_fetched)
     metrics.set_dedup_keys(getattr(seen_events.data, "_dbs", None), lambda: len(seen_events))
     if settings.sink_target == "database":
         metrics.sync_counter(metrics.SINK_RETRIES, ("database",), ledger.retries, _ledger_retries_seen)
@@ -183,3 +213,29 @@ class Metrics(View):
         body = await metrics.exposition(_refresh_metrics)
         # aiohttp's own Response: Faust's self.bytes() refuses a content type with parameters.
         return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
+
+
+#: Read the DLQ's tail at most this often, whoever asks (the dashboard asks every 5 s).
+DEAD_LETTERS_TTL_S = 3.0
+_dead_letters_cache: tuple[float, list[dict[str, Any]]] = (0.0, [])
+
+
+async def dead_letter_rows(limit: int = 20) -> list[dict[str, Any]]:
+    global _dead_letters_cache
+    read_at, rows = _dead_letters_cache
+    if time.monotonic() - read_at >= DEAD_LETTERS_TTL_S:
+        rows = [{
+            "stage": d.stage, "code": d.code, "reason": d.reason,  # masked when the letter was made
+            "source": d.place, "dlq": dlq_place(d), "timestamp": d.original_timestamp,
+            "reference": d.reference is not None,
+            "replay": f"faust -A streams_app dlq replay --source '{d.place}'",
+        } for d in await latest_dead_letters(settings, limit)]
+        _dead_letters_cache = (time.monotonic(), rows)
+    return rows[:limit]
+
+
+@app.page("/api/dead-letters")
+class DeadLetters(View):
+    async def get(self, request: Request) -> Response:
+        return self.json({"dead_letters": await dead_letter_rows(),
+                          "replay_help": "faust -A streams_app dlq replay --code CODE | --source PLACE [--dry-run]"})
