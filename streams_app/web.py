@@ -48,14 +48,18 @@ TOP_BALANCES = 5
 EXACTLY_ONCE = settings.faust_guarantee == "exactly_once"
 
 
-def lag_rows() -> list[dict[str, Any]]:
-    """True lag of each stream partition this worker holds (metrics.true_lag)."""
-    rows = []
-    for tp, committed, highwater in stream_positions(app):
+def _lags(positions: list[tuple[Any, int | None, int | None]]) -> dict[Any, int | None]:
+    """True lag of each stream partition (metrics.true_lag): records, not transaction markers."""
+    lags = {}
+    for tp, committed, highwater in positions:
         position, read = _fetched(tp) if EXACTLY_ONCE else (None, None)
-        rows.append({"topic": tp.topic, "partition": tp.partition, "lag": metrics.true_lag(
-            committed, highwater, exactly_once=EXACTLY_ONCE, position=position, read=read)})
-    return rows
+        lags[tp] = metrics.true_lag(committed, highwater, exactly_once=EXACTLY_ONCE, position=position, read=read)
+    return lags
+
+
+def lag_rows() -> list[dict[str, Any]]:
+    return [{"topic": tp.topic, "partition": tp.partition, "lag": lag}
+            for tp, lag in _lags(stream_positions(app)).items()]
 
 
 def top_balances(n: int = TOP_BALANCES) -> list[dict[str, Any]]:
@@ -97,7 +101,8 @@ async def stats() -> dict[str, Any]:
 
 @app.timer(SAMPLE_S)
 async def _sample_health() -> None:
-    app.health.sample(started=started(app), positions=stream_positions(app))
+    positions = stream_positions(app)
+    app.health.sample(started=started(app), positions=positions, lags=_lags(positions))
 
 
 @app.page("/health/live")
