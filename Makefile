@@ -11,6 +11,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	# [test] holds every extra ([lab], [bench], [api]): make run and the tests need them all.
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $(STAMP)
 

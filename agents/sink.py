@@ -45,9 +45,11 @@ from tenacity import RetryCallState
 
 from payment_api.client import PaymentClient
 from payment_api.errors import RetryableError
+from streams_app import metrics
 from streams_app.app import app, settings
 from streams_app.exceptions import SettingsError, SinkError, Unavailable
 from streams_app.faults import crashpoint
+from streams_app.logs import record_fields
 from streams_app.key_retention import KeyRetentionGuard
 from streams_app.ledger import ChargeStats, Ledger
 from streams_app.models import AppliedPayment, parse_applied
@@ -107,9 +109,12 @@ async def charge_payments(stream):
                 async with processing(stream, event, stage="sink"):
                     payment = parse_applied(event.value, max_bytes=settings.max_record_bytes,
                                             max_amount=settings.max_amount)
-                    if not await charge(event, payment) and OFFSETS_IN_DATABASE:
+                    charged = await charge(event, payment)
+                    metrics.sink_answered(settings.sink_target)
+                    if not charged and OFFSETS_IN_DATABASE:
                         log.info("sink: %s was charged before; the database refused it again",
-                                 place(event.message))
+                                 place(event.message), extra=record_fields(event.message, stage="sink",
+                                                                           event_id=payment.event_id))
                     crashpoint("sink.after_effect")
 
 
@@ -153,12 +158,14 @@ async def _charge_through_api(api: PaymentClient, payment: AppliedPayment) -> bo
 
 def _log_outage(state: RetryCallState) -> None:
     assert state.outcome is not None and state.next_action is not None
+    metrics.sink_waiting(settings.sink_target)
     log.warning("sink: %s; waiting %.2f s (attempt %d), other stages go on",
                 state.outcome.exception(), state.next_action.sleep, state.attempt_number)
 
 
 def _log_api_retry(state: RetryCallState) -> None:
     assert state.outcome is not None and state.next_action is not None
+    metrics.sink_waiting("api")
     log.warning("sink: payment API unavailable (%s); retrying in %.2f s",
                 state.outcome.exception(), state.next_action.sleep)
 

@@ -16,7 +16,7 @@ from typing import Any
 import faust
 
 
-from . import faults, faust_fixes
+from . import faults, faust_fixes, logs, metrics
 from .exceptions import SettingsError
 from .health import HealthMonitor
 from .settings import Settings
@@ -53,6 +53,7 @@ class PaymentsApp(faust.App):
 
     async def on_first_start(self) -> None:
         await super().on_first_start()
+        metrics.install(self, guarantee=settings.processing_guarantee)
         for check in self.start_checks:
             await check()
         faust_fixes.on_worker_start(
@@ -111,6 +112,10 @@ app = PaymentsApp(
     # package (streams_app/__init__.py): no scanning, no surprises.
     autodiscover=False,
     env=settings.faust_env(os.environ),
+    # Faust's own sensor metrics, in the registry /metrics serves (streams_app/metrics.py).
+    monitor=metrics.faust_monitor(),
+    # LOG_FORMAT=json: the worker's log handlers write one JSON object per line.
+    logging_config=logs.logging_config(settings.log_format),
 )
 
 faust_fixes.install(

@@ -26,12 +26,13 @@ replayed from the DLQ: it names where the original is while retention keeps it.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from lab.readback import read_topic
+from lab.readback import partitions_of, read_topic
 
 from .admin import create_topics
 from .dead_letters import DeadLetter
@@ -71,6 +72,35 @@ def dlq_place(letter: DeadLetter) -> str:
 async def read_dead_letters(settings: Settings) -> list[DeadLetter]:
     records = await read_topic(settings.bootstrap, settings.topic("dlq"))
     return [DeadLetter.from_record(r) for r in records]
+
+
+async def latest_dead_letters(settings: Settings, limit: int = 20, timeout: float = 10.0) -> list[DeadLetter]:
+    """The newest ``limit`` dead letters, newest first: only each partition's last
+    ``limit`` records are read (the dashboard asks every few seconds; the DLQ can be long)."""
+    partitions = await partitions_of(settings.bootstrap, settings.topic("dlq"))
+    if not partitions:
+        return []
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=None, enable_auto_commit=False,
+                                isolation_level="read_committed", auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        begin = await consumer.beginning_offsets(partitions)
+        end = await consumer.end_offsets(partitions)
+        for tp in partitions:
+            consumer.seek(tp, max(begin[tp], end[tp] - limit))
+        records = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            positions = {tp: await consumer.position(tp) for tp in partitions}
+            if all(positions[tp] >= end[tp] for tp in partitions):
+                break
+            for tp, batch in (await consumer.getmany(timeout_ms=200)).items():
+                records.extend(r for r in batch if r.offset < end[tp])
+    finally:
+        await consumer.stop()
+    records.sort(key=lambda r: (r.timestamp, r.partition, r.offset), reverse=True)
+    return [DeadLetter.from_record(r) for r in records[:limit]]
 
 
 async def replayed_places(settings: Settings) -> set[str]:

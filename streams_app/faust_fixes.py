@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import metrics
+
 log = logging.getLogger(__name__)
 
 FIXES: Mapping[str, str] = {
@@ -642,6 +644,7 @@ async def _heal(app: Any, consumer: Any, tp: Any, committed: int, first_acked: i
             tp, committed, first_acked - 1,
         )
         await consumer._add_gap(tp, committed, first_acked - 1)
+        metrics.fix_intervened("stalled-partition-heal", "gap")
         return "gap"
     if tail:
         log.warning(
@@ -659,6 +662,7 @@ async def _heal(app: Any, consumer: Any, tp: Any, committed: int, first_acked: i
         )
     try:
         await seek_back(consumer, tp, committed)
+        metrics.fix_intervened("stalled-partition-heal", "seek")
     except Exception as exc:  # noqa: BLE001 - e.g. the partition was revoked meanwhile
         log.warning("stalled-partition-heal: seeking %s back failed (%r); trying again later", tp, exc)
     return "seek"
@@ -804,6 +808,7 @@ async def _redeliver(consumer: Any, offsets: Mapping[Any, int], fetch_epochs: Ma
             log.warning("exact-gaps: seeking %s back to %d failed (%r)", tp, offset, exc)
             continue
         if sought:
+            metrics.fix_intervened("exact-gaps", "redeliver")
             log.info("exact-gaps: %s records from %d were fetched and not delivered (the flow "
                      "stopped mid-batch); sought back to deliver them", tp, offset)
             consumer._read_offset[tp] = offset if offset else None
@@ -1052,6 +1057,7 @@ def _patch_commit_at_revocation() -> None:
             for tp in revoked:
                 left = self._acked.get(tp)
                 if left:
+                    metrics.fix_intervened("commit-at-revocation", "uncommittable")
                     log.warning(
                         "commit-at-revocation: %d processed offsets of %s (from %d) could not be "
                         "committed at revocation (committed %s, gap before them)",
@@ -1195,6 +1201,7 @@ def _patch_shutdown_commit() -> None:
         try:
             await stock(self)
         except Exception as exc:  # noqa: BLE001 - any failure here must not block the shutdown
+            metrics.fix_intervened("shutdown-commit", "stop-after-failed-commit")
             log.warning(
                 "shutdown-commit: the final commit failed (%r); stopping anyway. The uncommitted "
                 "events go to the partitions' next owner (open transactions are aborted).", exc,
@@ -1334,6 +1341,8 @@ async def _on_fenced(app: Any, error: BaseException) -> None:
     if app.__dict__.get("_fenced"):
         return
     app.__dict__["_fenced"] = True
+    metrics.transaction_aborted("fenced", len(app.producer._transaction_producers))
+    metrics.fix_intervened("fenced-rejoin", "rejoin")
     log.warning(
         "fenced-rejoin: this worker was fenced (%s): another worker owns its partitions now. "
         "Its open transactions are aborted by the broker; stopping its transactional producers, "

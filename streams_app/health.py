@@ -13,10 +13,12 @@ the worker does, sampled every :data:`SAMPLE_S`:
 - **fenced**: under exactly_once another worker took this worker's partitions
   while it was paused; until it has rejoined (streams_app/faust_fixes.py
   ``fenced-rejoin``);
-- **partition stuck**: a stream partition behind its high watermark whose
-  committed offset has not moved for :data:`STUCK_AFTER_S` (under
-  exactly_once one offset of slack: an idle partition ends on a transaction
-  marker).
+- **partition stuck**: a stream partition with records not yet committed
+  whose committed offset has not moved for :data:`STUCK_AFTER_S`. Under
+  exactly_once a drained partition ends with transaction markers, one per
+  transactional producer that wrote to it (four on ``events`` and ``unique``
+  at 4 partitions): the worker passes the true lag (streams_app/metrics.py
+  ``true_lag``), and without it one offset of slack is assumed.
 
 ``/health/live`` is 200 whenever the event loop answers (for a liveness probe:
 restart only a process that no longer answers); ``/health/ready`` and
@@ -100,9 +102,10 @@ class HealthMonitor:
         self.health.crashes[agent] = self.health.crashes[agent][-20:]
 
     def sample(self, *, started: bool, positions: Iterable[tuple[Any, int | None, int | None]],
-               now: float | None = None) -> Health:
+               now: float | None = None, lags: Mapping[Any, int | None] | None = None) -> Health:
         """``positions``: (stream partition, committed offset, high watermark) of each
-        stream partition assigned to this worker."""
+        stream partition assigned to this worker; ``lags``: records not yet committed per
+        partition where known (markers not counted), which decide "behind" instead."""
         now = time.time() if now is None else now
         stuck: dict[str, dict[str, Any]] = {}
         seen = set()
@@ -111,7 +114,11 @@ class HealthMonitor:
             watch = self._watch.get(tp)
             if watch is None or watch.committed != committed:
                 watch = self._watch[tp] = PartitionWatch(committed, now)
-            behind = highwater is not None and highwater - (committed or 0) > self._slack
+            lag = None if lags is None else lags.get(tp)
+            if lag is not None:
+                behind = lag > 0
+            else:
+                behind = highwater is not None and highwater - (committed or 0) > self._slack
             if behind and now - watch.since >= STUCK_AFTER_S:
                 stuck[f"{tp.topic}[{tp.partition}]"] = {
                     "committed": committed, "highwater": highwater, "for_s": now - watch.since,

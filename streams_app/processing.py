@@ -58,6 +58,8 @@ from faust.types import TP, EventT, Message, StreamT
 from common.redact import mask_url
 from tables.counters import count
 
+from . import metrics
+from .logs import record_fields
 from .app import app, settings
 from .dead_letters import letter_for, send_dead_letter
 from .exceptions import RejectedRecord, Unavailable
@@ -173,7 +175,9 @@ async def first_deliveries(stream: StreamT) -> AsyncIterator[EventT]:
     async for event in stream.events():
         message = event.message
         if already_processed(consumer, message):
-            log.info("skipping %s: delivered again, already processed", place(message))
+            # Per record, and routine after every seek: DEBUG (counted nowhere else; rare at INFO).
+            log.debug("skipping %s: delivered again, already processed", place(message),
+                      extra=record_fields(message))
             await stream.ack(event)
             continue
         yield event
@@ -199,12 +203,15 @@ async def processing(stream: StreamT, event: EventT, *, stage: str) -> AsyncIter
             except Unavailable:
                 raise  # not the record's fault: neither dead-lettered nor acked; the stage retries it
             except RejectedRecord as exc:
-                log.info("%s: dead-lettering %s (%s)", stage, place(message), exc)
+                # Per record: DEBUG; payments_dead_letters_total and the DLQ itself say it.
+                log.debug("%s: dead-lettering %s (%s)", stage, place(message), exc,
+                          extra=record_fields(message, stage=stage))
                 await dead_letter(message, stage=stage, code=exc.code, reason=exc.reason, error=exc)
             except Exception as exc:
                 if is_fenced(exc):
                     raise
-                log.exception("%s: failed on %s; dead-lettering it", stage, place(message))
+                log.exception("%s: failed on %s; dead-lettering it", stage, place(message),
+                              extra=record_fields(message, stage=stage))
                 await dead_letter(message, stage=stage, code="processing_error",
                                   reason=f"{type(exc).__name__}: {exc}", error=exc)
         except Exception as exc:
@@ -215,7 +222,8 @@ async def processing(stream: StreamT, event: EventT, *, stage: str) -> AsyncIter
             # acked all the same: the rejoin's revocation waits until every delivered record
             # is acked (Consumer.wait_empty) and would hang; nothing a fenced worker acks is
             # committed (its commits fail until the rejoin, which forgets the acked offsets).
-            log.warning("%s: %s left unprocessed: this worker was fenced", stage, place(message))
+            log.warning("%s: %s left unprocessed: this worker was fenced", stage, place(message),
+                        extra=record_fields(message, stage=stage))
             if not COMMIT_FIRST:
                 await stream.ack(event)
             return
@@ -251,9 +259,10 @@ async def dead_letter(message: Message, *, stage: str, code: str, reason: str, e
                                   give_up=is_fenced)
     if sent.reference:
         log.warning("%s: %s is too large to copy into the DLQ (%d bytes); dead-lettered as a reference",
-                    stage, place(message), len(message.value or b""))
+                    stage, place(message), len(message.value or b""), extra=record_fields(message, stage=stage))
         count("dlq.references")
     count(f"{stage}.dead_lettered")
+    metrics.dead_lettered(stage, code)
 
 
 def _redact(text: str) -> str:

@@ -40,6 +40,7 @@ from .faust_fixes import FIXES
 Guarantee = Literal["at_least_once", "exactly_once", "at_most_once"]
 SinkMode = Literal["idempotent", "naive", "transactional"]
 SinkTarget = Literal["database", "api"]
+LogFormat = Literal["text", "json"]
 
 #: ``at_most_once`` is not a Faust guarantee: it is Faust's at_least_once with
 #: the sink committing the offset *before* the side effect (the lab's
@@ -281,6 +282,11 @@ class Settings:
         "PRODUCER_IDEMPOTENCE", True, parse_bool,
         "Idempotent producer (KIP-98) under at_least_once too, so a retry after a lost "
         "ack is not appended twice. Faust itself enables it only under exactly_once.",
+    )
+    log_format: LogFormat = _setting(
+        "LOG_FORMAT", "text", _choice(get_args(LogFormat)),
+        "text (Faust's own) or json: one JSON object per line, with stage, topic, partition, "
+        "offset and event id where a log call has them (streams_app/logs.py).",
     )
     faust_fixes: tuple[str, ...] = _setting(
         "FAUST_FIXES", tuple(FIXES), _fix_list,

@@ -8,6 +8,8 @@
     GET /api/charges              charge counts from the external system (database or API)
     GET /health, /health/ready    200 when the worker can make progress, else 503 and why
     GET /health/live              200 while the worker answers (streams_app/health.py)
+    GET /metrics                  Prometheus text format (streams_app/metrics.py)
+    GET /api/dead-letters         the latest dead letters, with the command that replays each
 
 Counters come from the ``pipeline-counters`` table on this worker (active and
 standby partitions); charges are counted in the database itself, so the two
@@ -16,19 +18,56 @@ sides of "exactly once" are measured independently.
 
 from __future__ import annotations
 
+import heapq
+import logging
+import time
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
 from faust.web import Request, Response, View
 
-from agents.sink import charge_stats, effect_target
+from agents.sink import charge_stats, effect_target, ledger
 from tables.balances import balances
 from tables.counters import totals
+from tables.seen_events import seen_events
 
+from . import metrics
 from .app import app, settings
+from .dlq import dlq_place, latest_dead_letters
 from .health import SAMPLE_S, started, stream_positions
 
+log = logging.getLogger(__name__)
+
 DASHBOARD = (Path(__file__).parent / "dashboard.html").read_text()
+
+
+#: What the charges card counts, by sink target: the external system's own count.
+CHARGES_LABEL = {"database": "charges (database rows)", "api": "charges (payment API)"}
+TOP_BALANCES = 5
+EXACTLY_ONCE = settings.faust_guarantee == "exactly_once"
+
+
+def _lags(positions: list[tuple[Any, int | None, int | None]]) -> dict[Any, int | None]:
+    """True lag of each stream partition (metrics.true_lag): records, not transaction markers."""
+    lags = {}
+    for tp, committed, highwater in positions:
+        position, read = _fetched(tp) if EXACTLY_ONCE else (None, None)
+        lags[tp] = metrics.true_lag(committed, highwater, exactly_once=EXACTLY_ONCE, position=position, read=read)
+    return lags
+
+
+def lag_rows() -> list[dict[str, Any]]:
+    return [{"topic": tp.topic, "partition": tp.partition, "lag": lag}
+            for tp, lag in _lags(stream_positions(app)).items()]
+
+
+def top_balances(n: int = TOP_BALANCES) -> list[dict[str, Any]]:
+    """The largest balances among the accounts this worker holds (one pass over its table)."""
+    entries = ((account, currency, amount) for account, by_currency in balances.items()
+               for currency, amount in dict(by_currency).items())
+    return [{"account": a, "currency": c, "amount": v}
+            for a, c, v in heapq.nlargest(n, entries, key=lambda e: e[2])]
 
 
 async def stats() -> dict[str, Any]:
@@ -53,13 +92,17 @@ async def stats() -> dict[str, Any]:
         "charged_events": charges.charged_events,
         "duplicate_charges": charges.duplicate_charges,
         "charged_amount": charges.total_amount,
+        "charges_label": CHARGES_LABEL[settings.sink_target],
+        "lag": lag_rows(),
+        "top_balances": top_balances(),
         "health": app.health.report()[1],
     }
 
 
 @app.timer(SAMPLE_S)
 async def _sample_health() -> None:
-    app.health.sample(started=started(app), positions=stream_positions(app))
+    positions = stream_positions(app)
+    app.health.sample(started=started(app), positions=positions, lags=_lags(positions))
 
 
 @app.page("/health/live")
@@ -130,3 +173,74 @@ class Charges(View):
         })
 
 
+
+
+_ledger_retries_seen: dict[tuple, int] = {}
+
+
+def _fetched(tp: Any) -> tuple[int | None, int | None]:
+    """The client's fetch position of ``tp`` (past the transaction markers it fetched) and
+    the last offset Faust delivered; None where unknown (not yet sought, no client)."""
+    from aiokafka import TopicPartition
+
+    read = app.consumer._read_offset.get(tp)
+    try:
+        client = app.consumer._thread._ensure_consumer()
+        state = client._fetcher._subscriptions.subscription.assignment.state_value(
+            TopicPartition(tp.topic, tp.partition))
+    except AttributeError:
+        return None, read
+    if state is None or not state.has_valid_position:
+        return None, read
+    return state.position, read
+
+
+async def _refresh_metrics() -> None:
+    """The values /metrics reads at scrape time: from the external system, the consumer
+    and the stores. An external system that does not answer leaves its last values."""
+    metrics.set_lag(stream_positions(app), exactly_once=EXACTLY_ONCE, fetched=_fetched)
+    metrics.set_dedup_keys(getattr(seen_events.data, "_dbs", None), lambda: len(seen_events))
+    if settings.sink_target == "database":
+        metrics.sync_counter(metrics.SINK_RETRIES, ("database",), ledger.retries, _ledger_retries_seen)
+        metrics.SINK_OUTAGE.labels("database").set(int(ledger.outage))
+    try:
+        charges = await charge_stats()
+    except Exception as exc:  # noqa: BLE001 - an outage must not fail the scrape
+        log.warning("metrics: charges not refreshed: %s", exc)
+    else:
+        metrics.set_charges(settings.sink_target, charges.charges, charges.charged_events,
+                            charges.duplicate_charges)
+
+
+@app.page("/metrics")
+class Metrics(View):
+    async def get(self, request: Request) -> Response:
+        body = await metrics.exposition(_refresh_metrics)
+        # aiohttp's own Response: Faust's self.bytes() refuses a content type with parameters.
+        return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
+
+
+#: Read the DLQ's tail at most this often, whoever asks (the dashboard asks every 5 s).
+DEAD_LETTERS_TTL_S = 3.0
+_dead_letters_cache: tuple[float, list[dict[str, Any]]] = (0.0, [])
+
+
+async def dead_letter_rows(limit: int = 20) -> list[dict[str, Any]]:
+    global _dead_letters_cache
+    read_at, rows = _dead_letters_cache
+    if time.monotonic() - read_at >= DEAD_LETTERS_TTL_S:
+        rows = [{
+            "stage": d.stage, "code": d.code, "reason": d.reason,  # masked when the letter was made
+            "source": d.place, "dlq": dlq_place(d), "timestamp": d.original_timestamp,
+            "reference": d.reference is not None,
+            "replay": f"faust -A streams_app dlq replay --source '{d.place}'",
+        } for d in await latest_dead_letters(settings, limit)]
+        _dead_letters_cache = (time.monotonic(), rows)
+    return rows[:limit]
+
+
+@app.page("/api/dead-letters")
+class DeadLetters(View):
+    async def get(self, request: Request) -> Response:
+        return self.json({"dead_letters": await dead_letter_rows(),
+                          "replay_help": "faust -A streams_app dlq replay --code CODE | --source PLACE [--dry-run]"})

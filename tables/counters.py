@@ -16,6 +16,7 @@ from collections import defaultdict
 
 from faust.streams import current_event
 
+from streams_app import metrics
 from streams_app.app import app, settings
 
 counters = app.Table(
@@ -34,6 +35,7 @@ def count(name: str, by: int = 1) -> None:
     assert event is not None, "counters are written from agents only"
     key = f"{name}@{event.message.partition}"
     counters[key] += by
+    metrics.counted(name, by)  # the same name in /metrics (payments_stage_records_total)
 
 
 def totals() -> dict[str, int]:

@@ -38,6 +38,7 @@ from typing import Any
 
 import rocksdict
 
+from streams_app import metrics
 from streams_app.app import app, settings
 
 _HORIZON_MS = int(settings.dedup_horizon * 1000)
@@ -131,6 +132,7 @@ async def sweep_expired(now: float | None = None, budget: int = SWEEP_BUDGET) ->
         delete_keys(db, keys)
         deleted += len(keys)
         await asyncio.sleep(0)
+    metrics.swept(sum(_resume_at.get(p, 0) is None for p in dbs), deleted, now)
     if deleted:
         log.info("seen-events: deleted %d ids older than DEDUP_HORIZON from the local store", deleted)
     return deleted

@@ -1,5 +1,6 @@
 """The dashboard in a real browser: headless Chromium renders http://127.0.0.1:PORT/
-after its JavaScript fetched /api/stats, and the page shows the live counts."""
+after its JavaScript fetched /api/stats and /api/dead-letters, and the page shows the
+live counts, rates, lag per partition, top balances and the dead letters sent."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ import pytest
 from streams_app.traffic import generate
 
 pytestmark = pytest.mark.integration
+
+#: The reason codes ingest gives the traffic's malformed records (streams_app/models.py).
+CODES = ("not_json", "not_object", "missing_field", "wrong_type", "bad_amount", "bad_format", "oversize", "empty")
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -49,6 +53,9 @@ def test_dashboard_shows_the_guarantee_and_live_counts(pipeline_factory):
     pipeline.send(traffic)
     pipeline.drain()
 
+    status, body = worker.get_json("/api/dead-letters")
+    assert status == 200 and body["dead_letters"], body
+    assert {d["code"] for d in body["dead_letters"]} <= set(CODES), body
     dom = rendered_dom(worker.url + "/")
     assert card(dom, "processing_guarantee") == "exactly_once"
     assert int(card(dom, "consumed").replace(",", "")) == len(traffic.records)
@@ -56,3 +63,29 @@ def test_dashboard_shows_the_guarantee_and_live_counts(pipeline_factory):
     assert int(card(dom, "duplicates_dropped").replace(",", "")) == traffic.duplicates
     assert int(card(dom, "charges").replace(",", "")) == len(traffic.unique_events)
     assert card(dom, "duplicate_charges") == "0"
+
+    # charges are labelled by what counts them; 0 duplicate charges is not an alarm
+    assert card(dom, "charges_label") == "charges (database rows)"
+    dup_card = re.search(r'<div class="card ([a-z ]*)" id="duplicate_charges_card">', dom)
+    assert dup_card and "bad" not in dup_card.group(1).split(), dup_card
+    # it updates: several refreshes within the page's virtual 5 s
+    assert int(card(dom, "refreshes")) >= 2
+    # rates: one polyline per stage, and the legend's current rates
+    assert dom.count("<polyline") == 5 and 'id="rate_consumed"' in dom
+    # lag per partition: every stream partition of the worker, drained
+    lag_rows = re.findall(r'<tr(?: class="[^"]*")?><td>([^<]+\[\d+\])</td><td class="num">([^<]*)</td></tr>', dom)
+    assert any(name.startswith(pipeline.config.topic("raw")) for name, _ in lag_rows), lag_rows
+    assert all(lag == "0" for _, lag in lag_rows), lag_rows
+    # top balances: the largest balance of the traffic is listed first
+    largest = max(amount for by in traffic.expected_balances.values() for amount in by.values())
+    balances = re.search(r'<tbody id="top_balances">(.*?)</tbody>', dom, re.S).group(1)
+    first = re.search(r'<td class="num">([^<]+)</td>', balances)
+    assert first and int(first.group(1).replace(",", "")) == largest, balances[:500]
+    # the dead letters sent during this test, with their reasons and where they came from
+    letters = re.findall(r'<tr class="dead-letter"><td>[^<]*</td><td>([^<]*)</td><td class="code">([^<]*)</td>'
+                         r'<td>([^<]*)</td><td><code>([^<]*)</code></td></tr>', dom)
+    assert letters, "no dead letter rendered"
+    assert all(stage == "ingest" and reason and place.startswith(pipeline.config.topic("raw"))
+               for stage, _, reason, place in letters), letters
+    assert len(letters) == min(20, sum(traffic.bad.values()))
+    assert "faust -A streams_app dlq replay" in dom

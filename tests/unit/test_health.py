@@ -57,3 +57,23 @@ def test_the_app_s_views_read_the_monitor():
 
     status, body = app.health.report()
     assert status == 503 and body["status"] == "not ready"  # never sampled: not started
+
+
+def test_a_drained_exactly_once_partition_ending_with_several_markers_is_not_stuck():
+    """events[0] committed 68 of 72 for 70 s on a drained exactly_once worker: the four
+    offsets were the commit markers of the four ingest producers' transactions (seen
+    on the broker; /health said 503). With the true lag (0) it is ready."""
+    monitor = HealthMonitor(exactly_once=True)
+    monitor.sample(started=True, positions=[(EVENTS, 68, 72)], now=0, lags={EVENTS: 0})
+    assert monitor.sample(started=True, positions=[(EVENTS, 68, 72)], now=STUCK_AFTER_S + 10,
+                          lags={EVENTS: 0}).report(now=STUCK_AFTER_S + 10)[0] == 200
+    # without the true lag, the one-offset slack still calls it stuck
+    monitor = HealthMonitor(exactly_once=True)
+    monitor.sample(started=True, positions=[(EVENTS, 68, 72)], now=0)
+    assert monitor.sample(started=True, positions=[(EVENTS, 68, 72)], now=STUCK_AFTER_S).report(
+        now=STUCK_AFTER_S)[0] == 503
+    # a real lag is still stuck
+    monitor = HealthMonitor(exactly_once=True)
+    monitor.sample(started=True, positions=[(EVENTS, 68, 72)], now=0, lags={EVENTS: 2})
+    assert monitor.sample(started=True, positions=[(EVENTS, 68, 72)], now=STUCK_AFTER_S,
+                          lags={EVENTS: 2}).report(now=STUCK_AFTER_S)[0] == 503

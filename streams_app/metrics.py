@@ -1,0 +1,273 @@
+"""Prometheus metrics of the worker, declared once, served at ``/metrics``.
+
+Why one module: a dashboard, an alert and a test must agree on every name, so
+each metric is declared here and nowhere else (the Grafana dashboard in
+ops/grafana/ is checked against :func:`metric_names`). Everything lives in this
+module's own :class:`~prometheus_client.CollectorRegistry`, not the library's
+global one: importing this module declares metrics and does nothing else (no
+server, no patching, no connection).
+
+Three kinds of source feed it:
+
+- **Faust's own sensor metrics** (``payments_faust_*``): Faust's
+  ``PrometheusMonitor`` with this registry (the app's ``monitor``), so messages
+  received, events, table operations, sends and their latencies (Faust
+  observes those in milliseconds: its names, not ours).
+- **The pipeline's, as they happen**: :class:`PipelineSensor` (Faust's sensor
+  extension point, ``app.sensors.add``) counts records consumed and acked per
+  topic, commit latency and rebalances; ``processing.dead_letter()`` counts
+  dead letters by stage and code; ``tables.counters.count()`` mirrors every
+  pipeline counter (``payments_stage_records_total{stage, outcome}``); the fixes
+  in faust_fixes.py call :func:`fix_intervened`; the sink its retries.
+- **Read at scrape time** (:func:`refresh`, awaited by the ``/metrics`` view):
+  charges counted by the external system itself, true lag per partition, the
+  dedup table's key count, the sink's outage state.
+
+These are per-process counters: they start at 0 when the worker starts (use
+``rate()``/``increase()``), and they count processing, not unique events:
+under at_least_once a record redelivered after a crash is counted again, and
+under exactly_once a record whose transaction was aborted was still counted
+here (the ``pipeline-counters`` table behind ``/api/stats`` commits with the
+events instead).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from faust.sensors import Sensor
+from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+#: The content type of Prometheus' text format (what ``generate_latest`` writes).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+PREFIX = "payments"
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+#: Faust's own sensor metrics, prefixed ``payments_faust_``.
+FAUST = FaustMetrics.create(REGISTRY, f"{PREFIX}_faust")
+
+_LATENCY_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+RECORDS_CONSUMED = Counter(
+    f"{PREFIX}_records_consumed", "Records fetched and handed to a stream, per topic "
+    "(a record delivered again after a seek is counted again)", ["topic"], registry=REGISTRY)
+RECORDS_ACKED = Counter(
+    f"{PREFIX}_records_acked", "Records every stream of this worker finished (acked), per topic",
+    ["topic"], registry=REGISTRY)
+STAGE_RECORDS = Counter(
+    f"{PREFIX}_stage_records", "The pipeline counters (tables/counters.py) as they are counted: "
+    "ingest valid, dedup unique / duplicates, apply applied, <stage> dead_lettered, dlq references",
+    ["stage", "outcome"], registry=REGISTRY)
+DEAD_LETTERS = Counter(
+    f"{PREFIX}_dead_letters", "Records sent to the DLQ, by the stage that refused them and the reason "
+    "code (x-dlq-code)", ["stage", "code"], registry=REGISTRY)
+COMMIT_SECONDS = Histogram(
+    f"{PREFIX}_commit_duration_seconds", "Offset commits of this worker; under exactly_once each is "
+    "the commit of the open transactions", ["guarantee"], buckets=_LATENCY_BUCKETS_S, registry=REGISTRY)
+REBALANCES = Counter(
+    f"{PREFIX}_rebalances", "Rebalances this worker took part in", registry=REGISTRY)
+REBALANCE_SECONDS = Histogram(
+    f"{PREFIX}_rebalance_duration_seconds", "From a rebalance's start to the end of table recovery",
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120), registry=REGISTRY)
+TRANSACTIONS_ABORTED = Counter(
+    f"{PREFIX}_transactions_aborted", "exactly_once transactions this worker abandoned uncommitted "
+    "(the broker aborts them): fenced, or a final commit that failed", ["reason"], registry=REGISTRY)
+FIX_INTERVENTIONS = Counter(
+    f"{PREFIX}_fix_interventions", "Times a fix of streams_app/faust_fixes.py changed what stock Faust "
+    "would have done", ["fix", "action"], registry=REGISTRY)
+SINK_RETRIES = Counter(
+    f"{PREFIX}_sink_retries", "Waits before a charge was tried again (database or payment API "
+    "unavailable)", ["target"], registry=REGISTRY)
+SINK_OUTAGE = Gauge(
+    f"{PREFIX}_sink_outage", "1 while the database or payment API is unavailable to the sink",
+    ["target"], registry=REGISTRY)
+CHARGES = Gauge(
+    f"{PREFIX}_sink_charges", "Charges counted by the external system itself (database rows or the "
+    "payment API's charges)", ["target"], registry=REGISTRY)
+CHARGED_EVENTS = Gauge(
+    f"{PREFIX}_sink_charged_events", "Distinct event ids charged, counted by the external system",
+    ["target"], registry=REGISTRY)
+DUPLICATE_CHARGES = Gauge(
+    f"{PREFIX}_sink_duplicate_charges", "Charges minus distinct event ids charged: must stay 0",
+    ["target"], registry=REGISTRY)
+LAG = Gauge(
+    f"{PREFIX}_consumer_lag_records", "Records of a stream partition not yet committed: high watermark "
+    "minus committed offset, minus one offset under exactly_once (the commit marker of the last "
+    "transaction)", ["topic", "partition"], registry=REGISTRY)
+DEDUP_KEYS = Gauge(
+    f"{PREFIX}_dedup_keys", "Event ids in the local seen-events store, per partition (RocksDB's "
+    "estimate)", ["partition"], registry=REGISTRY)
+DEDUP_SWEPT = Counter(
+    f"{PREFIX}_dedup_swept_keys", "Event ids older than DEDUP_HORIZON deleted by the sweep",
+    registry=REGISTRY)
+DEDUP_SWEEP_PASSES = Counter(
+    f"{PREFIX}_dedup_sweep_passes", "Full passes of the sweep over a local seen-events partition "
+    "(it looks at SWEEP_BUDGET rows per partition and tick)", registry=REGISTRY)
+DEDUP_SWEEP_LAST = Gauge(
+    f"{PREFIX}_dedup_sweep_last_run_timestamp_seconds", "When the sweep last ran (Unix time)",
+    registry=REGISTRY)
+
+
+def metric_names() -> set[str]:
+    """Every series name this registry can export (``_total``, ``_bucket``... included)."""
+    names: set[str] = set()
+    for family in REGISTRY.collect():
+        names.add(family.name)
+        suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
+                    "gauge": ("",), "summary": ("_sum", "_count", "_created")}.get(family.type, ("",))
+        names.update(family.name + suffix for suffix in suffixes)
+    return names
+
+
+def faust_monitor() -> PrometheusMonitor:
+    """The app's Faust monitor: Faust's own sensor metrics, in this registry."""
+    return PrometheusMonitor(metrics=FAUST)
+
+
+class PipelineSensor(Sensor):
+    """Faust's sensor hooks, counted in the pipeline's metrics."""
+
+    def __init__(self, *, guarantee: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._guarantee = guarantee
+
+    def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
+        RECORDS_CONSUMED.labels(tp.topic).inc()
+
+    def on_message_out(self, tp: Any, offset: int, message: Any) -> None:
+        RECORDS_ACKED.labels(tp.topic).inc()
+
+    def on_commit_initiated(self, consumer: Any) -> Any:
+        return time.monotonic()
+
+    def on_commit_completed(self, consumer: Any, state: Any) -> None:
+        if isinstance(state, float):
+            COMMIT_SECONDS.labels(self._guarantee).observe(time.monotonic() - state)
+
+    def on_rebalance_start(self, app: Any) -> dict:
+        REBALANCES.inc()
+        return {"time_start": time.monotonic()}
+
+    def on_rebalance_end(self, app: Any, state: dict) -> None:
+        started = state.get("time_start") if isinstance(state, dict) else None
+        if started is not None:
+            REBALANCE_SECONDS.observe(time.monotonic() - started)
+
+
+def install(app: Any, *, guarantee: str) -> None:
+    """Add :class:`PipelineSensor` to ``app`` (called when the worker starts)."""
+    if not any(isinstance(sensor, PipelineSensor) for sensor in app.sensors):
+        app.sensors.add(PipelineSensor(guarantee=guarantee))
+
+
+# -- the calls the pipeline makes: one line at each place ---------------------------------
+
+def counted(name: str, by: int = 1) -> None:
+    """A pipeline counter ``stage.outcome`` went up (tables/counters.py ``count``)."""
+    stage, _, outcome = name.partition(".")
+    STAGE_RECORDS.labels(stage, outcome).inc(by)
+
+
+def dead_lettered(stage: str, code: str) -> None:
+    DEAD_LETTERS.labels(stage, code).inc()
+
+
+def fix_intervened(fix: str, action: str = "applied") -> None:
+    """A fix of faust_fixes.py did something stock Faust would not have."""
+    FIX_INTERVENTIONS.labels(fix, action).inc()
+
+
+def transaction_aborted(reason: str, n: int = 1) -> None:
+    TRANSACTIONS_ABORTED.labels(reason).inc(n)
+
+
+def sink_waiting(target: str) -> None:
+    """The sink waits before trying a charge again: the external system is unavailable."""
+    SINK_RETRIES.labels(target).inc()
+    SINK_OUTAGE.labels(target).set(1)
+
+
+def sink_answered(target: str) -> None:
+    SINK_OUTAGE.labels(target).set(0)
+
+
+def swept(passes: int, deleted: int, now: float) -> None:
+    DEDUP_SWEEP_PASSES.inc(passes)
+    DEDUP_SWEPT.inc(deleted)
+    DEDUP_SWEEP_LAST.set(now)
+
+
+# -- read at scrape time -------------------------------------------------------------------
+
+def true_lag(committed: int | None, highwater: int | None, *, exactly_once: bool,
+             position: int | None = None, read: int | None = None) -> int | None:
+    """Records of a partition not yet committed, or None when the high watermark is unknown.
+
+    at_least_once: high watermark minus committed offset. exactly_once: every
+    transaction ends with a commit marker that takes an offset, and a partition
+    written by several transactional producers (one per source partition) can end
+    with several markers after its last record, so the same subtraction showed 3
+    for a drained partition. There the lag is what the client has not fetched yet
+    (high watermark minus its ``position``, which moves past the markers it
+    fetched) plus what was delivered and is not committed (``read``, the last
+    offset delivered, + 1 minus committed). Markers inside either range still
+    count: exact when drained, an upper bound while behind. Without a position,
+    one offset of slack is assumed (one marker).
+    """
+    if highwater is None:
+        return None
+    base = committed or 0
+    if not exactly_once:
+        return max(0, highwater - base)
+    if position is None:
+        return max(0, highwater - base - 1)
+    delivered_uncommitted = max(0, read + 1 - base) if read is not None else 0
+    return max(0, highwater - position) + delivered_uncommitted
+
+
+def set_lag(positions: Iterable[tuple[Any, int | None, int | None]], *, exactly_once: bool,
+            fetched: Callable[[Any], tuple[int | None, int | None]] = lambda tp: (None, None)) -> None:
+    """``positions`` as health.stream_positions gives them; ``fetched(tp)``: the client's
+    position and the last offset delivered, for exactly_once."""
+    LAG.clear()  # revoked partitions disappear
+    for tp, committed, highwater in positions:
+        position, read = fetched(tp) if exactly_once else (None, None)
+        lag = true_lag(committed, highwater, exactly_once=exactly_once, position=position, read=read)
+        if lag is not None:
+            LAG.labels(tp.topic, str(tp.partition)).set(lag)
+
+
+def set_dedup_keys(dbs: dict[int, Any] | None, fallback: Callable[[], int]) -> None:
+    """Key counts of the seen-events store: RocksDB's estimate per partition (counting
+    a million keys at every scrape would hold the event loop), else ``fallback()``."""
+    DEDUP_KEYS.clear()
+    if not dbs:
+        DEDUP_KEYS.labels("all").set(fallback())
+        return
+    for partition, db in list(dbs.items()):
+        DEDUP_KEYS.labels(str(partition)).set(db.property_int_value("rocksdb.estimate-num-keys") or 0)
+
+
+def set_charges(target: str, charges: int, charged_events: int, duplicate_charges: int) -> None:
+    CHARGES.labels(target).set(charges)
+    CHARGED_EVENTS.labels(target).set(charged_events)
+    DUPLICATE_CHARGES.labels(target).set(duplicate_charges)
+
+
+def sync_counter(counter: Counter, labels: tuple[str, ...], total: int, seen: dict[tuple, int]) -> None:
+    """Add to ``counter`` what a cumulative ``total`` kept elsewhere grew by since the last call."""
+    delta = total - seen.get(labels, 0)
+    if delta > 0:
+        counter.labels(*labels).inc(delta)
+    seen[labels] = max(total, seen.get(labels, 0))
+
+
+async def exposition(refresh: Callable[[], Awaitable[None]]) -> bytes:
+    """The text a scrape gets: the scrape-time values refreshed first."""
+    await refresh()
+    return generate_latest(REGISTRY)
