@@ -11,8 +11,8 @@ the worker does, sampled every :data:`SAMPLE_S`:
   did not turn into a dead letter) within the last :data:`CRASH_WINDOW_S`;
   Faust restarts it, and a crash loop stays visible;
 - **fenced**: under exactly_once another worker took this worker's partitions
-  while it was paused; until it has rejoined (streams_app/faust_fixes.py
-  ``fenced-rejoin``);
+  while it was paused; it is stopping for a restart (streams_app/faust_fixes.py
+  ``fenced-restart``);
 - **partition stuck**: a stream partition with records not yet committed
   whose committed offset has not moved for :data:`STUCK_AFTER_S`. Under
   exactly_once a drained partition ends with transaction markers, one per
@@ -57,7 +57,7 @@ class Health:
     def reasons(self, now: float) -> list[str]:
         found = [] if self.started else ["starting: tables are recovering or streams not yet sought"]
         if self.fenced:
-            found.append(f"fenced: another worker owns this worker's partitions ({self.fenced}); rejoining")
+            found.append(f"fenced: another worker owns this worker's partitions ({self.fenced}); restarting")
         for agent, crashes in sorted(self.crashes.items()):
             recent = [error for when, error in crashes if now - when <= CRASH_WINDOW_S]
             if recent:
@@ -92,9 +92,6 @@ class HealthMonitor:
 
     def fenced(self, reason: str) -> None:
         self.health.fenced = reason
-
-    def rejoined(self) -> None:
-        self.health.fenced = None
 
     def agent_crashed(self, agent: str, error: BaseException, now: float | None = None) -> None:
         now = time.time() if now is None else now

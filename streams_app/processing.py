@@ -217,11 +217,11 @@ async def processing(stream: StreamT, event: EventT, *, stage: str) -> AsyncIter
         except Exception as exc:
             if not is_fenced(exc):
                 raise
-            # Another worker owns the partition now (faust_fixes fenced-rejoin): the record's
+            # Another worker owns the partition now (faust_fixes fenced-restart): the record's
             # outputs are in an aborted transaction and it comes again to its owner. It is
-            # acked all the same: the rejoin's revocation waits until every delivered record
-            # is acked (Consumer.wait_empty) and would hang; nothing a fenced worker acks is
-            # committed (its commits fail until the rejoin, which forgets the acked offsets).
+            # acked all the same: a revocation waits until every delivered record is acked
+            # (Consumer.wait_empty) and would hang; nothing a fenced worker acks is committed
+            # (its commits are refused, and it stops).
             log.warning("%s: %s left unprocessed: this worker was fenced", stage, place(message),
                         extra=record_fields(message, stage=stage))
             if not COMMIT_FIRST:
