@@ -64,7 +64,7 @@ from .app import app, settings
 from .dead_letters import letter_for, send_dead_letter
 from .exceptions import RejectedRecord, Unavailable
 from .faults import crashpoint
-from .faust_fixes import is_fenced
+from .faust_fixes import fenced, is_fenced
 from .topics import dead_letters, place
 
 log = logging.getLogger(__name__)
@@ -208,14 +208,14 @@ async def processing(stream: StreamT, event: EventT, *, stage: str) -> AsyncIter
                           extra=record_fields(message, stage=stage))
                 await dead_letter(message, stage=stage, code=exc.code, reason=exc.reason, error=exc)
             except Exception as exc:
-                if is_fenced(exc):
+                if _fenced(exc):
                     raise
                 log.exception("%s: failed on %s; dead-lettering it", stage, place(message),
                               extra=record_fields(message, stage=stage))
                 await dead_letter(message, stage=stage, code="processing_error",
                                   reason=f"{type(exc).__name__}: {exc}", error=exc)
         except Exception as exc:
-            if not is_fenced(exc):
+            if not _fenced(exc):
                 raise
             # Another worker owns the partition now (faust_fixes fenced-restart): the record's
             # outputs are in an aborted transaction and it comes again to its owner. It is
@@ -256,13 +256,19 @@ async def dead_letter(message: Message, *, stage: str, code: str, reason: str, e
     letter = letter_for(message, stage=stage, code=code, reason=reason, error=error, group=app.conf.id,
                         redact=_redact)
     sent = await send_dead_letter(letter, message, _send_to_dlq, max_bytes=app.conf.producer_max_request_size,
-                                  give_up=is_fenced)
+                                  give_up=_fenced)
     if sent.reference:
         log.warning("%s: %s is too large to copy into the DLQ (%d bytes); dead-lettered as a reference",
                     stage, place(message), len(message.value or b""), extra=record_fields(message, stage=stage))
         count("dlq.references")
     count(f"{stage}.dead_lettered")
     metrics.dead_lettered(stage, code)
+
+
+def _fenced(error: BaseException) -> bool:
+    """The error says this worker was fenced, or it was and is stopping: once fenced, its
+    producers fail in several ways (ProducerFenced, 'not in transaction'), all of them final."""
+    return is_fenced(error) or fenced(app)
 
 
 def _redact(text: str) -> str:
