@@ -234,14 +234,16 @@ def document(results: Results) -> Doc:
 METHOD = {
     "throughput": "output events/s from high watermarks sampled every second, from the moment "
                   "the first stage's output reaches 10 % of its final count (Faust: "
-                  "{prefix}.events, others: the output) to the moment the output reaches 90 % "
+                  "{prefix}.unique, others: the output) to the moment the output reaches 90 % "
                   "(start-up and tail excluded); scaled by data records / high watermark to drop "
                   "transaction markers",
-    "faust_scope": "the Faust worker runs the whole pipeline (ingest -> dedup -> apply -> sink) "
-                   "as lab/workers.py starts it; its throughput is read on {prefix}.unique, the "
-                   "output of the ingest + dedup hops, which do the raw loop's and Quix's work "
-                   "(validate, dedup, forward keyed by account) plus one re-keying hop through "
-                   "{prefix}.events; apply and the SQLite sink share its process, CPU and memory",
+    "faust_scope": "the Faust worker runs the whole pipeline (dedup -> apply -> sink) as "
+                   "lab/workers.py starts it; its throughput is read on {prefix}.applied, the "
+                   "output of its two Kafka hops: dedup does the raw loop's and Quix's work "
+                   "(validate, dedup by event id in a changelogged table, forward keyed by "
+                   "account), apply adds each payment to its account's balance (a second "
+                   "changelogged table) and forwards it; the SQLite sink charges each applied "
+                   "payment in the same process, sharing its CPU and memory",
     "cpu": "user + system CPU-seconds of the process tree (psutil) over the same window, per "
            "million output events",
     "memory": "peak resident set size of the process tree, sampled every second",

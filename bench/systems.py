@@ -101,7 +101,7 @@ class Deployment(ABC):
     input_topic: str
     output_topic: str
     #: The topic its first stage writes: where processing shows first (the output
-    #: itself for one-hop systems, {prefix}.events for the Faust pipeline).
+    #: itself for one-hop systems, {prefix}.unique for the Faust pipeline).
     first_hop_topic: str
     group: str
     #: True when the input topic is this deployment's own (the benchmark fills it).
@@ -247,8 +247,9 @@ class FaustDeployment(Deployment):
         self.worker = WorkerProcess(self.config)
         self.owns_input = True
         self.input_topic = self.config.topic("raw")
-        self.output_topic = self.config.topic("unique")
-        self.first_hop_topic = self.config.topic("events")
+        # The pipeline's Kafka output: validated, deduplicated AND applied to the balances.
+        self.output_topic = self.config.topic("applied")
+        self.first_hop_topic = self.config.topic("unique")
         self.group = self.config.app_id
 
     @property

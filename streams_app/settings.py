@@ -245,6 +245,11 @@ class Settings:
         "How long an event id is remembered (e.g. 24h, 7d). Older ids may be "
         "forgotten: a re-send older than this is applied again.",
     )
+    batch_max: int = _setting(
+        "BATCH_MAX", 1000, _positive_int,
+        "Most records a stage takes in one batch: what is already fetched, never waited "
+        "for (one ack wait, one table write per key and one commit-gate pass per batch).",
+    )
     max_record_bytes: int = _setting(
         "MAX_RECORD_BYTES", 16 * 1024, _positive_int,
         "Raw records larger than this go to the DLQ as oversize.",
