@@ -301,6 +301,16 @@ FIXES: Mapping[str, str] = {
         "has room), the message is delivered with a plain await; otherwise exactly as "
         "stock. Copies Faust 0.15's _drain_messages: installed on faust-streaming 0.15 only."
     ),
+    "concurrent-commits": (
+        "exactly_once (speed): Faust keeps one transactional producer per source partition "
+        "and commits them one after another (aiokafka driver Producer.commit_transactions: "
+        "send offsets, commit, begin, ~6.5-7 ms each here), so a commit takes ~27 ms at 4 "
+        "partitions and grows with every partition a worker holds; the commit gate holds "
+        "the stages for all of it, and at a 100 ms commit interval that is a quarter of "
+        "the time. The transactions are independent (one per partition, each under its "
+        "own lock). Fix: the same three steps for every producer at once; a failure of "
+        "any raises as before, after the others finished."
+    ),
     "route-metadata": (
         "table_route asks the plain (non-transactional) producer for the key's partition; "
         "a producer that never sent to the table's changelog (every producer under "
@@ -355,6 +365,8 @@ def install(
         _patch_livelock_position()
     if exactly_once and "lso-consistency-check" in enabled:
         app.conf.recovery_consistency_check = False
+    if exactly_once and "concurrent-commits" in enabled:
+        _patch_concurrent_commits()
     if "direct-delivery" in enabled:
         _patch_direct_delivery()
     if "stalled-partition-heal" in enabled:
@@ -1471,3 +1483,37 @@ def _patch_direct_delivery() -> None:
     _drain_messages._fixed = True  # type: ignore[attr-defined]
     _drain_messages._stock = stock  # type: ignore[attr-defined]
     Consumer._drain_messages = _drain_messages  # type: ignore[method-assign]
+
+
+# -- concurrent-commits -------------------------------------------------------------
+
+
+def _patch_concurrent_commits() -> None:
+    from faust.transport.drivers.aiokafka import Producer
+
+    stock = Producer.commit_transactions
+    if getattr(stock, "_fixed", False):
+        return
+
+    async def commit_transactions(self: Producer, tid_to_offset_map: Mapping[str, Mapping[Any, int]],
+                                  group_id: str, start_new_transaction: bool = True) -> None:
+        async def commit_one(transactional_id: str, offsets: Mapping[Any, int]) -> None:
+            async with self._trn_locks[transactional_id]:
+                producer = self._transaction_producers.get(transactional_id)
+                if producer is None:
+                    log.warning("Commit invoked for unknown transaction %s", transactional_id)
+                    return
+                await producer.send_offsets_to_transaction(offsets, group_id)
+                await producer.commit_transaction()
+                if start_new_transaction:
+                    await producer.begin_transaction()
+
+        results = await asyncio.gather(
+            *(commit_one(tid, offsets) for tid, offsets in tid_to_offset_map.items()), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    commit_transactions._fixed = True  # type: ignore[attr-defined]
+    commit_transactions._stock = stock  # type: ignore[attr-defined]
+    Producer.commit_transactions = commit_transactions  # type: ignore[method-assign]

@@ -33,6 +33,7 @@ broker's default partition count and break the co-partitioning.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from aiokafka.partitioner import murmur2
@@ -73,6 +74,23 @@ dedup_sources = app.topic(
 )
 
 ALL_TOPICS = (raw_payments, dead_letters, payment_events, unique_payments, applied_payments)
+
+
+async def _check_partition_counts() -> None:
+    """Start check: refuse to start on pipeline topics with other partition counts."""
+    from .admin import partition_count_problems
+    from .exceptions import SettingsError
+
+    try:
+        problems = await partition_count_problems(settings)
+    except Exception as exc:  # the broker not answering yet: Faust waits for it itself
+        logging.getLogger(__name__).warning("could not check the topics' partition counts at start: %r", exc)
+        return
+    if problems:
+        raise SettingsError(problems)
+
+
+app.start_checks.append(_check_partition_counts)
 
 
 def place(message) -> str:
