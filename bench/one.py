@@ -2,7 +2,7 @@
 look while working on speed (nothing is written to reports/).
 
 Each SYSTEM is a report key without a variant (``faust_alo``, ``faust_eos``, ``quix_alo``,
-``raw_eos``, ``faust_min_alo``...). The same throughput run as ``bench run`` (same backlog
+``raw_eos``, ``faust_min_alo``...), or ``faust_eos@0.1`` for a commit interval. The same throughput run as ``bench run`` (same backlog
 generator, pinning, steady window, exactness check); ``--profile`` also samples the
 first system with py-spy for ``--profile`` seconds and prints the summary.
 """
@@ -15,18 +15,22 @@ import uuid
 from collections.abc import Callable
 
 from .affinity import pinned
-from .config import GUARANTEES, SHORT, BenchConfig
+from .config import GUARANTEES, SHORT, BenchConfig, FaustVariant
 from streams_app.admin import delete_topics_containing
 from .runs import Backlog, Context, preload, profile_run, throughput_run
 from .systems import SystemSpec
 
 
 def spec_for(key: str) -> SystemSpec:
-    """``faust_min_eos`` -> SystemSpec("faust_min", "exactly_once")."""
+    """``faust_min_eos`` -> SystemSpec("faust_min", "exactly_once"); ``faust_eos@0.1``: the
+    pipeline at commit interval 0.1 s."""
+    key, _, interval = key.partition("@")
     kind, _, short = key.rpartition("_")
     by_short = {v: k for k, v in SHORT.items()}
     if short not in by_short or kind not in ("raw", "quix", "faust", "faust_min"):
         raise SystemExit(f"unknown system {key!r}: use e.g. faust_alo, quix_eos, raw_alo, faust_min_eos")
+    if interval:
+        return SystemSpec(kind, by_short[short], FaustVariant(commit_interval=interval))  # type: ignore[arg-type]
     return SystemSpec(kind, by_short[short])  # type: ignore[arg-type]
 
 

@@ -92,6 +92,7 @@ app = PaymentsApp(
     # port only (credentials go in broker_credentials): the worker banner prints these.
     broker=[f"kafka://{host}" for host in settings.broker_hosts],
     processing_guarantee=settings.faust_guarantee,
+    broker_commit_interval=settings.commit_interval,
     store=settings.store,
     datadir=str(settings.table_dir),
     topic_partitions=settings.partitions,
