@@ -62,7 +62,9 @@ class PaymentsApp(faust.App):
 
     async def on_shutdown(self) -> None:
         await super().on_shutdown()
-        if not faust_fixes.fenced(self):  # a fenced worker's state may hold aborted rows
+        # A fenced or crashed worker's state may hold rows of transactions the broker
+        # aborted: its stop is not clean (faust_fixes wipe-unclean-state).
+        if not faust_fixes.fenced(self) and not self._crashed.is_set():
             faust_fixes.on_worker_stopped(Path(self.conf.tabledir))
 
 

@@ -493,7 +493,8 @@ def _patch_gated_commit() -> None:
 
     async def force_commit(self: Consumer, topics: Any = None, start_new_transaction: bool = True) -> bool:
         async with gate.committing():
-            await _drain(self.app.producer.buffer)
+            if not await _drain(self.app.producer.buffer, self.app):
+                return False  # changelog records not in their transactions: commit nothing
             return await stock_force_commit(self, topics, start_new_transaction=start_new_transaction)
 
     force_commit._fixed = True  # type: ignore[attr-defined]
@@ -501,11 +502,21 @@ def _patch_gated_commit() -> None:
     Consumer.force_commit = force_commit  # type: ignore[method-assign]
 
 
-async def _drain(buffer: Any) -> None:
-    """Wait until every buffered message has been handed to its producer."""
+async def _drain(buffer: Any, app: Any) -> bool:
+    """Wait until every buffered message has been handed to its producer; False if it
+    never will be: the buffer's task crashed or stopped (seen once the worker was fenced:
+    'Can't send messages while not in transaction'), or the app is crashed or fenced. A
+    commit waiting here forever held up the revocation's commit and the worker's stop
+    (the fence test's worker never exited at commit interval 0.1 s)."""
     while buffer.size or getattr(buffer, "_in_flight", 0):
+        if buffer._crashed.is_set() or buffer.should_stop or app._crashed.is_set() or fenced(app):
+            return False
         buffer.message_sent.clear()  # no await between the check and clear(): no race
-        await buffer.message_sent.wait()
+        try:
+            await asyncio.wait_for(buffer.message_sent.wait(), timeout=1.0)
+        except asyncio.TimeoutError:
+            continue
+    return True
 
 
 # -- persisted-offsets ---------------------------------------------------------

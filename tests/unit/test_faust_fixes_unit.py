@@ -498,3 +498,45 @@ def test_with_the_fix_a_partition_without_a_position_is_not_checked_yet():
     fixed = _verify_event_path()
     assert getattr(fixed, "_fixed", False)
     assert fixed(_thread_with_a_partition_awaiting_its_position(), 1.0, TP("app.events", 0)) is None
+
+
+def test_the_gated_commit_gives_up_on_a_buffer_that_will_never_drain():
+    """A fenced worker's ProducerBuffer crashed ('Can't send messages while not in
+    transaction') with records left in it; the commit waiting for it to drain held the
+    revocation's commit and the worker's stop forever. Now the wait ends, and the
+    commit is skipped (the records would be missing from their transactions)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from streams_app.faust_fixes import _drain
+
+    def event(is_set: bool) -> asyncio.Event:
+        e = asyncio.Event()
+        if is_set:
+            e.set()
+        return e
+
+    async def scenario(buffer_crashed: bool) -> bool:
+        buffer = SimpleNamespace(size=3, _in_flight=0, _crashed=event(buffer_crashed), should_stop=False,
+                                 message_sent=asyncio.Event())
+        app = SimpleNamespace(_crashed=event(False))
+        return await asyncio.wait_for(_drain(buffer, app), timeout=5)
+
+    assert asyncio.run(scenario(buffer_crashed=True)) is False
+
+    async def drains() -> bool:
+        buffer = SimpleNamespace(size=1, _in_flight=0, _crashed=event(False), should_stop=False,
+                                 message_sent=asyncio.Event())
+        app = SimpleNamespace(_crashed=event(False))
+
+        async def send() -> None:
+            await asyncio.sleep(0.05)
+            buffer.size = 0
+            buffer.message_sent.set()
+
+        task = asyncio.create_task(send())
+        done = await asyncio.wait_for(_drain(buffer, app), timeout=5)
+        await task
+        return done
+
+    assert asyncio.run(drains()) is True
