@@ -1311,15 +1311,21 @@ def _patch_route_metadata() -> None:
 # -- fenced-restart -------------------------------------------------------------------
 
 
+#: What a send says once its producer was fenced, besides ProducerFenced: Faust reports a
+#: stopped producer only as ProducerSendError text, and aiokafka refuses a send to a
+#: producer whose transaction the fence aborted (IllegalOperation; a send never meets a
+#: producer between commit and begin: both run under Faust's per-producer lock).
+FENCED_TEXTS = ("No transaction producer found", "Can't send messages while not in transaction")
+
+
 def is_fenced(error: BaseException) -> bool:
     """``error`` says this worker's transactional producer was fenced (or, once fenced,
-    stopped): the work in progress belongs to another worker now. Faust reports a missing
-    producer only as ProducerSendError text."""
+    stopped): the work in progress belongs to another worker now."""
     from aiokafka.errors import ProducerFenced
 
     seen: BaseException | None = error
     while seen is not None:
-        if isinstance(seen, ProducerFenced) or "No transaction producer found" in str(seen):
+        if isinstance(seen, ProducerFenced) or any(text in str(seen) for text in FENCED_TEXTS):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
@@ -1344,7 +1350,7 @@ def _patch_fenced_restart() -> None:
                 _by_transactional_id(app, offsets), app.conf.id, start_new_transaction=start_new_transaction,
             )
         except ProducerFenced as exc:
-            await _on_fenced(app, exc)
+            await on_fenced(app, exc)
             return False
         return True
 
@@ -1367,8 +1373,9 @@ def _by_transactional_id(app: Any, offsets: Mapping[Any, int]) -> dict[str, dict
     return grouped
 
 
-async def _on_fenced(app: Any, error: BaseException) -> None:
-    """Stop the worker with its stop marked unclean (see the fix's text)."""
+async def on_fenced(app: Any, error: BaseException) -> None:
+    """This worker was fenced (``error`` says so): stop it with its stop marked unclean,
+    before anything it acked is committed (see the fix's text). Once is enough."""
     if fenced(app):
         return
     app.__dict__["_fenced"] = True

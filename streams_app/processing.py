@@ -68,7 +68,7 @@ from .app import app, settings
 from .dead_letters import letter_for, send_dead_letter
 from .exceptions import RejectedRecord, Unavailable
 from .faults import crashpoint
-from .faust_fixes import fenced, is_fenced
+from .faust_fixes import fenced, is_fenced, on_fenced
 from .topics import dead_letters, place
 
 log = logging.getLogger(__name__)
@@ -228,6 +228,7 @@ async def processing(stream: StreamT, event: EventT, *, stage: str) -> AsyncIter
             # (its commits are refused, and it stops).
             log.warning("%s: %s left unprocessed: this worker was fenced", stage, place(message),
                         extra=record_fields(message, stage=stage))
+            await _stop_fenced(exc)
             if not COMMIT_FIRST:
                 await stream.ack(event)
             return
@@ -267,6 +268,17 @@ async def dead_letter(message: Message, *, stage: str, code: str, reason: str, e
         count("dlq.references")
     count(f"{stage}.dead_lettered")
     metrics.dead_lettered(stage, code)
+
+
+async def _stop_fenced(error: BaseException) -> None:
+    """Stop the worker before anything it acks now is committed (faust_fixes fenced-restart;
+    its commit would also find the producers fenced, but a send may be the first to tell)."""
+    if STOP_WHEN_FENCED:
+        await on_fenced(app, error)
+
+
+#: exactly_once with the fenced-restart fix: a fenced worker stops, its stop marked unclean.
+STOP_WHEN_FENCED = settings.faust_guarantee == "exactly_once" and settings.fix_enabled("fenced-restart")
 
 
 def _fenced(error: BaseException) -> bool:
@@ -502,6 +514,7 @@ async def processing_batch(stream: StreamT, events: list[EventT], *,
                 raise
             log.warning("%s: a batch of %d records left unprocessed: this worker was fenced",
                         stage_of(events[0].message), len(events))
+            await _stop_fenced(exc)
             if not COMMIT_FIRST:
                 for event in events:
                     await stream.ack(event)
