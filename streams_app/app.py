@@ -95,6 +95,7 @@ app = PaymentsApp(
     broker=[f"kafka://{host}" for host in settings.broker_hosts],
     processing_guarantee=settings.faust_guarantee,
     broker_commit_interval=settings.commit_interval,
+    producer_linger=settings.producer_linger,
     store=settings.store,
     datadir=str(settings.table_dir),
     topic_partitions=settings.partitions,

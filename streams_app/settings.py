@@ -259,6 +259,11 @@ class Settings:
         "latency). Default 0.1 s under exactly_once (as Kafka Streams), 1 s otherwise "
         "(reports/bench.md has the curve it was chosen from).",
     )
+    producer_linger: float = _setting(
+        "PRODUCER_LINGER", 0.005, parse_duration,
+        "How long the producer waits to fill a batch before sending it (Faust's default 0: one "
+        "produce request per record and per producer; 5 ms measured best here, reports/bench.md).",
+    )
     batch_max: int = _setting(
         "BATCH_MAX", 1000, _positive_int,
         "Most records a stage takes in one batch: what is already fetched, never waited "
