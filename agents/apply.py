@@ -33,6 +33,13 @@ from tables.balances import balance_of, set_balance
 from tables.counters import count
 
 
+#: at_least_once: a batch's outputs are acknowledged before its records are acked, so an
+#: output that failed (after the producer's own retries) is dead-lettered, not lost when
+#: the offset commits. exactly_once: the transaction covers them; at_most_once: the
+#: offsets are committed first anyway.
+AWAIT_OUTPUTS = settings.processing_guarantee == "at_least_once"
+
+
 @app.agent(unique_payments)
 async def apply_payments(stream: Any) -> None:
     """Apply each payment to its account and publish the new balance."""
@@ -41,6 +48,8 @@ async def apply_payments(stream: Any) -> None:
         async with processing_batch(stream, batch, stage="apply") as work:
             # account -> (its balance after the batch so far, an event of its partition)
             changed: dict[str, tuple[dict[str, int], EventT]] = {}
+            sends = []
+            applied_ok: dict[int, Any] = {}
             for event in batch:
                 with work.record(event):
                     payment = parse_payment(event.message.value, max_bytes=settings.max_record_bytes,
@@ -53,12 +62,23 @@ async def apply_payments(stream: Any) -> None:
                         currency=payment.currency, created_at=payment.created_at,
                         balance_after=after[payment.currency],
                     )
-                    await publish(applied_payments, key=json_key(payment.account), value=applied.to_json())
-                    changed[payment.account] = (after, event)  # only once its output is sent
-                    count("apply.applied")
+                    sent = await publish(applied_payments, key=json_key(payment.account), value=applied.to_json())
+                    changed[payment.account] = (after, event)  # only once its output is handed over
+                    sends.append((event, sent))
+                    applied_ok[id(event)] = payment
+            if AWAIT_OUTPUTS and sends:
+                delivered = {id(e) for e in await work.acknowledged(sends)}
+                for event, _ in sends:
+                    if id(event) not in delivered:  # dead-lettered: its amount is not applied
+                        lost = applied_ok.pop(id(event))
+                        balance = dict(changed[lost.account][0])
+                        balance[lost.currency] -= lost.amount
+                        changed[lost.account] = (balance, changed[lost.account][1])
             for account, (balance, event) in changed.items():
                 as_current(event)
                 set_balance(account, balance)
             for event in batch:
-                if work.ok(event):
+                if id(event) in applied_ok:
+                    as_current(event)
+                    count("apply.applied")
                     crashpoint("apply.after_update")

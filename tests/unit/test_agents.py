@@ -262,3 +262,32 @@ def test_a_record_queued_twice_in_one_batch_is_applied_once(in_memory_app):
     run(scenario())
     assert balances["acct-1"] == {"EUR": 100}
     assert in_memory_app["unit.applied"].await_count == 1
+
+
+def test_under_at_least_once_an_output_that_fails_is_dead_lettered_and_not_applied(in_memory_app, monkeypatch):
+    """The producer gave up on one applied record (its future failed): the record goes to
+    the DLQ, and its amount is not in the balance, so a replay applies it once."""
+    import agents.apply
+
+    monkeypatch.setattr(agents.apply, "AWAIT_OUTPUTS", True)
+
+    class Failed:
+        def __await__(self):
+            raise RuntimeError("delivery timed out")
+            yield  # pragma: no cover
+
+    outcomes = iter([_Acked(), Failed(), _Acked()])
+    in_memory_app["unit.applied"].side_effect = lambda **kwargs: next(outcomes)
+
+    async def scenario():
+        async with apply_payments.test_context() as agent:
+            channel = agent.stream().channel
+            for offset, (event_id, amount) in enumerate((("e1", 100), ("e2", 20), ("e3", 3))):
+                message = agent.to_message(json_key("acct-1"), payment(event_id, "acct-1", amount),
+                                           partition=1, offset=offset)
+                await channel.put(await channel.decode(message))
+            await asyncio.sleep(0.2)
+    run(scenario())
+    assert balances["acct-1"] == {"EUR": 103}
+    headers = dict(in_memory_app["unit.dlq"].await_args.kwargs["headers"])
+    assert headers["x-dlq-code"] == b"processing_error" and b"delivery timed out" in headers["x-dlq-reason"]
