@@ -92,11 +92,15 @@ async def check(config: PipelineConfig, traffic: Traffic) -> Counts:
     counts.output_duplicates = sum(n - 1 for n in applied_ids.values())
     counts.output_missing = len(expected_ids - set(applied_ids))
 
-    # The dedup stage's output log: one record per unique event id unless a record was
-    # written twice (a crash before the commit under at_least_once, a producer's retry).
+    # The pipeline's logs hold one record per unique event id (unique, applied) and one
+    # seen-row per id (the dedup changelog) unless a record was written twice: a crash
+    # before the commit under at_least_once, or a non-idempotent producer's retry, which
+    # can hit any of them (it resends whichever batch lost its answer).
     unique = Counter(_event_id(r.value) for r in await read_topic(bootstrap, config.topic("unique")))
     unique.pop(None, None)
-    counts.log_duplicates = sum(n - 1 for n in unique.values())
+    seen_rows = Counter(r.key for r in await read_topic(bootstrap, f"{config.app_id}-seen-events-changelog"))
+    counts.log_duplicates = (sum(n - 1 for n in unique.values()) + counts.output_duplicates
+                             + sum(n - 1 for n in seen_rows.values()))
 
     changelogs = [f"{config.app_id}-{table}-changelog" for table in TABLES]
     offsets = await end_offsets(bootstrap, [config.topic(t) for t in PIPELINE_TOPICS] + changelogs)
