@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import defaultdict
 from types import SimpleNamespace
 
 import pytest
 from aiokafka.errors import IllegalOperation
 from faust.transport.consumer import Consumer
+from faust.types import TP
 
 from streams_app import faust_fixes
 
@@ -540,3 +542,17 @@ def test_the_gated_commit_gives_up_on_a_buffer_that_will_never_drain():
         return done
 
     assert asyncio.run(drains()) is True
+
+
+def test_a_never_committed_partition_is_not_committed_past_a_hole_at_its_head():
+    """The CI run that lost 21 charges: nothing committed yet, the records at the head
+    dropped (a queue clear), the next one acked. Without a base the acked run starts
+    anywhere; with the start offset as base the commit waits for the head."""
+    tp = TP("t", 0)
+
+    books = SimpleNamespace(_committed_offset=defaultdict(lambda: None))  # Consumer's own books
+    assert faust_fixes.strict_new_offset([24, 25], books._committed_offset[tp]) == (26, 2), "stock semantics: no base"
+    faust_fixes.set_commit_bases(books, {tp: 0})
+    assert faust_fixes.strict_new_offset([24, 25], books._committed_offset[tp]) == (None, 0)
+    assert faust_fixes.strict_new_offset([0, 1, 2], books._committed_offset[tp]) == (3, 3)
+
