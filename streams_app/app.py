@@ -128,5 +128,6 @@ faust_fixes.install(
     exactly_once=settings.faust_guarantee == "exactly_once",
     at_most_once=settings.processing_guarantee == "at_most_once",
     producer_idempotence=settings.producer_idempotence,
+    on_unverified=settings.faust_fixes_unverified,
 )
 faults.install_seek_backs(app)

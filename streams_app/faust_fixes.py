@@ -12,6 +12,9 @@ site-packages/faust.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import importlib
+import inspect
 import logging
 import shutil
 import types
@@ -330,12 +333,140 @@ FIXES: Mapping[str, str] = {
 
 CLEAN_STOP_MARKER = "RUNNING"
 
+#: The library versions every fix was verified on (the lab's matrix, the regression tests).
+VERIFIED_VERSIONS: Mapping[str, str] = {"faust": "0.15.3", "aiokafka": "0.14.0"}
+
+#: The upstream code each fix replaces or relies on ("module:Class.attribute", or a whole
+#: module) and a fingerprint of its source as verified (:func:`fingerprint`). A fix on a
+#: changed body is a fix nobody checked: several replace upstream bodies with edited copies,
+#: which a same-named change upstream would silently undo or break.
+UPSTREAM: Mapping[str, Mapping[str, str]] = {
+    "stalled-partition-heal": {"faust.transport.consumer:Consumer.ack": "5fcf41cf4515"},
+    "commit-at-revocation": {"faust.transport.consumer:Consumer.on_partitions_revoked": "d04b7ae72c6f"},
+    "recovery-idle-wait": {"faust.tables.recovery": "e6cada29f7af"},
+    "exact-gaps": {
+        "faust.transport.consumer:Consumer._wait_next_records": "6218e1969a63",
+        "faust.transport.consumer:Consumer.getmany": "4b168d84882a",
+        "faust.transport.consumer:Consumer.perform_seek": "0e8c130ff4b0",
+        "faust.transport.consumer:Consumer.seek": "b86a9fe05f95",
+        "faust.transport.consumer:Consumer._add_gap": "4df2573ded7c",
+        "faust.transport.consumer:Consumer.stop_flow": "cf7e875a2b0d",
+        "faust.transport.consumer:Consumer._new_offset": "1d2c7ea89a7a",
+        "aiokafka.consumer.fetcher:Fetcher.seek_to": "f0ba6aba6c22",
+        "aiokafka.consumer.fetcher:Fetcher.request_offset_reset": "e5bd8ba88386",
+        "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread._fetch_records": "39a2c6c79fc1",
+    },
+    "bulk-restore": {"faust.tables.recovery:Recovery._build_offsets": "27eec86be06c"},
+    "changelog-metadata": {"faust.tables.base:Collection._verify_source_topic_partitions": "6814da56b0d8"},
+    "shutdown-commit": {
+        "faust.transport.consumer:Consumer.commit_and_end_transactions": "892377824b11",
+        "faust.transport.consumer:Consumer.commit": "a354437baaa0",
+    },
+    "commit-order": {"faust.transport.consumer:ThreadDelegateConsumer._commit": "a20eec84e4b2"},
+    "livelock-position": {
+        "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread.verify_event_path": "b983e7735f64",
+    },
+    "lso-consistency-check": {"faust.tables.recovery:Recovery._build_highwaters": "91b4cc0d3724"},
+    "seek-uncommitted-partitions": {
+        "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread.seek_to_committed": "775ab0adc4b0",
+        "aiokafka.consumer.consumer:AIOKafkaConsumer.seek_to_committed": "f6cd85c8b70a",
+    },
+    "seek-after-queue-clear": {
+        "faust.tables.recovery:Recovery.on_recovery_completed": "6ef567acf072",
+        "faust.tables.recovery:Recovery._resume_streams": "d986a6710c1a",
+    },
+    "source-partition-transactions": {"faust.transport.consumer:TransactionManager.send": "b8d126be9f10"},
+    "commit-gate": {
+        "faust.transport.consumer:Consumer.force_commit": "cc094614d22c",
+        "faust.transport.producer:ProducerBuffer._send_pending": "4a9d5f932b56",
+    },
+    "persisted-offsets": {"faust.tables.manager:TableManager.on_commit": "2aef0784a10f"},
+    "wipe-unclean-state": {},
+    "fenced-restart": {"faust.transport.consumer:TransactionManager.commit": "fbb29c3467ac"},
+    "recovery-highwater": {
+        "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread._highwaters": "a7f4f97d9f32",
+    },
+    "direct-delivery": {"faust.transport.consumer:Consumer._drain_messages": "44a2500309e8"},
+    "concurrent-commits": {"faust.transport.drivers.aiokafka:Producer.commit_transactions": "70091e6f4319"},
+    "route-metadata": {"faust.app.router:Router.route_req": "90a030265117"},
+}
+
+
+def fingerprint(target: str) -> str:
+    """The first 12 hex digits of the SHA-256 of ``target``'s stock source (the stock
+    one even where a fix replaced it in this process); "no source" if it has none."""
+    module, _, attribute = target.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in filter(None, attribute.split(".")):
+        obj = getattr(obj, part)
+    while getattr(obj, "_stock", None) is not None:
+        obj = obj._stock
+    try:
+        source = inspect.getsource(obj)
+    except (OSError, TypeError):
+        return "no source"
+    return hashlib.sha256(source.encode()).hexdigest()[:12]
+
+
+def current_fingerprints(fixes: Sequence[str] = tuple(UPSTREAM)) -> dict[str, dict[str, str]]:
+    """:data:`UPSTREAM` as the installed libraries have it: what to record once re-verified."""
+    return {fix: {target: fingerprint(target) for target in UPSTREAM.get(fix, {})} for fix in fixes}
+
+
+def unverified(enabled: Sequence[str], versions: Mapping[str, str] | None = None) -> list[str]:
+    """What differs from the code the enabled fixes were verified on, one line per library
+    version and per changed upstream function, each naming the fixes it concerns."""
+    if versions is None:
+        import aiokafka
+        import faust
+
+        versions = {"faust": faust.__version__, "aiokafka": aiokafka.__version__}
+    problems = []
+    for library, verified in VERIFIED_VERSIONS.items():
+        found = versions.get(library)
+        concerned = [fix for fix in enabled if any(t.split(".")[0] == library for t in UPSTREAM.get(fix, {}))]
+        if found != verified and concerned:
+            name = "faust-streaming" if library == "faust" else library
+            problems.append(f"{name} {found} is installed, the fixes were verified on {verified}: "
+                            f"re-verify {', '.join(concerned)}")
+    for fix in enabled:
+        for target, recorded in UPSTREAM.get(fix, {}).items():
+            try:
+                found_print = fingerprint(target)
+            except (ImportError, AttributeError):
+                found_print = "missing"
+            if found_print != recorded:
+                problems.append(f"{fix}: {target} is not the code it was verified on "
+                                f"(fingerprint {found_print}, verified {recorded})")
+    return problems
+
+
+def _replace(owner: Any, name: str, fixed: Any) -> None:
+    """Put ``fixed`` in place of ``owner.name``, marked as a fix and keeping the stock one
+    (``_stock``: what :func:`fingerprint` reads, and what a fix calls through)."""
+    fixed._fixed = True
+    fixed._stock = getattr(owner, name)
+    setattr(owner, name, fixed)
+
 
 def install(
     app: Any, enabled: tuple[str, ...], exactly_once: bool, producer_idempotence: bool,
-    at_most_once: bool = False,
+    at_most_once: bool = False, on_unverified: str = "fail",
 ) -> None:
-    """Apply the enabled fixes to ``app`` (and Faust's classes, once per process)."""
+    """Apply the enabled fixes to ``app`` (and Faust's classes, once per process).
+
+    First checks that the installed faust-streaming and aiokafka are the code the fixes
+    were verified on (:func:`unverified`): if not, raises
+    :class:`~streams_app.exceptions.UnverifiedUpstream` naming the fixes to re-verify, or
+    with ``on_unverified="warn"`` logs it and goes on."""
+    problems = unverified(enabled)
+    if problems:
+        from .exceptions import UnverifiedUpstream
+
+        error = UnverifiedUpstream(problems)
+        if on_unverified != "warn":
+            raise error
+        log.warning("%s", error)
     _set_producer_idempotence(producer_idempotence)
     if "seek-uncommitted-partitions" in enabled:
         _patch_seek_uncommitted()
@@ -416,8 +547,7 @@ def _patch_seek_uncommitted() -> None:
         # None for them: Faust's perform_seek then leaves the base alone (it maps 0 to None).
         return {tp: None if tp in starts else offset for tp, offset in committed.items()}
 
-    seek_to_committed._fixed = True  # type: ignore[attr-defined]
-    AIOKafkaConsumerThread.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
+    _replace(AIOKafkaConsumerThread, "seek_to_committed", seek_to_committed)
 
 
 async def _seek_all_to_committed(
@@ -525,9 +655,8 @@ def _patch_gated_commit() -> None:
                 return False  # changelog records not in their transactions: commit nothing
             return await stock_force_commit(self, topics, start_new_transaction=start_new_transaction)
 
-    force_commit._fixed = True  # type: ignore[attr-defined]
-    ProducerBuffer._send_pending = send_pending  # type: ignore[method-assign]
-    Consumer.force_commit = force_commit  # type: ignore[method-assign]
+    _replace(ProducerBuffer, "_send_pending", send_pending)
+    _replace(Consumer, "force_commit", force_commit)
 
 
 async def _drain(buffer: Any, app: Any) -> bool:
@@ -563,8 +692,7 @@ def _patch_persisted_offsets() -> None:
             store, offset = pending.pop(changelog_tp)
             store.set_persisted_offset(changelog_tp, offset)
 
-    on_commit._fixed = True  # type: ignore[attr-defined]
-    TableManager.on_commit = on_commit  # type: ignore[method-assign]
+    _replace(TableManager, "on_commit", on_commit)
 
 
 # -- wipe-unclean-state --------------------------------------------------------
@@ -1344,8 +1472,7 @@ def _patch_route_metadata() -> None:
         await self.app.producer._ensure_producer().partitions_for(topic)  # cached after the first call
         return await stock_route_req(self, table_name, key, web, request)
 
-    route_req._fixed = True  # type: ignore[attr-defined]
-    Router.route_req = route_req  # type: ignore[method-assign]
+    _replace(Router, "route_req", route_req)
 
 
 # -- fenced-restart -------------------------------------------------------------------

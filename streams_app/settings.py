@@ -317,6 +317,12 @@ class Settings:
         "Workarounds for faust-streaming delivery bugs (streams_app/faust_fixes.py): "
         "all (default), none (stock Faust, to see the bugs in the lab), or a comma list.",
     )
+    faust_fixes_unverified: str = _setting(
+        "FAUST_FIXES_UNVERIFIED", "fail", _choice(("fail", "warn")),
+        "What the worker does when the installed faust-streaming or aiokafka is not the code "
+        "the Faust fixes were verified on: fail at start-up naming the fixes to re-verify "
+        "(default), or warn and run.",
+    )
 
     def __post_init__(self) -> None:
         """Fill in the replication settings left to AUTO, from the hosts in BROKER_URL."""

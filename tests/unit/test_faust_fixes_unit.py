@@ -556,3 +556,38 @@ def test_a_never_committed_partition_is_not_committed_past_a_hole_at_its_head():
     assert faust_fixes.strict_new_offset([24, 25], books._committed_offset[tp]) == (None, 0)
     assert faust_fixes.strict_new_offset([0, 1, 2], books._committed_offset[tp]) == (3, 3)
 
+
+
+def test_the_installed_libraries_are_the_code_the_fixes_were_verified_on():
+    """Fails after an upgrade of faust-streaming or aiokafka that changed a function a
+    fix replaces or relies on: re-verify the fix, then record the new fingerprints."""
+    assert faust_fixes.current_fingerprints() == faust_fixes.UPSTREAM
+    assert faust_fixes.unverified(list(faust_fixes.FIXES)) == []
+
+
+def test_a_changed_upstream_function_names_the_fix_to_reverify(monkeypatch):
+    target = "faust.transport.consumer:Consumer._new_offset"
+    changed = {**faust_fixes.UPSTREAM, "exact-gaps": {**faust_fixes.UPSTREAM["exact-gaps"], target: "0" * 12}}
+    monkeypatch.setattr(faust_fixes, "UPSTREAM", changed)
+    problems = faust_fixes.unverified(["exact-gaps", "commit-gate"])
+    assert len(problems) == 1 and problems[0].startswith(f"exact-gaps: {target} is not the code it was verified on")
+    assert faust_fixes.unverified(["commit-gate"]) == [], "only the enabled fixes are checked"
+
+
+def test_another_library_version_names_the_fixes_that_touch_it():
+    problems = faust_fixes.unverified(["exact-gaps", "commit-gate", "wipe-unclean-state"],
+                                      versions={"faust": "0.16.0", "aiokafka": "0.14.0"})
+    assert problems == ["faust-streaming 0.16.0 is installed, the fixes were verified on 0.15.3: "
+                        "re-verify exact-gaps, commit-gate"]
+    problems = faust_fixes.unverified(["exact-gaps", "commit-gate"], versions={"faust": "0.15.3", "aiokafka": "0.15.0"})
+    assert problems == ["aiokafka 0.15.0 is installed, the fixes were verified on 0.14.0: re-verify exact-gaps"]
+
+
+def test_an_unverified_upstream_fails_the_install_before_any_patch(monkeypatch):
+    from streams_app.exceptions import UnverifiedUpstream
+
+    problems = ["faust-streaming 0.16.0 is installed, the fixes were verified on 0.15.3: re-verify exact-gaps"]
+    monkeypatch.setattr(faust_fixes, "unverified", lambda enabled: problems)
+    with pytest.raises(UnverifiedUpstream) as error:  # an app without any attribute: nothing touched
+        faust_fixes.install(SimpleNamespace(), ("exact-gaps",), exactly_once=True, producer_idempotence=True)
+    assert "re-verify exact-gaps" in str(error.value) and "FAUST_FIXES_UNVERIFIED=warn" in str(error.value)
