@@ -8,6 +8,14 @@ The database write is not part of any Kafka transaction, so under EVERY
 guarantee a crash after the write and before the offset commit delivers the
 event again, and the charge happens again unless the database refuses it.
 
+Records are taken in batches of what is already fetched (``BATCH_MAX``, see
+streams_app/processing.py ``batches``). A batch's database charges go in one
+transaction (one commit instead of one per event; a refusal of any row makes the
+sink charge them one by one, so only the refused record is dead-lettered); the
+payment API gets one call per event. The batch is acked after all its effects,
+so a crash repeats the whole batch, and each mode below answers that as it
+answers any redelivery.
+
 - SINK_MODE=naive: a plain insert. A redelivery is a second charge: the lab's
   crash point ``sink.after_effect`` shows duplicates > 0 even under exactly_once.
 - SINK_MODE=idempotent: the idempotency key is the event id, guarded by a
@@ -48,19 +56,19 @@ from payment_api.client import PaymentClient
 from payment_api.errors import RetryableError
 from streams_app import metrics
 from streams_app.app import app, settings
-from streams_app.exceptions import SettingsError, SinkError, Unavailable
+from streams_app.exceptions import ChargeRefused, SettingsError, SinkError, Unavailable
 from streams_app.faults import crashpoint
 from streams_app.logs import record_fields
 from streams_app.key_retention import KeyRetentionGuard
-from streams_app.ledger import ChargeStats, Ledger
+from streams_app.ledger import Charge, ChargeStats, Ledger
 from streams_app.models import AppliedPayment, parse_applied
-from streams_app.processing import first_deliveries, processing
+from streams_app.processing import Batch, batches, processing_batch
 from streams_app.retrying import RetryPolicy
 from streams_app.topics import applied_payments, place
 
 log = logging.getLogger(__name__)
 
-#: How long one try of a charge may wait for the database or the API inside processing(),
+#: How long one try of a batch's charges may wait for the database or the API inside processing_batch(),
 #: where under exactly_once it holds the commit gate (and so every stage's commits); then
 #: the try gives up (Unavailable) and the sink waits OUTSIDE the gate before the next one.
 TRY_S = 2.0
@@ -102,25 +110,68 @@ if retention_guard is not None:
 @app.agent(applied_payments)
 async def charge_payments(stream):
     """Perform the external side effect once per delivery (naive) or per event id."""
-    stream = stream.noack()  # acked by processing(): after the effect, or before it in at_most_once
-    async for event in first_deliveries(stream):
-        # The wait between tries is outside processing(): the commit gate is free meanwhile.
-        await OUTAGE_WAIT.run(lambda: _charge_event(stream, event),  # noqa: B023 (awaited here)
+    stream = stream.noack()  # acked by processing_batch(): after the effects, or before them in at_most_once
+    async for batch in batches(stream):
+        # What each event's charge answered, kept across tries: an outage in the middle of a
+        # batch of API calls must not repeat the calls that went through (without a key,
+        # each repeat would be a charge that no crash or redelivery caused).
+        answers: dict[int, bool] = {}
+        # The wait between tries is outside processing_batch(): the commit gate is free meanwhile.
+        await OUTAGE_WAIT.run(lambda: _charge_batch(stream, batch, answers),  # noqa: B023 (awaited here)
                               retry_on=lambda exc: isinstance(exc, Unavailable), before_sleep=_log_outage)
 
 
-async def _charge_event(stream: Any, event: EventT) -> None:
-    """One try at one event's charge, inside processing()."""
-    async with processing(stream, event, stage="sink"):
-        payment = parse_applied(event.value, max_bytes=settings.max_record_bytes,
-                                max_amount=settings.max_amount)
-        charged = await charge(event, payment)
+async def _charge_batch(stream: Any, events: list[EventT], answers: dict[int, bool]) -> None:
+    """One try at a batch's charges, inside processing_batch(): to the database in one
+    transaction (a refusal: one by one, to dead-letter only the refused), or to the API
+    one call per event. Crash point ``sink.after_effect`` per event, after the batch's
+    effects and before its offsets can be committed."""
+    async with processing_batch(stream, events, stage="sink") as work:
+        payments: list[tuple[EventT, AppliedPayment]] = []
+        for event in events:
+            with work.record(event):
+                payments.append((event, parse_applied(event.value, max_bytes=settings.max_record_bytes,
+                                                      max_amount=settings.max_amount)))
+        if payments_api is None:
+            await _charge_in_database(work, [p for p in payments if id(p[0]) not in answers], answers)
+        else:
+            for event, payment in payments:
+                if id(event) not in answers:
+                    with work.record(event):
+                        answers[id(event)] = await charge(event, payment)
         metrics.sink_answered(settings.sink_target)
-        if not charged and OFFSETS_IN_DATABASE:
-            log.info("sink: %s was charged before; the database refused it again",
-                     place(event.message), extra=record_fields(event.message, stage="sink",
-                                                               event_id=payment.event_id))
-        crashpoint("sink.after_effect")
+        for event, payment in payments:
+            if work.ok(event):
+                if OFFSETS_IN_DATABASE and not answers[id(event)]:
+                    log.info("sink: %s was charged before; the database refused it again",
+                             place(event.message), extra=record_fields(event.message, stage="sink",
+                                                                       event_id=payment.event_id))
+                crashpoint("sink.after_effect")
+
+
+async def _charge_in_database(work: Batch, payments: list[tuple[EventT, AppliedPayment]],
+                              answers: dict[int, bool]) -> None:
+    """All of ``payments`` in one database transaction; if the database refuses any of
+    them, each on its own, so that only the refused ones are dead-lettered."""
+    charges = [_charge_row(event, payment) for event, payment in payments]
+    try:
+        results = await ledger.charge_many(charges, mode=settings.sink_mode)
+    except SinkError as exc:  # still down after TRY_S
+        raise Unavailable(f"{settings.sink_target} unavailable: {exc}") from exc
+    except ChargeRefused:
+        for event, payment in payments:
+            with work.record(event):
+                answers[id(event)] = await charge(event, payment)
+        return
+    for (event, _), result in zip(payments, results):
+        answers[id(event)] = result
+
+
+def _charge_row(event: EventT, payment: AppliedPayment) -> Charge:
+    message = event.message
+    return Charge(event_id=payment.event_id, account=payment.account, amount=payment.amount,
+                  currency=payment.currency, created_at=payment.created_at,
+                  topic=message.topic, partition=message.partition, offset=message.offset)
 
 
 async def charge(event: EventT, payment: AppliedPayment) -> bool:
@@ -130,7 +181,7 @@ async def charge(event: EventT, payment: AppliedPayment) -> bool:
     An outage must delay the effect, not skip it: the event stays unacked (so
     its offset is not committed) until the external system takes the charge.
     A refusal (streams_app.exceptions.ChargeRefused, or the API's
-    RequestRejected) is raised: processing() dead-letters the event.
+    RequestRejected) is raised: processing_batch() dead-letters the event.
     """
     try:
         if payments_api is not None:

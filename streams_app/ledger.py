@@ -71,7 +71,8 @@ import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlparse
 
 import psycopg
@@ -84,6 +85,8 @@ from .exceptions import ChargeRefused, SinkError
 from .retrying import RetryPolicy
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: PostgreSQL pool bounds: the sink charges one event at a time per agent, the
 #: dashboard reads stats now and then; a few connections are plenty.
@@ -166,6 +169,21 @@ def is_transient(exc: BaseException) -> bool:
 
 
 @dataclass(frozen=True)
+class Charge:
+    """One charge for :meth:`Ledger.charge_many`; the source record's position is used in
+    ``transactional`` mode only."""
+
+    event_id: str
+    account: str
+    amount: int
+    currency: str
+    created_at: str
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+
+
+@dataclass(frozen=True)
 class _Result:
     rowcount: int
     row: tuple[Any, ...] | None
@@ -176,6 +194,10 @@ class _Backend(Protocol):
 
     async def execute(self, sql: str, params: tuple[Any, ...] | None) -> _Result:
         """Run one statement in its own transaction: committed, or rolled back on error."""
+        ...
+
+    async def execute_many(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> list[int]:
+        """Run one statement per row, all in one transaction; each row's rowcount."""
         ...
 
     async def close(self) -> None: ...
@@ -205,6 +227,20 @@ class _SqliteBackend:
             conn.rollback()
             raise
         return _Result(cursor.rowcount, row)
+
+    async def execute_many(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> list[int]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._execute_many, sql, rows)
+
+    def _execute_many(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> list[int]:
+        conn = self._connection()
+        try:
+            counts = [conn.execute(sql, params).rowcount for params in rows]
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        return counts
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -266,6 +302,16 @@ class _PostgresBackend:
             row = await cursor.fetchone() if cursor.description is not None else None
             rowcount = cursor.rowcount
         return _Result(rowcount, row)
+
+    async def execute_many(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> list[int]:
+        pool = await self._ready_pool()
+        async with pool.connection() as conn, conn.transaction():
+            cursor = conn.cursor()
+            counts = []
+            for params in rows:
+                await cursor.execute(sql, params)
+                counts.append(cursor.rowcount)
+        return counts
 
     async def _ready_pool(self) -> AsyncConnectionPool:
         if self._pool is not None and self._schema_ready:
@@ -381,6 +427,26 @@ class Ledger:
         )
         return result.rowcount == 1
 
+    async def charge_many(self, charges: Sequence[Charge], *, mode: str) -> list[bool]:
+        """Record ``charges`` in ONE transaction: per charge, False when the database
+        already had it (its idempotency key in ``idempotent`` mode, its source record in
+        ``transactional`` mode; never in ``naive``). All or nothing: a refusal of any one
+        (ChargeRefused) or an outage leaves none of them charged."""
+        if not charges:
+            return []
+        if mode == "transactional":
+            template = _INSERT_AT_SOURCE
+            rows = [(c.event_id, c.account, c.amount, c.currency, c.created_at,
+                     c.topic, c.partition, c.offset) for c in charges]
+        else:
+            template = _INSERT
+            rows = [(c.event_id, c.event_id if mode == "idempotent" else None, c.account, c.amount,
+                     c.currency, c.created_at) for c in charges]
+        sql = template.format(p=self._backend.marker)
+        counts = await self._call(f"charge {len(charges)} events from {charges[0].event_id}",
+                                  lambda: self._backend.execute_many(sql, rows))
+        return [count == 1 for count in counts]
+
     async def stats(self) -> ChargeStats:
         """Count the charges; gives up (SinkError) after a few seconds of outage."""
         policy = self._retry
@@ -399,11 +465,15 @@ class Ledger:
     ) -> _Result:
         """Run one statement, retrying outages; raise ChargeRefused on a refusal and
         SinkError when a bounded policy gave up."""
-        policy = policy or self._retry
         sql = template.format(p=self._backend.marker)
+        return await self._call(what, lambda: self._backend.execute(sql, params), policy)
+
+    async def _call(self, what: str, call: Callable[[], Awaitable[T]], policy: RetryPolicy | None = None) -> T:
+        """``await call()`` retrying outages; ChargeRefused on a refusal, SinkError when a
+        bounded policy gave up."""
+        policy = policy or self._retry
         try:
-            result = await policy.run(lambda: self._backend.execute(sql, params), retry_on=is_transient,
-                                      before_sleep=self._note_retry)
+            result = await policy.run(call, retry_on=is_transient, before_sleep=self._note_retry)
         except (psycopg.Error, sqlite3.Error) as exc:
             if isinstance(exc, PoolClosed):
                 raise

@@ -434,6 +434,8 @@ class Batch:
         as_current(event)
         try:
             yield
+        except Unavailable:
+            raise  # not the record's fault: the batch is tried again (processing_batch)
         except RejectedRecord as exc:
             self.fail(event, exc.code, exc.reason, exc)
         except Exception as exc:
@@ -481,6 +483,8 @@ async def processing_batch(stream: StreamT, events: list[EventT], *,
     done, the counts of the batch written once per key, and every record acked last.
     An unexpected error outside any record's work dead-letters every record of the
     batch not yet set aside: nothing is dropped, and the stage goes on.
+    :class:`~streams_app.exceptions.Unavailable` (a dependency is down) leaves the
+    batch neither dead-lettered nor acked, for the stage to try again after a wait.
     """
     stage_of = stage if callable(stage) else (lambda _message, _s=stage: _s)
     work = Batch(events, stage_of)
@@ -495,6 +499,8 @@ async def processing_batch(stream: StreamT, events: list[EventT], *,
             with batched_counts() as pending:
                 try:
                     yield work
+                except Unavailable:
+                    raise  # neither dead-lettered nor acked: the stage tries the batch again
                 except Exception as exc:
                     if _fenced(exc):
                         raise

@@ -14,7 +14,7 @@ import pytest
 from infra import postgres
 from streams_app import ledger as ledger_module
 from streams_app.exceptions import ChargeRefused, SinkError
-from streams_app.ledger import Ledger
+from streams_app.ledger import Charge, Ledger
 
 pytestmark = pytest.mark.integration
 
@@ -208,3 +208,26 @@ def test_a_commit_whose_answer_is_lost_is_retried_without_a_double_charge(fresh_
     assert charged == rows
     # The retry cannot know the lost attempt went in: with a key it says "already charged".
     assert result is (mode == "naive")
+
+
+def test_a_batch_on_postgresql_is_one_transaction_with_each_mode_s_answer(fresh_db):
+    def rows(*ids, first_offset=0):
+        return [Charge(event_id=i, topic="t.applied", partition=0, offset=first_offset + n, **PAYMENT)
+                for n, i in enumerate(ids)]
+
+    async def scenario():
+        ledger = Ledger(fresh_db)
+        naive = await ledger.charge_many(rows("n1", "n1"), mode="naive")
+        keyed = await ledger.charge_many(rows("k1", "k1", "k2"), mode="idempotent")
+        stored = await ledger.charge_many(rows("s1", "s2", first_offset=5), mode="transactional")
+        again = await ledger.charge_many(rows("s2", "s3", first_offset=6), mode="transactional")
+        with pytest.raises(ChargeRefused, match="NotNullViolation"):
+            await ledger.charge_many(rows("r1", None), mode="idempotent")
+        stats = await ledger.stats()
+        await ledger.close()
+        return naive, keyed, stored, again, stats
+
+    naive, keyed, stored, again, stats = asyncio.run(scenario())
+    assert naive == [True, True] and keyed == [True, False, True]
+    assert stored == [True, True] and again == [False, True]
+    assert (stats.charges, stats.charged_events) == (2 + 2 + 3, 1 + 2 + 3), "the refused batch left nothing"

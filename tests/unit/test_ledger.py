@@ -8,7 +8,7 @@ import pytest
 from streams_app import ledger as ledger_module
 from streams_app.exceptions import ChargeRefused, SinkError
 from common.redact import mask_url
-from streams_app.ledger import Ledger
+from streams_app.ledger import Charge, Ledger
 from streams_app.retrying import RetryPolicy
 
 PAYMENT = dict(account="acct-1", amount=100, currency="EUR", created_at="2026-01-01T00:00:00+00:00")
@@ -170,3 +170,44 @@ def test_the_password_is_masked_wherever_the_ledger_shows_the_database():
     assert mask_url(f"cannot reach {url}", url) == "cannot reach postgresql://payments:***@db.example:5432/payments"
     assert mask_url("host=db password=s3cr/t user=x", "host=db password=s3cr/t") == "host=db password=*** user=x"
     assert mask_url("sqlite:///c.db", "sqlite:///c.db") == "sqlite:///c.db"
+
+
+def _charges(*ids, partition=0, first_offset=0):
+    return [Charge(event_id=i, topic="t.applied", partition=partition, offset=first_offset + n, **PAYMENT)
+            for n, i in enumerate(ids)]
+
+
+def test_a_batch_is_charged_in_one_transaction_with_each_mode_s_answer(tmp_path):
+    async def scenario():
+        ledger = Ledger(f"sqlite:///{tmp_path / 'c.db'}")
+        naive = [await ledger.charge_many(_charges("n1", "n2"), mode="naive") for _ in range(2)]
+        keyed = await ledger.charge_many(_charges("k1", "k1", "k2"), mode="idempotent")
+        keyed_again = await ledger.charge_many(_charges("k2", "k3"), mode="idempotent")
+        stored = await ledger.charge_many(_charges("s1", "s2", first_offset=10), mode="transactional")
+        stored_again = await ledger.charge_many(_charges("s2", "s3", first_offset=11), mode="transactional")
+        stats = await ledger.stats()
+        await ledger.close()
+        return naive, keyed, keyed_again, stored, stored_again, stats
+
+    naive, keyed, keyed_again, stored, stored_again, stats = run(scenario())
+    assert naive == [[True, True], [True, True]]
+    assert keyed == [True, False, True] and keyed_again == [False, True]
+    assert stored == [True, True] and stored_again == [False, True]  # offset 11 again, then 12
+    assert (stats.charges, stats.charged_events) == (4 + 3 + 3, 2 + 3 + 3)
+
+
+def test_a_refused_row_leaves_the_whole_batch_uncharged(tmp_path):
+    """All or nothing: the sink then charges the batch one by one (agents/sink.py)."""
+    async def scenario():
+        ledger = Ledger(f"sqlite:///{tmp_path / 'c.db'}")
+        batch = _charges("e1", None, "e3")  # event_id NOT NULL: the database refuses row 2
+        with pytest.raises(ChargeRefused, match="NOT NULL constraint failed"):
+            await ledger.charge_many(batch, mode="idempotent")
+        stats = await ledger.stats()
+        after = await ledger.charge_many(_charges("e1", "e3"), mode="idempotent")
+        await ledger.close()
+        return stats, after
+
+    stats, after = run(scenario())
+    assert stats.charges == 0
+    assert after == [True, True]
