@@ -183,3 +183,41 @@ def test_a_dead_letter_replayed_twice_is_processed_once(pipeline_factory):
         "trace-id": b"t-9", "x-dlq-replayed-from": f"{letter.topic}[{letter.partition}]@{letter.offset}".encode(),
     })]
     assert worker.running
+
+
+@pytest.mark.parametrize("guarantee", GUARANTEES)
+def test_a_charge_the_database_refuses_is_dead_lettered_alone(pipeline_factory, tmp_path, guarantee):
+    """The sink charges a batch in one database transaction. When the database refuses
+    one row (a trigger here; a constraint or a data error in life), the batch is charged
+    one by one: only that record is dead-lettered, with the database's reason; every
+    other event is charged once and the stage goes on."""
+    import sqlite3
+
+    from streams_app.ledger import Ledger
+
+    db = tmp_path / "refusing.db"
+    pipeline = pipeline_factory(guarantee, sink="idempotent", sink_db=f"sqlite:///{db}")
+    traffic = _traffic(pipeline, 80, 4)
+    refused = traffic.unique_events[7]
+
+    async def make_schema() -> None:
+        ledger = Ledger(f"sqlite:///{db}")
+        await ledger.stats()
+        await ledger.close()
+
+    asyncio.run(make_schema())
+    with sqlite3.connect(db) as conn:
+        conn.execute(f"CREATE TRIGGER refuse BEFORE INSERT ON charges WHEN NEW.event_id = '{refused}' "
+                     "BEGIN SELECT RAISE(ABORT, 'account frozen'); END")
+    worker = pipeline.worker()
+    pipeline.send(traffic)
+    pipeline.drain()
+
+    counts = asyncio.run(check(pipeline.config, traffic))
+    assert counts.lost == 1 and counts.charged_unique == counts.unique_events - 1
+    assert counts.duplicate_charges == 0
+    [letter] = [d for d in _dead_letters(pipeline) if d.original_topic == pipeline.config.topic("applied")]
+    assert letter.exception_class.endswith("ChargeRefused") and "account frozen" in letter.reason
+    assert json.loads(letter.value)["event_id"] == refused
+    assert worker.running, worker.log_tail(40)
+    _assert_ready(worker)
