@@ -40,9 +40,10 @@ the ledger broken afterwards:
   (1..4). Each is checked on checkout; a connection that broke is discarded by
   the pool, which reconnects in the background. Nothing connects before the
   first call (importing agents/sink.py builds a Ledger).
-- Every statement runs in its own transaction, rolled back on any error, so a
-  failed statement never leaves a connection in "current transaction is
-  aborted" for the statements after it.
+- Every statement runs in its own transaction (:meth:`Ledger.charge_many`: a
+  batch's statements in one), rolled back on any error, so a failed statement
+  never leaves a connection in "current transaction is aborted" for the
+  statements after it, and a batch is charged whole or not at all.
 - Transient errors (connection refused or lost, server shutting down or
   starting up, no pooled connection in time, SQLite "database is locked") are
   retried with tenacity: exponential backoff with full jitter, capped at 5 s
