@@ -4,6 +4,10 @@
     state: balances (account -> {currency: minor units}), changelog {app_id}-balances-changelog
 
 This is the Kafka-to-Kafka path that Kafka transactions can make exact.
+Records are taken in batches of what is already fetched (``BATCH_MAX``); an
+account's balance is written once per batch (one changelog record), after the
+batch's outputs were sent, and each output carries the balance after its own
+payment.
 
 - exactly_once: the balance change, the applied record and the source offset
   commit together or not at all; after any crash every balance equals the sum
@@ -16,28 +20,65 @@ This is the Kafka-to-Kafka path that Kafka transactions can make exact.
 
 from __future__ import annotations
 
+from typing import Any
+
+from faust.types import EventT
+
 from streams_app.app import app, settings
 from streams_app.faults import crashpoint
 from streams_app.models import AppliedPayment, json_key, parse_payment
-from streams_app.processing import first_deliveries, processing
+from streams_app.processing import as_current, batches, processing_batch, publish
 from streams_app.topics import applied_payments, unique_payments
-from tables.balances import add_to_balance
+from tables.balances import balance_of, set_balance
 from tables.counters import count
 
 
+#: at_least_once: a batch's outputs are acknowledged before its records are acked, so an
+#: output that failed (after the producer's own retries) is dead-lettered, not lost when
+#: the offset commits. exactly_once: the transaction covers them; at_most_once: the
+#: offsets are committed first anyway.
+AWAIT_OUTPUTS = settings.processing_guarantee == "at_least_once"
+
+
 @app.agent(unique_payments)
-async def apply_payments(stream):
+async def apply_payments(stream: Any) -> None:
     """Apply each payment to its account and publish the new balance."""
-    stream = stream.noack()  # acked by processing() once the event is handled
-    async for event in first_deliveries(stream):
-        async with processing(stream, event, stage="apply"):
-            payment = parse_payment(event.value, max_bytes=settings.max_record_bytes,
-                                    max_amount=settings.max_amount)
-            balance = add_to_balance(payment.account, payment.currency, payment.amount)
-            applied = AppliedPayment(
-                event_id=payment.event_id, account=payment.account, amount=payment.amount,
-                currency=payment.currency, created_at=payment.created_at, balance_after=balance,
-            )
-            await applied_payments.send(key=json_key(payment.account), value=applied.to_json())
-            count("apply.applied")
-            crashpoint("apply.after_update")
+    stream = stream.noack()  # acked by processing_batch() once the batch is handled
+    async for batch in batches(stream):
+        async with processing_batch(stream, batch, stage="apply") as work:
+            # account -> (its balance after the batch so far, an event of its partition)
+            changed: dict[str, tuple[dict[str, int], EventT]] = {}
+            sends = []
+            applied_ok: dict[int, Any] = {}
+            for event in batch:
+                with work.record(event):
+                    payment = parse_payment(event.message.value, max_bytes=settings.max_record_bytes,
+                                            max_amount=settings.max_amount)
+                    before = changed[payment.account][0] if payment.account in changed else balance_of(payment.account)
+                    after = dict(before)
+                    after[payment.currency] = after.get(payment.currency, 0) + payment.amount
+                    applied = AppliedPayment(
+                        event_id=payment.event_id, account=payment.account, amount=payment.amount,
+                        currency=payment.currency, created_at=payment.created_at,
+                        balance_after=after[payment.currency],
+                    )
+                    sent = await publish(applied_payments, key=json_key(payment.account), value=applied.to_json())
+                    changed[payment.account] = (after, event)  # only once its output is handed over
+                    sends.append((event, sent))
+                    applied_ok[id(event)] = payment
+            if AWAIT_OUTPUTS and sends:
+                delivered = {id(e) for e in await work.acknowledged(sends)}
+                for event, _ in sends:
+                    if id(event) not in delivered:  # dead-lettered: its amount is not applied
+                        lost = applied_ok.pop(id(event))
+                        balance = dict(changed[lost.account][0])
+                        balance[lost.currency] -= lost.amount
+                        changed[lost.account] = (balance, changed[lost.account][1])
+            for account, (balance, event) in changed.items():
+                as_current(event)
+                set_balance(account, balance)
+            for event in batch:
+                if id(event) in applied_ok:
+                    as_current(event)
+                    count("apply.applied")
+                    crashpoint("apply.after_update")

@@ -1,77 +1,125 @@
-"""dedup: forward the first occurrence of each event id, drop and count the rest.
+r"""dedup: untrusted bytes in; each valid event id forwarded once, everything else dead-lettered.
 
-    {prefix}.events (event_id -> Payment)  ->  {prefix}.unique (account -> Payment)
+    {prefix}.raw (bytes -> bytes)  ->  {prefix}.unique (account -> Payment)
+    {prefix}.events (moved here)   \->  {prefix}.events (a valid record outside its id's partition)
+                                   \->  {prefix}.dlq    (original key, bytes and headers; where
+                                         from and why: streams_app/dead_letters.py)
     state: seen-events (event_id -> first seen), changelog {app_id}-seen-events-changelog
 
-The source text's rule "ignore duplicate event ids" made safe under crashes.
-Input duplicates (a producer retry, a client re-sending) share an event id
-and, keyed by it, a partition: one worker sees every copy.
+Validation and the source text's rule "ignore duplicate event ids" in one hop.
+Every copy of an event id must meet in one partition for the id to be dropped
+the second time; raw records are keyed by event id (topics.event_partition), so
+copies meet in the raw partition itself. A valid record found in another
+partition (another key, no key, another partitioner) is moved to its id's
+partition of ``{prefix}.events``, read by this same stage: co-partitioned with
+raw, it shares the partition's seen-events state. A record that reuses an event
+id with another account or amount meets the first one there and is dropped.
 
-Order matters under at_least_once: the id is marked seen only AFTER the
-forwarded output is acknowledged by the broker (``await`` on the send's
-future). Marking first would let a crash between the two lose the event for
-good: the local RocksDB row says "seen", the output never arrived, and the
-redelivered event is dropped. Forwarding first only risks a duplicate in
-``{prefix}.unique`` (crash after the ack, before the commit), which is the
-at-least-once contract.
+Guarantee: every raw record produces exactly one outcome, forwarded, dropped as
+a duplicate, moved, or dead-lettered with the rule it broke (an unexpected error
+too: code ``processing_error``); nothing is dropped silently
+(streams_app/processing.py). Records are taken in batches of what is already
+fetched (``BATCH_MAX``): one wait for the broker's acks per batch, not per event.
 
-Under at_most_once the order is the other way round: the id is marked seen
-BEFORE the output is sent. The stage has already committed the event's offset
-(streams_app/processing.py), so the event itself never comes again, but a
-second copy of it (another record with the same id) does; with the at-least-
-once order a crash between the output's ack and the seen-row lets that copy
-through: the lab measured 1 to 11 forwarded twice at 1,000 events and 6 kills.
-Marking first turns that crash into a lost event, which is the at-most-once
-contract. "First" must hold at the broker, not only in this process: the
-seen-row goes to the table's changelog through Faust's producer buffer, the
-output straight to the producer, and a kill can leave the output sent and the
-seen-row not. So under at_most_once the producer is flushed (the seen-row is
-acknowledged by Kafka) before the output is sent: one more round trip per
-event, in the mode that already commits before every event.
+Order matters under at_least_once: an id is marked seen only AFTER its output
+is acknowledged by the broker. Marking first would let a crash between the two
+lose the event for good: the local RocksDB row says "seen", the output never
+arrived, and the redelivered event is dropped. Forwarding first only risks a
+duplicate in ``{prefix}.unique`` (crash after the ack, before the commit,
+crash point ``dedup.after_forward``), which is the at-least-once contract.
+
+Under at_most_once the order is the other way round: the ids are marked seen
+BEFORE the outputs are sent. The stage has already committed the batch's
+offsets (streams_app/processing.py), so the records never come again, but a
+second copy of an id (another record) does; with the at-least-once order a
+crash between an output's ack and its seen-row lets that copy through (the lab
+measured 1 to 11 forwarded twice at 1,000 events and 6 kills). Marking first
+turns that crash into a lost event, the at-most-once contract. "First" must hold
+at the broker: the seen-rows go to the changelog through Faust's producer
+buffer, the outputs straight to the producer, so the producer is flushed (the
+seen-rows acknowledged by Kafka) before the outputs are sent, once per batch.
 
 - at_least_once: no event is lost; a crash can forward one id twice.
 - at_most_once: no id is forwarded twice; a crash can lose an event.
-- exactly_once: forward, seen-row and offset commit in one transaction, so the
-  per-event wait for the ack is unnecessary and skipped.
+- exactly_once: outputs, seen-rows and offsets in one transaction per source
+  partition, and a commit never splits a batch (the commit gate), so the wait
+  for the acks is unnecessary and skipped.
 
 The seen-row expires after DEDUP_HORIZON (tables/seen_events.py).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from faust.types import EventT, Message
+
 from streams_app.app import app, settings
 from streams_app.faults import crashpoint
-from streams_app.models import json_key, parse_payment
-from streams_app.processing import first_deliveries, processing
-from streams_app.topics import payment_events, unique_payments
+from streams_app.models import Payment, json_key, parse_payment
+from streams_app.processing import as_current, batches, processing_batch, publish
+from streams_app.topics import dedup_sources, event_partition, payment_events, unique_payments
 from tables.counters import count
 from tables.seen_events import is_duplicate, mark_seen
 
-#: at_most_once: mark the id seen first; a crash then loses the event, never repeats its id.
+#: at_most_once: mark the ids seen first; a crash then loses an event, never repeats its id.
 MARK_BEFORE_FORWARDING = settings.processing_guarantee == "at_most_once"
-#: at_least_once: mark it only once the output is acknowledged; exactly_once: the
+#: at_least_once: mark them only once the outputs are acknowledged; exactly_once: the
 #: transaction orders everything.
 AWAIT_OUTPUT_BEFORE_MARKING = settings.processing_guarantee == "at_least_once"
 
+RAW = settings.topic("raw")
 
-@app.agent(payment_events)
-async def dedup_payments(stream):
-    """Drop every event id already forwarded within the horizon."""
-    stream = stream.noack()  # acked by processing() once the event is handled
-    async for event in first_deliveries(stream):
-        async with processing(stream, event, stage="dedup"):
-            payment = parse_payment(event.value, max_bytes=settings.max_record_bytes,
-                                    max_amount=settings.max_amount)
-            if is_duplicate(payment.event_id):
-                count("dedup.duplicates")
-                continue
-            if MARK_BEFORE_FORWARDING:
-                mark_seen(payment.event_id)
-                await app.producer.flush()  # the seen-row is in Kafka before the output leaves
-            sent = await unique_payments.send(key=json_key(payment.account), value=payment.to_json())
-            if AWAIT_OUTPUT_BEFORE_MARKING:
-                await sent
-            crashpoint("dedup.after_forward")
-            if not MARK_BEFORE_FORWARDING:
-                mark_seen(payment.event_id)
-            count("dedup.unique")
+
+def stage_of(message: Message) -> str:
+    """Dead letters and counters say where a record failed: a raw record at ingest
+    (validation), a moved one at dedup."""
+    return "ingest" if message.topic == RAW else "dedup"
+
+
+@app.agent(dedup_sources)
+async def dedup_payments(stream: Any) -> None:
+    """Validate each raw record and forward the first occurrence of each event id."""
+    stream = stream.noack()  # acked by processing_batch() once the batch is handled
+    async for batch in batches(stream):
+        async with processing_batch(stream, batch, stage=stage_of) as work:
+            first: list[tuple[EventT, Payment]] = []
+            in_batch: set[str] = set()
+            for event in batch:
+                with work.record(event):
+                    message = event.message
+                    payment = parse_payment(message.value, max_bytes=settings.max_record_bytes,
+                                            max_amount=settings.max_amount)
+                    if message.topic == RAW:
+                        count("ingest.valid")
+                    home = event_partition(payment.event_id)
+                    if home != message.partition:
+                        await publish(payment_events, key=payment.event_id.encode(), value=message.value,
+                                      partition=home, headers=message.headers)
+                        count("ingest.moved")
+                        crashpoint("ingest.after_forward")
+                        continue
+                    if payment.event_id in in_batch or is_duplicate(payment.event_id):
+                        count("dedup.duplicates")
+                        continue
+                    in_batch.add(payment.event_id)
+                    first.append((event, payment))
+            if MARK_BEFORE_FORWARDING and first:
+                for event, payment in first:
+                    as_current(event)
+                    mark_seen(payment.event_id)
+                await app.producer.flush()  # the seen-rows are in Kafka before the outputs leave
+            sends = []
+            for event, payment in first:
+                with work.record(event):
+                    sent = await publish(unique_payments, key=json_key(payment.account), value=payment.to_json())
+                    sends.append((event, sent))
+            forwarded = await work.acknowledged(sends) if AWAIT_OUTPUT_BEFORE_MARKING else [e for e, _ in sends]
+            for event in forwarded:
+                crashpoint("dedup.after_forward")
+            ids = {id(event): payment.event_id for event, payment in first}
+            for event in forwarded:
+                as_current(event)
+                if not MARK_BEFORE_FORWARDING:
+                    mark_seen(ids[id(event)])
+                count("dedup.unique")

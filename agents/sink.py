@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from faust.types import EventT
 from tenacity import RetryCallState
@@ -103,19 +104,23 @@ async def charge_payments(stream):
     """Perform the external side effect once per delivery (naive) or per event id."""
     stream = stream.noack()  # acked by processing(): after the effect, or before it in at_most_once
     async for event in first_deliveries(stream):
-        async for attempt in OUTAGE_WAIT.retrying(retry_on=lambda exc: isinstance(exc, Unavailable),
-                                                  before_sleep=_log_outage):
-            with attempt:  # the wait between attempts is outside processing(): the gate is free
-                async with processing(stream, event, stage="sink"):
-                    payment = parse_applied(event.value, max_bytes=settings.max_record_bytes,
-                                            max_amount=settings.max_amount)
-                    charged = await charge(event, payment)
-                    metrics.sink_answered(settings.sink_target)
-                    if not charged and OFFSETS_IN_DATABASE:
-                        log.info("sink: %s was charged before; the database refused it again",
-                                 place(event.message), extra=record_fields(event.message, stage="sink",
-                                                                           event_id=payment.event_id))
-                    crashpoint("sink.after_effect")
+        # The wait between tries is outside processing(): the commit gate is free meanwhile.
+        await OUTAGE_WAIT.run(lambda: _charge_event(stream, event),  # noqa: B023 (awaited here)
+                              retry_on=lambda exc: isinstance(exc, Unavailable), before_sleep=_log_outage)
+
+
+async def _charge_event(stream: Any, event: EventT) -> None:
+    """One try at one event's charge, inside processing()."""
+    async with processing(stream, event, stage="sink"):
+        payment = parse_applied(event.value, max_bytes=settings.max_record_bytes,
+                                max_amount=settings.max_amount)
+        charged = await charge(event, payment)
+        metrics.sink_answered(settings.sink_target)
+        if not charged and OFFSETS_IN_DATABASE:
+            log.info("sink: %s was charged before; the database refused it again",
+                     place(event.message), extra=record_fields(event.message, stage="sink",
+                                                               event_id=payment.event_id))
+        crashpoint("sink.after_effect")
 
 
 async def charge(event: EventT, payment: AppliedPayment) -> bool:
@@ -143,17 +148,17 @@ async def charge(event: EventT, payment: AppliedPayment) -> bool:
 
 
 async def _charge_through_api(api: PaymentClient, payment: AppliedPayment) -> bool:
-    async for attempt in API_OUTAGE_RETRY.retrying(
-        retry_on=lambda exc: isinstance(exc, RetryableError), before_sleep=_log_api_retry
-    ):
-        with attempt:
-            if retention_guard is not None:
-                await retention_guard.before_charge()
-            result = await api.charge(
-                payment.amount, payment.currency, payment.account, reference=payment.event_id,
-                idempotency_key=payment.event_id if IDEMPOTENT else None, retries=API_RETRIES,
-            )
-    return not result.replayed
+    async def call() -> bool:
+        if retention_guard is not None:
+            await retention_guard.before_charge()
+        result = await api.charge(
+            payment.amount, payment.currency, payment.account, reference=payment.event_id,
+            idempotency_key=payment.event_id if IDEMPOTENT else None, retries=API_RETRIES,
+        )
+        return not result.replayed
+
+    return await API_OUTAGE_RETRY.run(call, retry_on=lambda exc: isinstance(exc, RetryableError),
+                                      before_sleep=_log_api_retry)
 
 
 def _log_outage(state: RetryCallState) -> None:

@@ -24,6 +24,13 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--runs", type=int, help="override the preset's number of runs")
     run.add_argument("--records", type=int, help="override the preset's backlog size")
     run.add_argument("--no-pin", action="store_true", help="do not pin broker and systems to CPUs")
+    one = commands.add_parser("one", help="a quick look at a few systems (nothing written to reports/)")
+    one.add_argument("systems", nargs="+", help="report keys: faust_alo, faust_eos, quix_alo, raw_eos, ...")
+    one.add_argument("--records", type=int, default=20_000, help="backlog size (Faust reads all of it)")
+    one.add_argument("--partitions", type=int, default=4)
+    one.add_argument("--profile", type=int, default=0, metavar="SECONDS", help="py-spy the first system")
+    one.add_argument("--bootstrap", help="Kafka bootstrap host:port (default 127.0.0.1:9092)")
+    one.add_argument("--no-pin", action="store_true", help="do not pin broker and systems to CPUs")
     render = commands.add_parser("render", help="write bench.md and bench.png again from bench.json")
     render.add_argument("--out", type=Path, default=Path("reports"), help="where bench.json is")
     args = parser.parse_args(argv)
@@ -32,6 +39,13 @@ def main(argv: list[str] | None = None) -> None:
 
         for path in render_from_json(args.out / "bench.json"):
             print(f"wrote {path}")
+        return
+    if args.command == "one":
+        from .one import run_one
+
+        config = preset("quick").replace(records=args.records, faust_records=None, pin_cpus=not args.no_pin,
+                                         **({"bootstrap": args.bootstrap} if args.bootstrap else {}))
+        run_one(config, args.systems, args.partitions, args.profile)
         return
     config = preset(args.mode or "quick")
     overrides = {"bootstrap": args.bootstrap, "runs": args.runs, "records": args.records}

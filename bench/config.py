@@ -11,18 +11,25 @@ Guarantee = Literal["at_least_once", "exactly_once"]
 GUARANTEES: tuple[Guarantee, ...] = ("at_least_once", "exactly_once")
 SHORT = {"at_least_once": "alo", "exactly_once": "eos"}
 
-#: Faust's defaults for the two knobs the benchmark turns (faust/types/settings).
+#: Faust's defaults for the two knobs the benchmark turns (faust/types/settings). Quix and
+#: the minimal Faust agent commit at Faust's interval; the pipeline at its own default
+#: for the guarantee (streams_app.settings.DEFAULT_COMMIT_INTERVAL) unless a variant says.
 FAUST_DEFAULT_COMMIT_INTERVAL = "2.8"
 FAUST_DEFAULT_BUFFER = "4096"
+#: A variant's commit interval that means "the pipeline's own default".
+APP_DEFAULT = ""
+#: The commit intervals of the throughput / latency curve (reports/bench.md).
+COMMIT_INTERVAL_CURVE = ("0.05", "0.1", "0.25", "1", "2.8")
 #: "Raised" stream buffer: the size Faust's documentation cites for >30,000 events/s.
 FAUST_RAISED_BUFFER = "131072"
 
 
 @dataclass(frozen=True)
 class FaustVariant:
-    """One Faust configuration: the env values of BROKER_COMMIT_INTERVAL and STREAM_BUFFER_MAXSIZE."""
+    """One Faust configuration: the env values of BROKER_COMMIT_INTERVAL (empty: the
+    pipeline's default) and STREAM_BUFFER_MAXSIZE."""
 
-    commit_interval: str = FAUST_DEFAULT_COMMIT_INTERVAL
+    commit_interval: str = APP_DEFAULT
     buffer_maxsize: str = FAUST_DEFAULT_BUFFER
 
     @property
@@ -33,17 +40,17 @@ class FaustVariant:
     def suffix(self) -> str:
         """'' for the defaults, else e.g. '_ci0.1_buf131072'."""
         parts = []
-        if self.commit_interval != FAUST_DEFAULT_COMMIT_INTERVAL:
+        if self.commit_interval != APP_DEFAULT:
             parts.append(f"ci{self.commit_interval}")
         if self.buffer_maxsize != FAUST_DEFAULT_BUFFER:
             parts.append(f"buf{self.buffer_maxsize}")
         return "".join(f"_{part}" for part in parts)
 
 
-FAUST_GRID = tuple(
-    FaustVariant(ci, buf)
-    for ci in (FAUST_DEFAULT_COMMIT_INTERVAL, "0.1")
-    for buf in (FAUST_DEFAULT_BUFFER, FAUST_RAISED_BUFFER)
+FAUST_GRID = (
+    FaustVariant(),
+    *(FaustVariant(ci) for ci in COMMIT_INTERVAL_CURVE),
+    FaustVariant(buffer_maxsize=FAUST_RAISED_BUFFER),
 )
 
 

@@ -28,7 +28,7 @@ from streams_app.traffic import generate
 
 from . import broker_perf, latency, machine, profile, state
 from .affinity import Pinning, pinned
-from .config import GUARANTEES, BenchConfig
+from .config import FAUST_DEFAULT_BUFFER, GUARANTEES, BenchConfig
 from .kafka_io import create_topics
 from .metrics import Spread
 from .runs import (
@@ -163,8 +163,11 @@ def _throughput_phase(ctx: Context, results: Results, advance: Callable[[], None
 def _latency_phase(ctx: Context, results: Results, advance: Callable[[], None]) -> None:
     config = ctx.config
     share = config.duplicate_rate  # input records per output event = 1 / (1 - share)
+    # The headline six, and the pipeline at each commit interval of the curve.
+    curve = [SystemSpec("faust", g, v) for g in GUARANTEES for v in config.faust_variants
+             if v.commit_interval and v.buffer_maxsize == FAUST_DEFAULT_BUFFER]
     for run in range(config.runs):
-        for spec in headline_systems():
+        for spec in headline_systems() + curve:
             spread = results.throughput(spec.key)
             if spread is None:
                 continue
@@ -227,7 +230,8 @@ def _profile_phase(ctx: Context, results: Results) -> None:
 
 def planned_steps(config: BenchConfig) -> int:
     throughput = sum(len(systems_for(config, p)) * config.runs_at(p) for p in config.partition_counts)
-    return throughput + len(headline_systems()) * config.runs
+    curve = sum(1 for v in config.faust_variants if v.commit_interval and v.buffer_maxsize == FAUST_DEFAULT_BUFFER)
+    return throughput + (len(headline_systems()) + len(GUARANTEES) * curve) * config.runs
 
 
 def run(config: BenchConfig, say: Report, advance: Callable[[], None]) -> Results:

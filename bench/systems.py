@@ -37,7 +37,7 @@ from typing import ClassVar, Literal
 from lab.workers import REPO, PipelineConfig, WorkerProcess
 
 from .affinity import Pinning
-from .config import FAUST_DEFAULT_COMMIT_INTERVAL, SHORT, FaustVariant, Guarantee
+from .config import APP_DEFAULT, FAUST_DEFAULT_COMMIT_INTERVAL, SHORT, FaustVariant, Guarantee
 from .kafka_io import create_topics
 from .raw_loop import DEFAULT_BATCH, changelog_topic
 
@@ -66,9 +66,18 @@ class SystemSpec:
     def label(self) -> str:
         text = f"{KIND_LABEL[self.kind]}, {self.guarantee}"
         if self.kind == "faust":
-            text += (f" (commit interval {self.variant.commit_interval} s, "
+            text += (f" (commit interval {self.commit_interval_s:g} s, "
                      f"stream buffer {self.variant.buffer_maxsize})")
         return text
+
+    @property
+    def commit_interval_s(self) -> float:
+        """The pipeline's commit interval in this variant (its own default unless set)."""
+        if self.variant.commit_interval != APP_DEFAULT:
+            return float(self.variant.commit_interval)
+        from streams_app.settings import DEFAULT_COMMIT_INTERVAL
+
+        return DEFAULT_COMMIT_INTERVAL[self.guarantee]
 
     @property
     def reads_backlog(self) -> bool:
@@ -80,7 +89,7 @@ class SystemSpec:
     def settings(self) -> dict[str, object]:
         """The knobs that matter for this system's figures, for the report."""
         if self.kind == "faust":
-            return {"broker_commit_interval_s": float(self.variant.commit_interval),
+            return {"broker_commit_interval_s": self.commit_interval_s,
                     "stream_buffer_maxsize": int(self.variant.buffer_maxsize)}
         if self.kind in ("quix", "faust_min"):
             return {"commit_interval_s": float(FAUST_DEFAULT_COMMIT_INTERVAL)}
@@ -101,7 +110,7 @@ class Deployment(ABC):
     input_topic: str
     output_topic: str
     #: The topic its first stage writes: where processing shows first (the output
-    #: itself for one-hop systems, {prefix}.events for the Faust pipeline).
+    #: itself for one-hop systems, {prefix}.unique for the Faust pipeline).
     first_hop_topic: str
     group: str
     #: True when the input topic is this deployment's own (the benchmark fills it).
@@ -236,10 +245,11 @@ class FaustDeployment(Deployment):
     def __init__(self, spec: SystemSpec, run_id: str, workdir: Path, bootstrap: str, partitions: int) -> None:
         super().__init__(spec, run_id, workdir, bootstrap, partitions)
         env = {
-            "BROKER_COMMIT_INTERVAL": spec.variant.commit_interval,
             "STREAM_BUFFER_MAXSIZE": spec.variant.buffer_maxsize,
             "STORE_URL": "rocksdb://",
         }
+        if spec.variant.commit_interval != APP_DEFAULT:
+            env["BROKER_COMMIT_INTERVAL"] = spec.variant.commit_interval
         self.config = PipelineConfig(
             run_id=run_id, workdir=self.workdir, bootstrap=bootstrap, guarantee=spec.guarantee,
             partitions=partitions, sink_db=f"sqlite:///{self.workdir / 'sink.db'}", extra_env=env,
@@ -247,8 +257,9 @@ class FaustDeployment(Deployment):
         self.worker = WorkerProcess(self.config)
         self.owns_input = True
         self.input_topic = self.config.topic("raw")
-        self.output_topic = self.config.topic("unique")
-        self.first_hop_topic = self.config.topic("events")
+        # The pipeline's Kafka output: validated, deduplicated AND applied to the balances.
+        self.output_topic = self.config.topic("applied")
+        self.first_hop_topic = self.config.topic("unique")
         self.group = self.config.app_id
 
     @property

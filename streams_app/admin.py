@@ -81,6 +81,29 @@ async def _have_leaders(admin: AIOKafkaAdminClient, names: list[str], partitions
     )
 
 
+async def partition_count_problems(settings: Settings) -> list[str]:
+    """What is wrong with the partition counts of the pipeline topics that exist: each
+    needs TOPIC_PARTITIONS (the dedup state of an event id lives in one partition of
+    ``raw`` and ``events``, its balance in one of ``unique``, and Faust's tables in the
+    same partition numbers). Missing topics are fine: the worker creates them."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    await admin.start()
+    try:
+        described = {entry["topic"]: entry for entry in await admin.describe_topics()}
+    finally:
+        await admin.close()
+    problems = []
+    for suffix in PIPELINE_TOPICS:
+        name = settings.topic(suffix)
+        found = len(described[name]["partitions"]) if name in described else None
+        if found is not None and found != settings.partitions:
+            problems.append(
+                f"topic {name} has {found} partitions but TOPIC_PARTITIONS={settings.partitions}: every "
+                f"pipeline topic needs the same count; set TOPIC_PARTITIONS={found} if the others have it "
+                f"too, or recreate {name} with {settings.partitions} partitions (or use another TOPIC_PREFIX)")
+    return problems
+
+
 async def delete_topics_containing(bootstrap: str, fragment: str) -> int:
     """Delete every topic whose name contains ``fragment``; return how many.
 

@@ -62,7 +62,9 @@ class PaymentsApp(faust.App):
 
     async def on_shutdown(self) -> None:
         await super().on_shutdown()
-        if not faust_fixes.fenced(self):  # a fenced worker's state may hold aborted rows
+        # A fenced or crashed worker's state may hold rows of transactions the broker
+        # aborted: its stop is not clean (faust_fixes wipe-unclean-state).
+        if not faust_fixes.fenced(self) and not self._crashed.is_set():
             faust_fixes.on_worker_stopped(Path(self.conf.tabledir))
 
 
@@ -92,6 +94,8 @@ app = PaymentsApp(
     # port only (credentials go in broker_credentials): the worker banner prints these.
     broker=[f"kafka://{host}" for host in settings.broker_hosts],
     processing_guarantee=settings.faust_guarantee,
+    broker_commit_interval=settings.commit_interval,
+    producer_linger=settings.producer_linger,
     store=settings.store,
     datadir=str(settings.table_dir),
     topic_partitions=settings.partitions,
@@ -124,5 +128,6 @@ faust_fixes.install(
     exactly_once=settings.faust_guarantee == "exactly_once",
     at_most_once=settings.processing_guarantee == "at_most_once",
     producer_idempotence=settings.producer_idempotence,
+    on_unverified=settings.faust_fixes_unverified,
 )
 faults.install_seek_backs(app)

@@ -402,9 +402,8 @@ class Ledger:
         policy = policy or self._retry
         sql = template.format(p=self._backend.marker)
         try:
-            async for attempt in policy.retrying(retry_on=is_transient, before_sleep=self._note_retry):
-                with attempt:
-                    result = await self._backend.execute(sql, params)
+            result = await policy.run(lambda: self._backend.execute(sql, params), retry_on=is_transient,
+                                      before_sleep=self._note_retry)
         except (psycopg.Error, sqlite3.Error) as exc:
             if isinstance(exc, PoolClosed):
                 raise

@@ -37,7 +37,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from faust.sensors import Sensor
+from faust.sensors import Monitor, Sensor
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -124,9 +124,61 @@ def metric_names() -> set[str]:
     return names
 
 
+class _Children:
+    """prometheus_client's ``labels()`` validates, locks and hashes on every call: 6.5 %
+    of a batched worker's time (py-spy), called several times per record. The child of
+    each label set is looked up once and kept."""
+
+    def __init__(self) -> None:
+        self._children: dict[tuple[int, tuple[Any, ...]], Any] = {}
+
+    def __call__(self, metric: Any, *labels: Any) -> Any:
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+
+class LeanPrometheusMonitor(PrometheusMonitor):
+    """Faust's PrometheusMonitor, same metrics, with the per-record label lookups cached."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._child = _Children()
+
+    def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
+        Monitor.on_message_in(self, tp, offset, message)
+        m = self._metrics
+        m.messages_received.inc()
+        m.active_messages.inc()
+        self._child(m.messages_received_per_topics, tp.topic).inc()
+        self._child(m.messages_received_per_topics_partition, tp.topic, tp.partition).set(offset)
+
+    def on_stream_event_in(self, tp: Any, offset: int, stream: Any, event: Any) -> Any:
+        state = Monitor.on_stream_event_in(self, tp, offset, stream, event)
+        m = self._metrics
+        m.total_events.inc()
+        m.total_active_events.inc()
+        self._child(m.total_events_per_stream, f"stream.{self._stream_label(stream)}.events").inc()
+        return state
+
+    def on_table_get(self, table: Any, key: Any) -> None:
+        Monitor.on_table_get(self, table, key)
+        self._child(self._metrics.table_operations, f"table.{table.name}", self.KEYS_RETRIEVED).inc()
+
+    def on_table_set(self, table: Any, key: Any, value: Any) -> None:
+        Monitor.on_table_set(self, table, key, value)
+        self._child(self._metrics.table_operations, f"table.{table.name}", self.KEYS_UPDATED).inc()
+
+    def on_send_initiated(self, producer: Any, topic: str, message: Any, keysize: int, valsize: int) -> Any:
+        self._child(self._metrics.topic_messages_sent, f"topic.{topic}").inc()
+        return Monitor.on_send_initiated(self, producer, topic, message, keysize, valsize)
+
+
 def faust_monitor() -> PrometheusMonitor:
     """The app's Faust monitor: Faust's own sensor metrics, in this registry."""
-    return PrometheusMonitor(metrics=FAUST)
+    return LeanPrometheusMonitor(metrics=FAUST)
 
 
 class PipelineSensor(Sensor):
@@ -135,12 +187,13 @@ class PipelineSensor(Sensor):
     def __init__(self, *, guarantee: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._guarantee = guarantee
+        self._child = _Children()
 
     def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
-        RECORDS_CONSUMED.labels(tp.topic).inc()
+        self._child(RECORDS_CONSUMED, tp.topic).inc()
 
     def on_message_out(self, tp: Any, offset: int, message: Any) -> None:
-        RECORDS_ACKED.labels(tp.topic).inc()
+        self._child(RECORDS_ACKED, tp.topic).inc()
 
     def on_commit_initiated(self, consumer: Any) -> Any:
         return time.monotonic()

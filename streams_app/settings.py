@@ -77,6 +77,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_duration(text: str) -> float:
+    value = parse_duration(text)
+    if value <= 0:
+        raise ValueError("expected a duration greater than 0, e.g. 0.1 or 100ms")
+    return value
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 1 <= value <= 65535:
@@ -245,6 +252,23 @@ class Settings:
         "How long an event id is remembered (e.g. 24h, 7d). Older ids may be "
         "forgotten: a re-send older than this is applied again.",
     )
+    commit_interval: float = _setting(
+        "BROKER_COMMIT_INTERVAL", float(AUTO), _positive_duration,
+        "How often offsets are committed (under exactly_once: every partition's transaction; "
+        "downstream sees an output only after it, so each hop adds about half of it to the "
+        "latency). Default 0.1 s under exactly_once (as Kafka Streams), 1 s otherwise "
+        "(reports/bench.md has the curve it was chosen from).",
+    )
+    producer_linger: float = _setting(
+        "PRODUCER_LINGER", 0.005, parse_duration,
+        "How long the producer waits to fill a batch before sending it (Faust's default 0: one "
+        "produce request per record and per producer; 5 ms measured best here, reports/bench.md).",
+    )
+    batch_max: int = _setting(
+        "BATCH_MAX", 1000, _positive_int,
+        "Most records a stage takes in one batch: what is already fetched, never waited "
+        "for (one ack wait, one table write per key and one commit-gate pass per batch).",
+    )
     max_record_bytes: int = _setting(
         "MAX_RECORD_BYTES", 16 * 1024, _positive_int,
         "Raw records larger than this go to the DLQ as oversize.",
@@ -293,6 +317,12 @@ class Settings:
         "Workarounds for faust-streaming delivery bugs (streams_app/faust_fixes.py): "
         "all (default), none (stock Faust, to see the bugs in the lab), or a comma list.",
     )
+    faust_fixes_unverified: str = _setting(
+        "FAUST_FIXES_UNVERIFIED", "fail", _choice(("fail", "warn")),
+        "What the worker does when the installed faust-streaming or aiokafka is not the code "
+        "the Faust fixes were verified on: fail at start-up naming the fixes to re-verify "
+        "(default), or warn and run.",
+    )
 
     def __post_init__(self) -> None:
         """Fill in the replication settings left to AUTO, from the hosts in BROKER_URL."""
@@ -301,6 +331,8 @@ class Settings:
             object.__setattr__(self, "replication_factor", replication)
         if self.min_insync_replicas == AUTO:
             object.__setattr__(self, "min_insync_replicas", replication_defaults(self.replication_factor)[1])
+        if self.commit_interval == AUTO:
+            object.__setattr__(self, "commit_interval", DEFAULT_COMMIT_INTERVAL[self.faust_guarantee])
 
     # -- derived values -------------------------------------------------------
 
@@ -403,7 +435,10 @@ def _show(value: Any) -> str:
 
 
 #: Settings whose default is derived from others (AUTO until __post_init__).
-_DERIVED = {"replication_factor", "min_insync_replicas"}
+_DERIVED = {"replication_factor", "min_insync_replicas", "commit_interval"}
+
+#: BROKER_COMMIT_INTERVAL by guarantee, when not set (see its doc).
+DEFAULT_COMMIT_INTERVAL: Mapping[str, float] = {"exactly_once": 0.1, "at_least_once": 1.0}
 
 #: Faust's own names for settings we own under another name; hidden from Faust.
 _FAUST_TWINS = {"APP_STORE", "APP_WEB_TABLES_ENABLED", "TOPIC_REPLICATION_FACTOR"}

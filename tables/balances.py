@@ -24,13 +24,13 @@ balances = app.Table(
 )
 
 
-def add_to_balance(account: str, currency: str, amount: int) -> int:
-    """Apply ``amount`` and return the new balance in ``currency``.
+def balance_of(account: str) -> dict[str, int]:
+    """The account's balances by currency (empty for a new account)."""
+    return balances[account]
 
-    The value is copied, changed and assigned back: Faust only writes the
-    changelog on assignment, never on an in-place change of a mutable value.
-    """
-    balance = dict(balances[account])
-    balance[currency] = balance.get(currency, 0) + amount
+
+def set_balance(account: str, balance: dict[str, int]) -> None:
+    """Store ``balance`` (a new dict: Faust writes the changelog only on assignment,
+    never on an in-place change of a mutable value)."""
     balances[account] = balance
-    return balance[currency]
+

@@ -12,9 +12,14 @@ again, so they count processing, not unique events.
 
 from __future__ import annotations
 
+import weakref
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
 
-from faust.streams import current_event
+from faust.streams import _current_event, current_event
 
 from streams_app import metrics
 from streams_app.app import app, settings
@@ -29,13 +34,47 @@ counters = app.Table(
 )
 
 
+#: The counts of the batch in progress in this task (streams_app.processing sets it),
+#: written once per key when the batch is done: one table write (and changelog
+#: record) per counter and partition per batch instead of one per record.
+_pending: ContextVar[dict[str, list[Any]] | None] = ContextVar("pending_counts", default=None)
+
+
 def count(name: str, by: int = 1) -> None:
     """Add ``by`` to counter ``name`` for the partition of the current event."""
     event = current_event()
     assert event is not None, "counters are written from agents only"
     key = f"{name}@{event.message.partition}"
-    counters[key] += by
-    metrics.counted(name, by)  # the same name in /metrics (payments_stage_records_total)
+    pending = _pending.get()
+    if pending is None:
+        counters[key] += by
+        metrics.counted(name, by)  # the same name in /metrics (payments_stage_records_total)
+        return
+    entry = pending.get(key)
+    if entry is None:
+        pending[key] = [by, event, name]  # an event of the partition: the write's context
+    else:
+        entry[0] += by
+
+
+@contextmanager
+def batched_counts() -> Iterator[dict[str, list[Any]]]:
+    """Collect this task's counts until :func:`write_counts` is given them."""
+    pending: dict[str, list[Any]] = {}
+    token = _pending.set(pending)
+    try:
+        yield pending
+    finally:
+        _pending.reset(token)
+
+
+def write_counts(pending: dict[str, list[Any]]) -> None:
+    """Add the collected counts to the table (each in its partition) and to /metrics."""
+    for key, (by, event, name) in pending.items():
+        _current_event.set(weakref.ref(event))
+        counters[key] += by
+        metrics.counted(name, by)
+    pending.clear()
 
 
 def totals() -> dict[str, int]:

@@ -15,6 +15,7 @@ import uuid
 import pytest
 import rocksdict
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import murmur2
 from faust.types import TP
 
 from streams_app.admin import create_topics, send_records
@@ -92,9 +93,21 @@ def test_a_worker_with_empty_state_restores_the_dedup_table_in_bulk(pipeline_fac
     changelog = f"{config.app_id}-seen-events-changelog"
     asyncio.run(create_topics(config.bootstrap, [changelog], config.partitions, {"cleanup.policy": "compact,delete"}))
     now = json.dumps(time.time()).encode()
-    seen = [json.dumps(event_id).encode() for event_id in traffic.unique_events]
     filler = (json.dumps(f"{config.run_id}-old-{i}").encode() for i in range(60_000))
-    asyncio.run(send_records(config.bootstrap, changelog, [(key, now) for key in seen] + [(key, now) for key in filler]))
+    asyncio.run(send_records(config.bootstrap, changelog, [(key, now) for key in filler]))
+
+    async def mark_seen_where_dedup_looks() -> None:
+        # An id's seen-row is in the partition the dedup stage reads it in (topics.event_partition).
+        producer = AIOKafkaProducer(bootstrap_servers=config.bootstrap, acks="all")
+        await producer.start()
+        try:
+            for event_id in traffic.unique_events:
+                partition = (murmur2(event_id.encode()) & 0x7FFFFFFF) % config.partitions
+                await producer.send(changelog, now, key=json.dumps(event_id).encode(), partition=partition)
+        finally:
+            await producer.stop()  # flushes
+
+    asyncio.run(mark_seen_where_dedup_looks())
 
     worker = pipeline.worker()
     start = worker.log_path.read_text()

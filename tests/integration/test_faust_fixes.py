@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -19,8 +20,10 @@ from lab.readback import end_offsets, read_topic
 from lab.runner import uncommitted_records
 from streams_app.faust_fixes import (
     FIXES,
+    _patch_seek_epochs,
     _seek_all_to_committed,
     first_committed_record,
+    seek_epochs,
 )
 from streams_app.traffic import generate
 from tests.fixtures.kafka import wait_for
@@ -36,7 +39,9 @@ def test_seek_uncommitted_partitions(kafka_bootstrap, topic_factory):
     topic = topic_factory(1)
     tp = TopicPartition(topic, 0)
 
-    async def positions() -> tuple[int, int]:
+    _patch_seek_epochs()  # a reset counts as a seek (what exact-gaps' redelivery checks)
+
+    async def positions() -> tuple[int, int, Mapping, int]:
         producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
         await producer.start()
         for i in range(10):
@@ -50,15 +55,18 @@ def test_seek_uncommitted_partitions(kafka_bootstrap, topic_factory):
             await consumer.getmany(timeout_ms=2000)  # the fetcher moves ahead, nothing committed
             await consumer.seek_to_committed()  # stock: no committed offset -> no seek
             stock = await consumer.position(tp)
-            await _seek_all_to_committed(consumer, "earliest")
+            seeks = seek_epochs(consumer).get(tp, 0)
+            _, starts = await _seek_all_to_committed(consumer, "earliest")
             fixed = await consumer.position(tp)
-            return stock, fixed
+            return stock, fixed, starts, seek_epochs(consumer).get(tp, 0) - seeks
         finally:
             await consumer.stop()
 
-    stock, fixed = asyncio.run(positions())
+    stock, fixed, starts, seeks = asyncio.run(positions())
     assert stock == 10, "stock seek_to_committed left the position after the fetched records"
     assert fixed == 0, "the fix seeks an uncommitted partition to auto.offset.reset (earliest)"
+    assert starts == {tp: 0}, "the start offset becomes the partition's commit base"
+    assert seeks == 1, "a reset to the beginning is a seek: a redelivery decided before it must not override it"
 
 
 def test_the_stall_heal_tells_transaction_markers_from_undelivered_records(kafka_bootstrap, topic_factory):

@@ -94,15 +94,22 @@ def start_worker(tmp_path: Path, api_url: str, **env: str) -> tuple[subprocess.P
     return process, log_path
 
 
-def test_the_worker_refuses_an_api_that_forgets_keys_before_the_dedup_horizon(tmp_path: Path) -> None:
-    with payment_api(tmp_path, "--key-retention", "24h") as api_url:
-        worker, log_path = start_worker(tmp_path, api_url, DEDUP_HORIZON="7d")
+def refused_start(tmp_path: Path, key_retention: str, **env: str) -> str:
+    """Start a worker against an API keeping keys ``key_retention``; it must exit non-zero.
+    Returns its log."""
+    with payment_api(tmp_path, "--key-retention", key_retention) as api_url:
+        worker, log_path = start_worker(tmp_path, api_url, **env)
         try:
             returncode = worker.wait(timeout=90)
         finally:
             _stop(worker)
     log = log_path.read_text()
     assert returncode != 0, log
+    return log
+
+
+def test_the_worker_refuses_an_api_that_forgets_keys_before_the_dedup_horizon(tmp_path: Path) -> None:
+    log = refused_start(tmp_path, "24h", DEDUP_HORIZON="7d")
     assert "keeps idempotency keys for 1d, less than DEDUP_HORIZON=7d" in log
     assert "--key-retention 7d" in log and "IDEMPOTENCY_KEY_RETENTION=7d" in log
     assert SECRET not in log
@@ -120,3 +127,19 @@ def test_the_worker_starts_when_the_api_keeps_keys_long_enough(tmp_path: Path) -
         finally:
             _stop(worker)
     assert SECRET not in log_path.read_text()
+
+
+def test_the_worker_refuses_pipeline_topics_with_another_partition_count(tmp_path: Path, kafka_bootstrap: str) -> None:
+    """The dedup state of an event id lives in one partition of raw and events: a raw
+    topic made elsewhere with another partition count would put ids in partitions
+    the tables do not have. The worker says which topic and what to change."""
+    import asyncio
+    import uuid
+
+    from streams_app.admin import create_topics
+
+    prefix = f"parts-{uuid.uuid4().hex[:8]}"
+    asyncio.run(create_topics(kafka_bootstrap, [f"{prefix}.raw"], 2))
+    log = refused_start(tmp_path, "7d", DEDUP_HORIZON="7d", TOPIC_PREFIX=prefix, TOPIC_PARTITIONS="4",
+                        BROKER_URL=f"kafka://{kafka_bootstrap}")
+    assert f"topic {prefix}.raw has 2 partitions but TOPIC_PARTITIONS=4" in log, log

@@ -12,12 +12,12 @@ import pytest
 
 from agents.apply import apply_payments
 from agents.dedup import dedup_payments
-from agents.ingest import ingest_payments
 from streams_app import app
 from streams_app.models import Payment, json_key
 from streams_app.topics import (
     applied_payments,
     dead_letters,
+    event_partition,
     payment_events,
     unique_payments,
 )
@@ -28,7 +28,11 @@ from tables.seen_events import is_duplicate, seen_events
 
 @pytest.fixture(autouse=True)
 def in_memory_app(monkeypatch):
-    """Memory tables, flow on, and every output topic captured instead of sent."""
+    """Memory tables, flow on, no memory of processed offsets (each test's offsets start
+    at 0), and every output topic captured instead of sent."""
+    import streams_app.processing
+
+    monkeypatch.setattr(streams_app.processing, "_processed", {})
     app.finalize()
     app.flow_control.resume()
     for table in (balances, seen_events):
@@ -38,6 +42,19 @@ def in_memory_app(monkeypatch):
         mock = AsyncMock(return_value=_Acked())
         monkeypatch.setattr(topic, "send", mock)
         sent[topic.get_topic_name()] = mock
+
+    class Producer:
+        """What streams_app.processing.publish hands outputs to: the same mocks."""
+
+        async def send(self, topic, key, value, partition, timestamp, headers):
+            # aiokafka's record builder takes a list (a consumed record's tuple raised TypeError)
+            assert headers is None or isinstance(headers, list), f"headers must be a list: {headers!r}"
+            return await sent[topic](key=key, value=value, partition=partition, headers=headers)
+
+    async def producer():
+        return Producer()
+
+    monkeypatch.setattr(app, "maybe_start_producer", producer)
     yield sent
 
 
@@ -57,20 +74,46 @@ def run(coro):
     return asyncio.run(coro)
 
 
-def test_ingest_forwards_valid_and_dead_letters_bad(in_memory_app):
+def home(event_id: str) -> int:
+    return event_partition(event_id)
+
+
+def test_dedup_forwards_valid_records_and_dead_letters_bad_ones(in_memory_app):
     async def scenario():
-        async with ingest_payments.test_context() as agent:
-            await agent.put(payment(), key=b"evt-1")
-            await agent.put(b"{not json", key=b"k")
+        async with dedup_payments.test_context() as agent:
+            await agent.put(payment(), key=b"evt-1", partition=home("evt-1"))
+            await agent.put(b"{not json", key=b"k", wait=False)
+            await asyncio.sleep(0.2)
     run(scenario())
-    forwarded = in_memory_app["unit.events"]
+    forwarded = in_memory_app["unit.unique"]
     dlq = in_memory_app["unit.dlq"]
     assert forwarded.await_count == 1
-    assert forwarded.await_args.kwargs["key"] == json_key("evt-1") == b'"evt-1"'
+    assert forwarded.await_args.kwargs["key"] == json_key("acct-1") == b'"acct-1"'
     assert dlq.await_count == 1
     headers = dict(dlq.await_args.kwargs["headers"])
     assert headers["x-dlq-code"] == b"not_json"
     assert dlq.await_args.kwargs["value"] == b"{not json"  # the original bytes, untouched
+
+
+def test_a_record_outside_its_ids_partition_is_moved_there_not_deduplicated(in_memory_app):
+    """Copies of an id meet only in its partition: one found elsewhere (another key, no key)
+    goes to that partition of {prefix}.events, bytes untouched, and is not forwarded here."""
+    elsewhere = (home("evt-1") + 1) % 4
+
+    async def scenario():
+        async with dedup_payments.test_context() as agent:
+            await agent.put(payment(), key=b"another-key", partition=elsewhere, headers=(("trace", b"t-1"),),
+                            wait=False)
+            await asyncio.sleep(0.2)
+    run(scenario())
+    moved = in_memory_app["unit.events"]
+    assert moved.await_count == 1
+    assert moved.await_args.kwargs["partition"] == home("evt-1")
+    assert moved.await_args.kwargs["key"] == b"evt-1"
+    assert moved.await_args.kwargs["value"] == payment()
+    assert moved.await_args.kwargs["headers"] == [("trace", b"t-1")]  # the producer's own headers kept
+    assert in_memory_app["unit.unique"].await_count == 0
+    assert not is_duplicate("evt-1")
 
 
 def test_dedup_forwards_each_event_id_once(in_memory_app):
@@ -78,13 +121,28 @@ def test_dedup_forwards_each_event_id_once(in_memory_app):
         async with dedup_payments.test_context() as agent:
             for event_id in ("evt-1", "evt-2", "evt-1", "evt-1", "evt-3"):
                 # wait=False: a dropped duplicate never acks, and put(wait=True) would hang
-                await agent.put(payment(event_id=event_id), key=json_key(event_id), wait=False)
+                await agent.put(payment(event_id=event_id), key=event_id.encode(), partition=home(event_id),
+                                wait=False)
             await asyncio.sleep(0.2)
     run(scenario())
     forwarded = in_memory_app["unit.unique"]
     assert [json.loads(c.kwargs["value"])["event_id"] for c in forwarded.await_args_list] == ["evt-1", "evt-2", "evt-3"]
     assert all(is_duplicate(e) for e in ("evt-1", "evt-2", "evt-3"))
     assert not is_duplicate("evt-4")
+
+
+def test_a_reused_event_id_with_another_account_is_dropped(in_memory_app):
+    async def scenario():
+        async with dedup_payments.test_context() as agent:
+            await agent.put(payment(event_id="evt-7", account="acct-1"), key=b"evt-7", partition=home("evt-7"),
+                            wait=False)
+            await agent.put(payment(event_id="evt-7", account="acct-2", amount=5), key=b"evt-7",
+                            partition=home("evt-7"), wait=False)
+            await asyncio.sleep(0.2)
+    run(scenario())
+    forwarded = in_memory_app["unit.unique"]
+    assert [json.loads(c.kwargs["value"])["account"] for c in forwarded.await_args_list] == ["acct-1"]
+    assert totals()["dedup.duplicates"] >= 1
 
 
 @pytest.mark.parametrize("at_most_once", [False, True], ids=["at_least_once", "at_most_once"])
@@ -104,7 +162,7 @@ def test_a_forward_that_fails_leaves_the_id_unseen_except_under_at_most_once(in_
 
     async def scenario():
         async with dedup_payments.test_context() as agent:
-            await agent.put(payment(event_id="evt-9"), key=json_key("evt-9"), wait=False)
+            await agent.put(payment(event_id="evt-9"), key=b"evt-9", partition=home("evt-9"), wait=False)
             await asyncio.sleep(0.2)
     run(scenario())
     assert is_duplicate("evt-9") is at_most_once
@@ -180,10 +238,56 @@ def test_a_fenced_worker_neither_dead_letters_nor_remembers_the_record_but_relea
 
     async def scenario():
         async with dedup_payments.test_context() as agent:
-            await agent.put(payment(event_id="evt-f"), key=json_key("evt-f"), wait=False)
+            await agent.put(payment(event_id="evt-f"), key=b"evt-f", partition=home("evt-f"), wait=False)
             await asyncio.sleep(0.2)
     run(scenario())
     assert acked == [0], "released: the rebalance must not wait for it"
     assert in_memory_app["unit.dlq"].await_count == 0
     assert streams_app.processing._processed == {}
     assert not is_duplicate("evt-f")
+
+
+def test_a_record_queued_twice_in_one_batch_is_applied_once(in_memory_app):
+    """A seek back (a rebalance, the stall heal) re-fetches records whose first copy may
+    still wait in the stream's queue: both then fall into one batch, and neither is in
+    the memory of processed offsets yet (seen as 392 double-applied payments under
+    at_least_once with a seek-back every 0.2 s, tests/integration/test_faust_fixes.py)."""
+    async def scenario():
+        async with apply_payments.test_context() as agent:
+            channel = agent.stream().channel
+            for _ in range(2):  # the same partition and offset, queued before the agent looks
+                message = agent.to_message(json_key("acct-1"), payment("e1", "acct-1", 100), partition=1, offset=7)
+                await channel.put(await channel.decode(message))
+            await asyncio.sleep(0.2)
+    run(scenario())
+    assert balances["acct-1"] == {"EUR": 100}
+    assert in_memory_app["unit.applied"].await_count == 1
+
+
+def test_under_at_least_once_an_output_that_fails_is_dead_lettered_and_not_applied(in_memory_app, monkeypatch):
+    """The producer gave up on one applied record (its future failed): the record goes to
+    the DLQ, and its amount is not in the balance, so a replay applies it once."""
+    import agents.apply
+
+    monkeypatch.setattr(agents.apply, "AWAIT_OUTPUTS", True)
+
+    class Failed:
+        def __await__(self):
+            raise RuntimeError("delivery timed out")
+            yield  # pragma: no cover
+
+    outcomes = iter([_Acked(), Failed(), _Acked()])
+    in_memory_app["unit.applied"].side_effect = lambda **kwargs: next(outcomes)
+
+    async def scenario():
+        async with apply_payments.test_context() as agent:
+            channel = agent.stream().channel
+            for offset, (event_id, amount) in enumerate((("e1", 100), ("e2", 20), ("e3", 3))):
+                message = agent.to_message(json_key("acct-1"), payment(event_id, "acct-1", amount),
+                                           partition=1, offset=offset)
+                await channel.put(await channel.decode(message))
+            await asyncio.sleep(0.2)
+    run(scenario())
+    assert balances["acct-1"] == {"EUR": 103}
+    headers = dict(in_memory_app["unit.dlq"].await_args.kwargs["headers"])
+    assert headers["x-dlq-code"] == b"processing_error" and b"delivery timed out" in headers["x-dlq-reason"]

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import defaultdict
 from types import SimpleNamespace
 
 import pytest
 from aiokafka.errors import IllegalOperation
 from faust.transport.consumer import Consumer
+from faust.types import TP
 
 from streams_app import faust_fixes
 
@@ -498,3 +500,94 @@ def test_with_the_fix_a_partition_without_a_position_is_not_checked_yet():
     fixed = _verify_event_path()
     assert getattr(fixed, "_fixed", False)
     assert fixed(_thread_with_a_partition_awaiting_its_position(), 1.0, TP("app.events", 0)) is None
+
+
+def test_the_gated_commit_gives_up_on_a_buffer_that_will_never_drain():
+    """A fenced worker's ProducerBuffer crashed ('Can't send messages while not in
+    transaction') with records left in it; the commit waiting for it to drain held the
+    revocation's commit and the worker's stop forever. Now the wait ends, and the
+    commit is skipped (the records would be missing from their transactions)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from streams_app.faust_fixes import _drain
+
+    def event(is_set: bool) -> asyncio.Event:
+        e = asyncio.Event()
+        if is_set:
+            e.set()
+        return e
+
+    async def scenario(buffer_crashed: bool) -> bool:
+        buffer = SimpleNamespace(size=3, _in_flight=0, _crashed=event(buffer_crashed), should_stop=False,
+                                 message_sent=asyncio.Event())
+        app = SimpleNamespace(_crashed=event(False))
+        return await asyncio.wait_for(_drain(buffer, app), timeout=5)
+
+    assert asyncio.run(scenario(buffer_crashed=True)) is False
+
+    async def drains() -> bool:
+        buffer = SimpleNamespace(size=1, _in_flight=0, _crashed=event(False), should_stop=False,
+                                 message_sent=asyncio.Event())
+        app = SimpleNamespace(_crashed=event(False))
+
+        async def send() -> None:
+            await asyncio.sleep(0.05)
+            buffer.size = 0
+            buffer.message_sent.set()
+
+        task = asyncio.create_task(send())
+        done = await asyncio.wait_for(_drain(buffer, app), timeout=5)
+        await task
+        return done
+
+    assert asyncio.run(drains()) is True
+
+
+def test_a_never_committed_partition_is_not_committed_past_a_hole_at_its_head():
+    """The CI run that lost 21 charges: nothing committed yet, the records at the head
+    dropped (a queue clear), the next one acked. Without a base the acked run starts
+    anywhere; with the start offset as base the commit waits for the head."""
+    tp = TP("t", 0)
+
+    books = SimpleNamespace(_committed_offset=defaultdict(lambda: None))  # Consumer's own books
+    assert faust_fixes.strict_new_offset([24, 25], books._committed_offset[tp]) == (26, 2), "stock semantics: no base"
+    faust_fixes.set_commit_bases(books, {tp: 0})
+    assert faust_fixes.strict_new_offset([24, 25], books._committed_offset[tp]) == (None, 0)
+    assert faust_fixes.strict_new_offset([0, 1, 2], books._committed_offset[tp]) == (3, 3)
+
+
+
+def test_the_installed_libraries_are_the_code_the_fixes_were_verified_on():
+    """Fails after an upgrade of faust-streaming or aiokafka that changed a function a
+    fix replaces or relies on: re-verify the fix, then record the new fingerprints."""
+    assert faust_fixes.current_fingerprints() == faust_fixes.UPSTREAM
+    assert faust_fixes.unverified(list(faust_fixes.FIXES)) == []
+
+
+def test_a_changed_upstream_function_names_the_fix_to_reverify(monkeypatch):
+    target = "faust.transport.consumer:Consumer._new_offset"
+    changed = {**faust_fixes.UPSTREAM, "exact-gaps": {**faust_fixes.UPSTREAM["exact-gaps"], target: "0" * 12}}
+    monkeypatch.setattr(faust_fixes, "UPSTREAM", changed)
+    problems = faust_fixes.unverified(["exact-gaps", "commit-gate"])
+    assert len(problems) == 1 and problems[0].startswith(f"exact-gaps: {target} is not the code it was verified on")
+    assert faust_fixes.unverified(["commit-gate"]) == [], "only the enabled fixes are checked"
+
+
+def test_another_library_version_names_the_fixes_that_touch_it():
+    problems = faust_fixes.unverified(["exact-gaps", "commit-gate", "wipe-unclean-state"],
+                                      versions={"faust": "0.16.0", "aiokafka": "0.14.0"})
+    assert problems == ["faust-streaming 0.16.0 is installed, the fixes were verified on 0.15.3: "
+                        "re-verify exact-gaps, commit-gate"]
+    problems = faust_fixes.unverified(["exact-gaps", "commit-gate"], versions={"faust": "0.15.3", "aiokafka": "0.15.0"})
+    assert problems == ["aiokafka 0.15.0 is installed, the fixes were verified on 0.14.0: re-verify exact-gaps"]
+
+
+def test_an_unverified_upstream_fails_the_install_before_any_patch(monkeypatch):
+    from streams_app.exceptions import UnverifiedUpstream
+
+    problems = ["faust-streaming 0.16.0 is installed, the fixes were verified on 0.15.3: re-verify exact-gaps"]
+    monkeypatch.setattr(faust_fixes, "unverified", lambda enabled: problems)
+    with pytest.raises(UnverifiedUpstream) as error:  # an app without any attribute: nothing touched
+        faust_fixes.install(SimpleNamespace(), ("exact-gaps",), exactly_once=True, producer_idempotence=True)
+    assert "re-verify exact-gaps" in str(error.value) and "FAUST_FIXES_UNVERIFIED=warn" in str(error.value)

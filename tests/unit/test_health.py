@@ -45,9 +45,9 @@ def test_a_partition_at_its_end_is_not_stuck_however_long_it_waits():
 def test_an_agent_crash_is_reported_for_a_while():
     monitor = HealthMonitor(exactly_once=True)
     monitor.sample(started=True, positions=[], now=0)
-    monitor.agent_crashed("agents.ingest.ingest_payments", KeyError("x"), now=10)
+    monitor.agent_crashed("agents.dedup.dedup_payments", KeyError("x"), now=10)
     status, body = monitor.health.report(now=11)
-    assert status == 503 and "agents.ingest.ingest_payments crashed 1 time(s)" in body["reasons"][0]
+    assert status == 503 and "agents.dedup.dedup_payments crashed 1 time(s)" in body["reasons"][0]
     assert "KeyError" in body["reasons"][0]
     assert monitor.health.report(now=10 + CRASH_WINDOW_S + 1)[0] == 200
 

@@ -88,3 +88,59 @@ def test_a_bounded_policy_gives_up_with_the_last_error():
 def test_a_policy_that_could_not_wait_says_what_to_change():
     with pytest.raises(ValueError, match="first_wait <= max_wait"):
         RetryPolicy(first_wait=10.0, max_wait=5.0)
+
+
+def test_run_tries_once_without_tenacity_and_retries_only_what_is_worth_it(monkeypatch):
+    """RetryPolicy.run: the same outcomes as the tenacity loop, with the first try outside it."""
+    import asyncio
+
+    from streams_app.retrying import RetryPolicy
+
+    waits: list[float] = []
+
+    async def no_sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    policy = RetryPolicy(first_wait=0.1, max_wait=1.0, sleep=no_sleep)
+    monkeypatch.setattr(RetryPolicy, "retrying", lambda *a, **k: (_ for _ in ()).throw(AssertionError("tenacity")))
+
+    async def ok() -> str:
+        return "done"
+
+    assert asyncio.run(policy.run(ok, retry_on=lambda exc: True)) == "done"
+    monkeypatch.undo()
+
+    calls = []
+
+    async def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError("down")
+        return "up"
+
+    slept: list[int] = []
+    assert asyncio.run(policy.run(flaky, retry_on=lambda exc: isinstance(exc, ConnectionError),
+                                  before_sleep=lambda state: slept.append(state.attempt_number))) == "up"
+    assert len(calls) == 3 and slept == [1, 1] and len(waits) == 2  # tenacity numbers its own tries
+
+    async def refused() -> str:
+        raise ValueError("no")
+
+    try:
+        asyncio.run(policy.run(refused, retry_on=lambda exc: isinstance(exc, ConnectionError)))
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("a refusal must be raised at once")
+
+    bounded = RetryPolicy(first_wait=0.1, max_wait=1.0, give_up_after=0.0, sleep=no_sleep)
+
+    async def down() -> str:
+        raise ConnectionError("down")
+
+    try:
+        asyncio.run(bounded.run(down, retry_on=lambda exc: True))
+    except ConnectionError:
+        pass
+    else:
+        raise AssertionError("a bounded policy gives up")

@@ -64,8 +64,8 @@ def test_unknown_config_key_is_named(tmp_path):
 def test_faust_does_not_see_the_variables_we_own():
     s = Settings.from_env({})
     env = s.faust_env({"PROCESSING_GUARANTEE": "x", "WEB_PORT": "1", "APP_STORE": "y",
-                       "BROKER_COMMIT_INTERVAL": "0.5"})
-    assert env == {"BROKER_COMMIT_INTERVAL": "0.5"}
+                       "BROKER_COMMIT_INTERVAL": "0.5", "STREAM_BUFFER_MAXSIZE": "8"})
+    assert env == {"STREAM_BUFFER_MAXSIZE": "8"}
 
 
 @pytest.mark.parametrize("text,seconds", [("90", 90.0), ("15m", 900.0), ("24h", 86400.0),
@@ -189,3 +189,19 @@ def test_faust_gets_every_host_and_the_replication_settings():
     changelog = seen_events.changelog_topic.config
     assert changelog["min.insync.replicas"] == str(settings.min_insync_replicas)
     assert changelog["cleanup.policy"] == "compact,delete"
+
+
+def test_the_commit_interval_follows_the_guarantee_unless_set():
+    """exactly_once: 0.1 s (downstream sees output only after a commit); otherwise 1 s."""
+    assert Settings.from_env({"PROCESSING_GUARANTEE": "exactly_once"}).commit_interval == 0.1
+    assert Settings.from_env({"PROCESSING_GUARANTEE": "at_least_once"}).commit_interval == 1.0
+    assert Settings.from_env({"PROCESSING_GUARANTEE": "exactly_once", "BROKER_COMMIT_INTERVAL": "250ms"}
+                             ).commit_interval == 0.25
+    assert "BROKER_COMMIT_INTERVAL" not in Settings.from_env({}).faust_env({"BROKER_COMMIT_INTERVAL": "5"})
+
+
+@pytest.mark.parametrize("env,text", [("BROKER_COMMIT_INTERVAL", "0"), ("BROKER_COMMIT_INTERVAL", "soon"),
+                                      ("BATCH_MAX", "0")])
+def test_commit_interval_and_batch_size_must_be_positive(env, text):
+    with pytest.raises(SettingsError, match=f"{env}='{text}' is invalid"):
+        Settings.from_env({env: text})

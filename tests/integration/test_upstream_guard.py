@@ -1,0 +1,75 @@
+"""A real ``faust worker`` on a faust-streaming the fixes were not verified on: it refuses
+to start and names the fixes to re-verify, unless FAUST_FIXES_UNVERIFIED=warn.
+
+The other version is faked in the worker's own process (``faust.__version__`` set
+before the CLI runs); no broker is needed: the check runs when the app is built,
+before it connects (BROKER_URL names a closed port, so a worker that passes just waits).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_worker_start_checks import _free_port, _stop
+
+pytestmark = pytest.mark.integration
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+#: ``faust -A streams_app worker`` with faust-streaming claiming another version.
+FAKED_VERSION = (
+    "import sys, faust; faust.__version__ = '0.16.0'; "
+    "from faust.cli.faust import cli; cli.main(args=sys.argv[1:], prog_name='faust')"
+)
+
+
+def start_worker(tmp_path: Path, **env: str) -> tuple[subprocess.Popen[bytes], Path]:
+    log_path = tmp_path / "worker.log"
+    environment = {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "BROKER_URL": f"kafka://127.0.0.1:{_free_port()}",
+        "SINK_DB": f"sqlite:///{tmp_path / 'sink.db'}",
+        "STORE_URL": "memory://",
+        "APP_ID": "upstream-guard",
+        "APP_DATADIR": str(tmp_path / "data"),
+        "WEB_PORT": str(_free_port()),
+        **env,
+    }
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-c", FAKED_VERSION, "-A", "streams_app", "worker", "-l", "info"],
+            cwd=tmp_path, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    return process, log_path
+
+
+def test_the_worker_refuses_a_faust_version_the_fixes_were_not_verified_on(tmp_path: Path) -> None:
+    worker, log_path = start_worker(tmp_path)
+    try:
+        returncode = worker.wait(timeout=90)
+    finally:
+        _stop(worker)
+    log = log_path.read_text()
+    assert returncode != 0, log
+    assert "faust-streaming 0.16.0 is installed, the fixes were verified on 0.15.3" in log
+    assert "exact-gaps" in log and "source-partition-transactions" in log, "names the fixes to re-verify"
+    assert "FAUST_FIXES_UNVERIFIED=warn" in log, "says how to run anyway"
+
+
+def test_unverified_warn_runs_the_worker_and_says_why(tmp_path: Path) -> None:
+    worker, log_path = start_worker(tmp_path, FAUST_FIXES_UNVERIFIED="warn")
+    try:
+        deadline = time.monotonic() + 90
+        while "faust fixes enabled" not in log_path.read_text():
+            assert worker.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+    finally:
+        _stop(worker)
+    assert "the Faust fixes were not verified on the installed libraries" in log_path.read_text()
