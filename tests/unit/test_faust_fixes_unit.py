@@ -22,6 +22,7 @@ import pytest
 from aiokafka.errors import IllegalOperation
 from faust.transport.consumer import Consumer
 from faust.types import TP
+from intervaltree import IntervalTree
 
 from streams_app import faust_fixes
 
@@ -591,3 +592,51 @@ def test_an_unverified_upstream_fails_the_install_before_any_patch(monkeypatch):
     with pytest.raises(UnverifiedUpstream) as error:  # an app without any attribute: nothing touched
         faust_fixes.install(SimpleNamespace(), ("exact-gaps",), exactly_once=True, producer_idempotence=True)
     assert "re-verify exact-gaps" in str(error.value) and "FAUST_FIXES_UNVERIFIED=warn" in str(error.value)
+
+
+class _RecoveringConsumer(_Flow):
+    """What Faust's perform_seek touches, with a fetcher that delivers records fetched after
+    the client's seek while the seek is still being awaited, when the flow lets it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._read_offset: dict = {}
+        self._committed_offset: defaultdict = defaultdict(lambda: None)
+        self._gap: defaultdict = defaultdict(IntervalTree)
+        self.app.topics = SimpleNamespace(acks_enabled_for=lambda topic: True)
+        self.track = faust_fixes._track(self)
+
+    def assignment(self) -> set:
+        return {TP0}
+
+    async def seek_to_committed(self) -> dict:
+        # The client is at 17 now; records 21-45 (17-20: markers of an aborted transaction)
+        # come back from the next fetch and are delivered while this call is awaited.
+        self.steps.append(f"client seek (flow {'on' if self.flow_active else 'off'})")
+        if self.flow_active:
+            for offset in range(21, 46):
+                self.track.delivered(TP0, offset)
+        return {TP0: 17}
+
+
+TP0 = TP("payments.unique", 0)
+
+
+def test_faust_s_recovery_seek_with_the_fetcher_delivering_makes_delivered_records_a_gap(monkeypatch):
+    """The CI loss (21 and 28 charges): records delivered during the recovery seek, then
+    the seek's bookkeeping, then record 46 looks like a jump from 17 over 21-45."""
+    stock_perform_seek = getattr(Consumer.perform_seek, "_stock", Consumer.perform_seek)
+    consumer = _RecoveringConsumer()
+
+    async def stock_seek_then_bookkeeping() -> None:  # exact-gaps before this fix
+        await stock_perform_seek(consumer)
+        consumer.track.sought(TP0, consumer._read_offset[TP0])
+
+    asyncio.run(stock_seek_then_bookkeeping())
+    assert consumer.track.delivered(TP0, 46) == (17, 46), "delivered records 21-45 taken for a gap"
+
+    _patch_exact_gaps_on_stock(monkeypatch)
+    consumer = _RecoveringConsumer()
+    asyncio.run(Consumer.perform_seek(consumer))
+    assert consumer.steps == ["stop", "fetcher idle", "client seek (flow off)", "resume"]
+    assert consumer.track.delivered(TP0, 21) == (17, 21), "only the markers before 21 are a gap"
