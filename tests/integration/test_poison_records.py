@@ -198,7 +198,7 @@ def test_a_charge_the_database_refuses_is_dead_lettered_alone(pipeline_factory, 
     db = tmp_path / "refusing.db"
     pipeline = pipeline_factory(guarantee, sink="idempotent", sink_db=f"sqlite:///{db}")
     traffic = _traffic(pipeline, 80, 4)
-    refused = traffic.unique_events[7]
+    refused = list(traffic.unique_events)[7]
 
     async def make_schema() -> None:
         ledger = Ledger(f"sqlite:///{db}")
