@@ -8,7 +8,6 @@ before it connects (BROKER_URL names a closed port, so a worker that passes just
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -16,11 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_worker_start_checks import _free_port, _stop
+from tests.integration.test_worker_start_checks import _stop, launch_worker
 
 pytestmark = pytest.mark.integration
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 #: ``faust -A streams_app worker`` with faust-streaming claiming another version.
 FAKED_VERSION = (
     "import sys, faust; faust.__version__ = '0.16.0'; "
@@ -29,24 +27,8 @@ FAKED_VERSION = (
 
 
 def start_worker(tmp_path: Path, **env: str) -> tuple[subprocess.Popen[bytes], Path]:
-    log_path = tmp_path / "worker.log"
-    environment = {
-        **os.environ,
-        "PYTHONPATH": str(REPO_ROOT),
-        "BROKER_URL": f"kafka://127.0.0.1:{_free_port()}",
-        "SINK_DB": f"sqlite:///{tmp_path / 'sink.db'}",
-        "STORE_URL": "memory://",
-        "APP_ID": "upstream-guard",
-        "APP_DATADIR": str(tmp_path / "data"),
-        "WEB_PORT": str(_free_port()),
-        **env,
-    }
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-c", FAKED_VERSION, "-A", "streams_app", "worker", "-l", "info"],
-            cwd=tmp_path, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    return process, log_path
+    return launch_worker(tmp_path, [sys.executable, "-c", FAKED_VERSION, "-A", "streams_app", "worker", "-l", "info"],
+                         APP_ID="upstream-guard", **env)
 
 
 def test_the_worker_refuses_a_faust_version_the_fixes_were_not_verified_on(tmp_path: Path) -> None:

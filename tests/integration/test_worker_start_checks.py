@@ -69,15 +69,13 @@ def payment_api(tmp_path: Path, *options: str) -> Iterator[str]:
         _stop(process)
 
 
-def start_worker(tmp_path: Path, api_url: str, **env: str) -> tuple[subprocess.Popen[bytes], Path]:
+def launch_worker(tmp_path: Path, command: list[str], **env: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """``command`` (a worker command line) with a broker URL on a closed port, a SQLite sink
+    and free ports, logging to ``tmp_path/worker.log``; ``env`` adds or overrides settings."""
     log_path = tmp_path / "worker.log"
     environment = {
         **os.environ,
         "PYTHONPATH": str(REPO_ROOT),
-        "SINK_TARGET": "api",
-        "SINK_MODE": "idempotent",
-        # userinfo the API ignores: it must not be printed
-        "PAYMENT_API_URL": api_url.replace("http://", f"http://sink:{SECRET}@"),
         "BROKER_URL": f"kafka://k:{SECRET}@127.0.0.1:{_free_port()}",
         "SINK_DB": f"sqlite:///{tmp_path / 'sink.db'}",
         "STORE_URL": "memory://",
@@ -87,11 +85,18 @@ def start_worker(tmp_path: Path, api_url: str, **env: str) -> tuple[subprocess.P
         **env,
     }
     with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "faust", "-A", "streams_app", "worker", "-l", "info"],
-            cwd=tmp_path, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        process = subprocess.Popen(command, cwd=tmp_path, env=environment, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
     return process, log_path
+
+
+def start_worker(tmp_path: Path, api_url: str, **env: str) -> tuple[subprocess.Popen[bytes], Path]:
+    return launch_worker(
+        tmp_path, [sys.executable, "-m", "faust", "-A", "streams_app", "worker", "-l", "info"],
+        SINK_TARGET="api", SINK_MODE="idempotent",
+        # userinfo the API ignores: it must not be printed
+        PAYMENT_API_URL=api_url.replace("http://", f"http://sink:{SECRET}@"), **env,
+    )
 
 
 def refused_start(tmp_path: Path, key_retention: str, **env: str) -> str:
