@@ -20,6 +20,7 @@ run: $(STAMP)
 	SINK_TARGET=$${SINK_TARGET:-api} $(BIN)/faust -A streams_app demo
 
 test: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 test-unit: $(STAMP)

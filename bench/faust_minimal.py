@@ -1,7 +1,7 @@
 """The raw loop's work as one stock Faust agent: what Faust itself costs, without our pipeline.
 
 The project's pipeline is three agents (dedup, apply, sink) taking records in batches,
-with dashboard counters and the delivery fixes of streams_app/faust_fixes.py.
+with dashboard counters and the delivery fixes of faust_guarantees.
 This app is the least Faust can do for the same function, record for record
 (:mod:`bench.payload`): one agent, one changelogged table, no fixes:
 

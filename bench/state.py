@@ -17,7 +17,7 @@ from the broker and the worker's own log, never from the worker's counters:
    Starts At - Active" say, per changelog partition, where the changelog ends
    and where reading starts (the offset persisted in RocksDB, -1 for none): the
    difference is what it replays. Under exactly_once this relies on the
-   project's ``persisted-offsets`` fix (streams_app/faust_fixes.py).
+   project's ``persisted-offsets`` fix (faust_guarantees).
 3. **How big is the state for a given DEDUP_HORIZON?** Every id forwarded
    within the horizon is kept, so in steady state the table holds
    unique-rate x horizon keys. The bytes per key of the local RocksDB and of
@@ -94,7 +94,7 @@ def logged_at(lines: list[str], message: str) -> float | None:
 
 def restore_seconds(lines: list[str]) -> float | None:
     """From Faust's query of the changelogs' high watermarks to "Recovery complete":
-    everything a restore does, the bulk restore (streams_app/faust_fixes.py
+    everything a restore does, the bulk restore (faust_guarantees
     ``bulk-restore``, before Faust's own reading) included."""
     begun = logged_at(lines, "Highwater for active changelog partitions")
     ended = logged_at(lines, "Recovery complete")

@@ -3,7 +3,7 @@
 ``QUICK`` is the set of cells CI runs (every claim the tests assert, a few
 hundred events each); ``full_cells()`` is every combination, plus the
 producer-retry fault with idempotence off and on, plus stock-Faust cells that
-show what the fixes in streams_app/faust_fixes.py change.
+show what the fixes in faust_guarantees change.
 """
 
 from __future__ import annotations

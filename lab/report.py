@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
-from streams_app.faust_fixes import FIXES
+from faust_guarantees import FIXES
 
 from .matrix import Cell, save_json
 from .runner import ExperimentResult
@@ -59,7 +59,7 @@ def versions() -> dict[str, str]:
 
 
 #: The directories whose content decides what a lab run measures.
-CODE_DIRS = ("streams_app", "agents", "tables", "lab", "payment_api", "infra", "outbox")
+CODE_DIRS = ("faust_guarantees", "streams_app", "agents", "tables", "lab", "payment_api", "infra", "outbox")
 
 
 def code_version() -> str:
@@ -144,7 +144,7 @@ def markdown(results: Results, *, title: str, scale: str) -> str:
         ]
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "## What stock Faust does, and what this project does", "",
-              ("faust-streaming is run with the workarounds of `streams_app/faust_fixes.py`. "
+              ("faust-streaming is run with the workarounds of `faust_guarantees` (one module per fix in `faust_guarantees/fixes/`). "
                "Cells marked *stock Faust* run with `FAUST_FIXES=none`."), ""]
     for name, text in FIXES.items():
         lines.append(f"- **{name}** ({UPSTREAM.get(name, '')}): {text}")

@@ -15,11 +15,13 @@ from typing import Any
 
 import faust
 
+import faust_guarantees
 
-from . import faults, faust_fixes, logs, metrics
-from .exceptions import SettingsError
+from . import faults, logs, metrics
+from .exceptions import SettingsError, UnverifiedUpstream
 from .health import HealthMonitor
 from .settings import Settings
+from .stores import drop_ttl_stores
 
 
 def load_settings() -> Settings:
@@ -35,8 +37,7 @@ StartCheck = Callable[[], Awaitable[None]]
 
 
 class PaymentsApp(faust.App):
-    """faust.App plus the lifecycle hooks of the fixes in streams_app/faust_fixes.py,
-    and start checks: coroutines a module registers in :attr:`start_checks` (the
+    """faust.App plus start checks: coroutines a module registers in :attr:`start_checks` (the
     sink: the payment API's key retention) that run when a worker starts, before
     any table or agent. One that raises SettingsError refuses the start; the
     worker exits with its message."""
@@ -56,16 +57,7 @@ class PaymentsApp(faust.App):
         metrics.install(self, guarantee=settings.processing_guarantee)
         for check in self.start_checks:
             await check()
-        faust_fixes.on_worker_start(
-            Path(self.conf.tabledir), settings.faust_guarantee == "exactly_once", settings.faust_fixes
-        )
-
-    async def on_shutdown(self) -> None:
-        await super().on_shutdown()
-        # A fenced or crashed worker's state may hold rows of transactions the broker
-        # aborted: its stop is not clean (faust_fixes wipe-unclean-state).
-        if not faust_fixes.fenced(self) and not self._crashed.is_set():
-            faust_fixes.on_worker_stopped(Path(self.conf.tabledir))
+        drop_ttl_stores(Path(self.conf.tabledir))
 
 
 def durable_topic_class(configs: dict[str, str]) -> type[faust.Topic]:
@@ -123,11 +115,13 @@ app = PaymentsApp(
     logging_config=logs.logging_config(settings.log_format),
 )
 
-faust_fixes.install(
-    app, settings.faust_fixes,
-    exactly_once=settings.faust_guarantee == "exactly_once",
-    at_most_once=settings.processing_guarantee == "at_most_once",
-    producer_idempotence=settings.producer_idempotence,
-    on_unverified=settings.faust_fixes_unverified,
-)
+try:
+    guarantees = faust_guarantees.install(
+        app, settings.faust_fixes, guarantee=settings.processing_guarantee,
+        producer_idempotence=settings.producer_idempotence, on_unverified=settings.faust_fixes_unverified,
+    )
+except faust_guarantees.UnverifiedUpstream as exc:
+    raise UnverifiedUpstream(exc.problems) from None
+guarantees.on_fence(app.health.fenced)
+guarantees.on_intervention(metrics.fix_intervened)
 faults.install_seek_backs(app)

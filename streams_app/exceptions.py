@@ -22,14 +22,14 @@ class SettingsError(StreamsAppError):
 
 class UnverifiedUpstream(SettingsError):
     """The installed faust-streaming or aiokafka is not the code the Faust fixes were
-    verified on: each problem names the fixes to re-verify (streams_app/faust_fixes.py)."""
+    verified on: each problem names the fixes to re-verify (faust_guarantees.guard)."""
 
     def __init__(self, problems: list[str]) -> None:
         super().__init__(problems)
         self.args = ("the Faust fixes were not verified on the installed libraries:\n"
                      + "\n".join(f"  - {p}" for p in problems)
                      + "\nRe-verify them (make matrix; pytest tests/integration/test_faust_fixes.py) and "
-                     "record the new fingerprints (streams_app.faust_fixes.current_fingerprints()); "
+                     "record the new fingerprints (faust_guarantees.current_fingerprints()); "
                      "or leave those fixes out (FAUST_FIXES=...); or run anyway with "
                      "FAUST_FIXES_UNVERIFIED=warn.",)
 

@@ -21,6 +21,8 @@ import signal
 import sys
 from collections import Counter
 
+from faust_guarantees.seeking import seek_back
+
 log = logging.getLogger(__name__)
 
 #: Every crash point an agent declares; the lab validates names against this.
@@ -99,8 +101,6 @@ def install_seek_backs(app) -> None:
 
     @app.timer(interval)
     async def seek_back_in_turn() -> None:
-        from .faust_fixes import seek_back
-
         consumer = app.consumer
         partitions = sorted(tp for tp in consumer.assignment() if app.topics.acks_enabled_for(tp.topic))
         if not partitions:

@@ -11,7 +11,7 @@ the worker does, sampled every :data:`SAMPLE_S`:
   did not turn into a dead letter) within the last :data:`CRASH_WINDOW_S`;
   Faust restarts it, and a crash loop stays visible;
 - **fenced**: under exactly_once another worker took this worker's partitions
-  while it was paused; it is stopping for a restart (streams_app/faust_fixes.py
+  while it was paused; it is stopping for a restart (faust_guarantees
   ``fenced-restart``);
 - **partition stuck**: a stream partition with records not yet committed
   whose committed offset has not moved for :data:`STUCK_AFTER_S`. Under

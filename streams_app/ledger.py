@@ -21,7 +21,7 @@ charges twice depends only on how the row is written:
   last offset + 1) and seeks there on assignment. That assumes records reach
   the sink in offset order, and Faust does not guarantee it: a record it drops
   between fetch and agent (a stream queue cleared on recovery, see
-  streams_app/faust_fixes.py) comes again only after LATER records were
+  faust_guarantees) comes again only after LATER records were
   processed. The position then jumps over the dropped records and the seek
   skips them for good (lab, exactly_once / crash-after-effect, seed 7: 3
   events never charged). Per-record identity has no such hole: the consumer

@@ -18,7 +18,7 @@ Three kinds of source feed it:
   topic, commit latency and rebalances; ``processing.dead_letter()`` counts
   dead letters by stage and code; ``tables.counters.count()`` mirrors every
   pipeline counter (``payments_stage_records_total{stage, outcome}``); the fixes
-  in faust_fixes.py call :func:`fix_intervened`; the sink its retries.
+  of faust_guarantees report to :func:`fix_intervened`; the sink its retries.
 - **Read at scrape time** (:func:`refresh`, awaited by the ``/metrics`` view):
   charges counted by the external system itself, true lag per partition, the
   dedup table's key count, the sink's outage state.
@@ -78,7 +78,7 @@ TRANSACTIONS_ABORTED = Counter(
     f"{PREFIX}_transactions_aborted", "exactly_once transactions this worker abandoned uncommitted "
     "(the broker aborts them): fenced, or a final commit that failed", ["reason"], registry=REGISTRY)
 FIX_INTERVENTIONS = Counter(
-    f"{PREFIX}_fix_interventions", "Times a fix of streams_app/faust_fixes.py changed what stock Faust "
+    f"{PREFIX}_fix_interventions", "Times a fix of faust_guarantees changed what stock Faust "
     "would have done", ["fix", "action"], registry=REGISTRY)
 SINK_RETRIES = Counter(
     f"{PREFIX}_sink_retries", "Waits before a charge was tried again (database or payment API "
@@ -231,7 +231,7 @@ def dead_lettered(stage: str, code: str) -> None:
 
 
 def fix_intervened(fix: str, action: str = "applied") -> None:
-    """A fix of faust_fixes.py did something stock Faust would not have."""
+    """A fix of faust_guarantees did something stock Faust would not have."""
     FIX_INTERVENTIONS.labels(fix, action).inc()
 
 

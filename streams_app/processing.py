@@ -41,8 +41,8 @@ and get four guarantees that stock Faust does not give:
    a timer task while agents keep processing. An event processed during the
    commit would have its outputs in transaction N but its offset in N+1; a
    crash between the two commits replays it and duplicates its outputs. The
-   :class:`CommitGate` pauses new events while a commit runs and makes the
-   commit wait for events in progress (streams_app/faust_fixes.py installs
+   commit gate (:class:`faust_guarantees.gate.CommitGate`) pauses new events while a commit runs and makes the
+   commit wait for events in progress (the kit's commit-gate fix installs
    the commit side).
 """
 
@@ -60,118 +60,48 @@ from faust.streams import _current_event
 from faust.types import TP, ChannelT, EventT, Message, StreamT
 
 from common.redact import mask_url
+from faust_guarantees import fenced, is_fenced, on_fenced
 from tables.counters import batched_counts, count, write_counts
 
 from . import metrics
 from .logs import record_fields
-from .app import app, settings
+from .app import app, guarantees, settings
 from .dead_letters import letter_for, send_dead_letter
 from .exceptions import RejectedRecord, Unavailable
 from .faults import crashpoint
-from .faust_fixes import fenced, is_fenced, on_fenced
 from .topics import dead_letters, place
 
 log = logging.getLogger(__name__)
 
 
-class CommitGate:
-    """A writer-preferring readers/writer gate: many events, or one commit.
-
-    ``processing()`` is entered per event; ``committing()`` by the commit. A
-    waiting commit closes the gate to new events (so it cannot starve), waits
-    for the events in progress to finish, commits, and reopens.
-    """
-
-    def __init__(self) -> None:
-        self._in_progress = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._open = asyncio.Event()
-        self._open.set()
-
-    @asynccontextmanager
-    async def processing(self) -> AsyncIterator[None]:
-        while not self._open.is_set():
-            await self._open.wait()
-        self._in_progress += 1
-        self._idle.clear()
-        try:
-            yield
-        finally:
-            self._in_progress -= 1
-            if self._in_progress == 0:
-                self._idle.set()
-
-    @asynccontextmanager
-    async def committing(self) -> AsyncIterator[None]:
-        self._open.clear()
-        try:
-            await self._idle.wait()
-            yield
-        finally:
-            self._open.set()
-
-
-#: The one gate of this process; the commit side is installed by faust_fixes.
-gate = CommitGate()
-
-GATED = settings.faust_guarantee == "exactly_once" and settings.fix_enabled("commit-gate")
+#: The kit's commit gate (faust_guarantees/gate.py; its commit side is the commit-gate fix).
+gate = guarantees.gate
+GATED = guarantees.gated
 
 
 #: at_most_once: every stage commits an event's offset BEFORE working on it.
 COMMIT_FIRST = settings.processing_guarantee == "at_most_once"
 
-#: Offsets processed by this process and not yet known committed, per partition
-#: (guarantee 0). A set, not a high-water mark: after a hole (see the
-#: stalled-partition heal in faust_fixes) a lower offset may still be unprocessed.
-_processed: dict[TP, set[int]] = {}
-
-#: The committed offset each partition's memory was last pruned at (forget_below):
-#: records below it were processed here or before, and the memory of them is gone.
-#: Kept because the consumer's own committed offset can go BACK: Faust's
-#: perform_seek re-reads it from the broker, which still has the previous commit
-#: while a commit is in flight (seen as 155 records applied twice at commit
-#: interval 0.1 s, under a burst of stall-heal seeks).
-_pruned_at: dict[TP, int] = {}
-
-
-@app.on_partitions_revoked.connect
-async def _forget_revoked(sender: object, revoked: set[TP], **kwargs: object) -> None:
-    """A partition that leaves this worker may come back after another worker
-    aborted or redid its uncommitted work: remember nothing about it."""
-    for tp in revoked:
-        _processed.pop(tp, None)
-        _pruned_at.pop(tp, None)
-
-
-def forget_below(tp: TP, committed: int) -> None:
-    """Drop what the group has committed past: :func:`first_deliveries` skips any
-    record below the committed offset without this memory."""
-    if committed > _pruned_at.get(tp, -1):
-        _pruned_at[tp] = committed
-    done = _processed.get(tp)
-    if done:
-        done.difference_update([o for o in done if o < committed])
+#: What this process processed (faust_guarantees/memory.py: guarantee 0 above).
+memory = guarantees.memory
 
 
 def already_processed(consumer: Any, message: Message) -> bool:
     """Processed by this process, or below the committed offset (see first_deliveries)."""
     tp = message.tp
-    committed = consumer._committed_offset.get(tp)
-    below = max(-1 if committed is None else committed, _pruned_at.get(tp, -1))
-    return message.offset < below or message.offset in _processed.get(tp, ())
+    return memory.already_processed(tp, message.offset, consumer._committed_offset.get(tp))
 
 
 async def first_deliveries(stream: StreamT) -> AsyncIterator[EventT]:
     """The stream's events, minus records this process has already processed.
 
     Two kinds come again: records after a seek back to the committed offset (Faust
-    seeks on every rebalance and after recovery), remembered in ``_processed``; and
+    seeks on every rebalance and after recovery), remembered in :data:`memory`; and
     the last record read from a partition, which Faust's fetcher lets through when
     it comes a second time (``Consumer._drain_messages`` passes ``offset >= last read
     offset``; seen at once on every partition of one worker, in an exactly_once
     rebalance lab run at 5,000 events, with no seek logged). That one may be
-    committed already, its memory dropped by :func:`forget_below`, and under
+    committed already, its memory dropped by the stall heal's ``forget_below``, and under
     exactly_once both copies would commit (2 duplicates in ``applied``). So a record
     below the committed offset is never processed again.
     """
@@ -221,7 +151,7 @@ async def processing(stream: StreamT, event: EventT, *, stage: str) -> AsyncIter
         except Exception as exc:
             if not _fenced(exc):
                 raise
-            # Another worker owns the partition now (faust_fixes fenced-restart): the record's
+            # Another worker owns the partition now (the kit's fenced-restart fix): the record's
             # outputs are in an aborted transaction and it comes again to its owner. It is
             # acked all the same: a revocation waits until every delivered record is acked
             # (Consumer.wait_empty) and would hang; nothing a fenced worker acks is committed
@@ -232,7 +162,7 @@ async def processing(stream: StreamT, event: EventT, *, stage: str) -> AsyncIter
             if not COMMIT_FIRST:
                 await stream.ack(event)
             return
-        _processed.setdefault(message.tp, set()).add(message.offset)
+        memory.remember(message.tp, message.offset)
         if not COMMIT_FIRST:
             await stream.ack(event)
 
@@ -271,7 +201,7 @@ async def dead_letter(message: Message, *, stage: str, code: str, reason: str, e
 
 
 async def _stop_fenced(error: BaseException) -> None:
-    """Stop the worker before anything it acks now is committed (faust_fixes fenced-restart;
+    """Stop the worker before anything it acks now is committed (the kit's fenced-restart fix;
     its commit would also find the producers fenced, but a send may be the first to tell)."""
     if STOP_WHEN_FENCED:
         await on_fenced(app, error)
@@ -319,7 +249,7 @@ async def publish(topic: Any, *, key: bytes | None, value: bytes | None, partiti
 def as_current(event: EventT) -> None:
     """Make ``event`` this task's current event, as Faust's stream does for the event it
     yields: a table write takes its partition from it, and under exactly_once an output
-    goes into the transaction of its source partition (faust_fixes transaction-routing)."""
+    goes into the transaction of its source partition (the source-partition-transactions fix)."""
     _current_event.set(weakref.ref(event))
 
 
@@ -527,7 +457,7 @@ async def processing_batch(stream: StreamT, events: list[EventT], *,
             return
         for event in events:
             message = event.message
-            _processed.setdefault(message.tp, set()).add(message.offset)
+            memory.remember(message.tp, message.offset)
         if not COMMIT_FIRST:
             for event in events:
                 await stream.ack(event)

@@ -35,7 +35,7 @@ from common.redact import mask_url
 from infra.kafka import replication_defaults
 
 from .exceptions import SettingsError
-from .faust_fixes import FIXES
+from faust_guarantees import FIXES
 
 Guarantee = Literal["at_least_once", "exactly_once", "at_most_once"]
 SinkMode = Literal["idempotent", "naive", "transactional"]
@@ -314,7 +314,7 @@ class Settings:
     )
     faust_fixes: tuple[str, ...] = _setting(
         "FAUST_FIXES", tuple(FIXES), _fix_list,
-        "Workarounds for faust-streaming delivery bugs (streams_app/faust_fixes.py): "
+        "Workarounds for faust-streaming delivery bugs (faust_guarantees/fixes/): "
         "all (default), none (stock Faust, to see the bugs in the lab), or a comma list.",
     )
     faust_fixes_unverified: str = _setting(

@@ -20,7 +20,7 @@ restarted a few times lost its dedup state at the first compaction and forwarded
 ids again (lab, at_most_once / idempotent / random-kills, 1,000 events and 6
 kills: 6 to 9 ids twice; partitions whose compaction ran had "records in: 30,
 records dropped: 30" in RocksDB's LOG). Stores written with the TTL format are
-deleted at start-up and restored from the changelog (streams_app/faust_fixes.py
+deleted at start-up and restored from the changelog (streams_app/stores.py
 ``drop_ttl_stores``). Regression test: tests/unit/test_seen_events_store.py.
 
 A re-send older than the horizon is therefore applied again: pick the horizon

@@ -1,4 +1,4 @@
-"""tables/restore.py against the real broker: what a bulk restore writes into RocksDB.
+"""faust_guarantees/restore.py against the real broker: what a bulk restore writes into RocksDB.
 
 The state must be exactly what Faust's own record-by-record recovery would build:
 the latest value per key, tombstones deleting, nothing of an aborted transaction,
@@ -20,7 +20,7 @@ from faust.types import TP
 
 from streams_app.admin import create_topics, send_records
 from streams_app.traffic import generate
-from tables.restore import bulk_restore
+from faust_guarantees.restore import bulk_restore
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""Regression tests for streams_app/faust_fixes.py: each shows the stock Faust
+"""Regression tests for the fixes of faust_guarantees: each shows the stock Faust
 behaviour (FAUST_FIXES=none) and the fixed one, on the real broker.
 
 The lab's matrix shows the end-to-end effect (duplicates, losses); these pin
@@ -18,13 +18,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from lab.checker import check
 from lab.readback import end_offsets, read_topic
 from lab.runner import uncommitted_records
-from streams_app.faust_fixes import (
-    FIXES,
-    _patch_seek_epochs,
-    _seek_all_to_committed,
-    first_committed_record,
-    seek_epochs,
-)
+from faust_guarantees import FIXES
+from faust_guarantees.fixes.exact_gaps import _patch_seek_epochs, seek_epochs
+from faust_guarantees.fixes.seek_uncommitted_partitions import _seek_all_to_committed
+from faust_guarantees.probe import first_committed_record
 from streams_app.traffic import generate
 from tests.fixtures.kafka import wait_for
 from tests.fixtures.pipeline import recovery_start_offsets

@@ -32,7 +32,7 @@ def in_memory_app(monkeypatch):
     at 0), and every output topic captured instead of sent."""
     import streams_app.processing
 
-    monkeypatch.setattr(streams_app.processing, "_processed", {})
+    streams_app.processing.memory.clear()
     app.finalize()
     app.flow_control.resume()
     for table in (balances, seen_events):
@@ -155,7 +155,7 @@ def test_a_forward_that_fails_leaves_the_id_unseen_except_under_at_most_once(in_
     import agents.dedup
     import streams_app.processing
 
-    monkeypatch.setattr(streams_app.processing, "_processed", {})  # each case's offset 0 is new
+    streams_app.processing.memory.clear()  # each case's offset 0 is new
     monkeypatch.setattr(agents.dedup, "MARK_BEFORE_FORWARDING", at_most_once)
     monkeypatch.setattr(agents.dedup, "AWAIT_OUTPUT_BEFORE_MARKING", not at_most_once)
     in_memory_app["unit.unique"].side_effect = RuntimeError("killed before the output was acknowledged")
@@ -200,7 +200,7 @@ def test_an_internal_record_that_is_not_a_payment_is_dead_lettered_with_its_byte
     import agents
     import streams_app.processing
 
-    monkeypatch.setattr(streams_app.processing, "_processed", {})  # each case's offset 0 is new
+    streams_app.processing.memory.clear()  # each case's offset 0 is new
 
     async def scenario():
         async with getattr(agents, agent_name).test_context() as agent:
@@ -223,7 +223,7 @@ def test_a_fenced_worker_neither_dead_letters_nor_remembers_the_record_but_relea
     import streams_app.processing
     from faust.exceptions import ProducerSendError
 
-    monkeypatch.setattr(streams_app.processing, "_processed", {})
+    streams_app.processing.memory.clear()
     in_memory_app["unit.unique"].side_effect = ProducerSendError("No transaction producer found for : app-1-2")
     from faust.streams import Stream
 
@@ -243,7 +243,7 @@ def test_a_fenced_worker_neither_dead_letters_nor_remembers_the_record_but_relea
     run(scenario())
     assert acked == [0], "released: the rebalance must not wait for it"
     assert in_memory_app["unit.dlq"].await_count == 0
-    assert streams_app.processing._processed == {}
+    assert not streams_app.processing.memory._processed
     assert not is_duplicate("evt-f")
 
 

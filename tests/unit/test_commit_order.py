@@ -15,7 +15,8 @@ from aiokafka import TopicPartition
 from faust.transport.consumer import ThreadDelegateConsumer
 from faust.types import TP
 
-from streams_app import faust_fixes
+from faust_guarantees.fixes import commit_order
+from faust_guarantees.state import Guarantees
 
 
 class _Consumer:
@@ -55,14 +56,14 @@ def test_stock_faust_lets_a_stale_commit_move_the_offset_back():
 
 def test_with_the_fix_a_commit_never_moves_the_offset_back(monkeypatch):
     monkeypatch.setattr(ThreadDelegateConsumer, "_commit", _stock())
-    faust_fixes._patch_commit_order()
+    commit_order.install(Guarantees(None))
     consumer = asyncio.run(_stage_then_stale_faust_commit(ThreadDelegateConsumer._commit))
     assert consumer.broker == [{TopicPartition("app.unique", 0): 12}]  # the stale one is not sent
 
 
 def test_with_the_fix_concurrent_commits_reach_the_broker_one_at_a_time_in_call_order(monkeypatch):
     monkeypatch.setattr(ThreadDelegateConsumer, "_commit", _stock())
-    faust_fixes._patch_commit_order()
+    commit_order.install(Guarantees(None))
     tp, other = TP("app.unique", 0), TP("app.unique", 1)
 
     async def scenario() -> _Consumer:

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 from faust.types import TP
 
+from faust_guarantees.memory import ProcessedMemory
 from streams_app import processing
 
 P = TP("payments.unique", 3)
@@ -31,6 +32,15 @@ class _Stream:
         self.acked.append(event.message.offset)
 
 
+def _memory(monkeypatch, processed: dict | None = None) -> ProcessedMemory:
+    """A fresh memory for the stage helpers, holding ``processed`` offsets per partition."""
+    memory = ProcessedMemory()
+    for tp, offsets in (processed or {}).items():
+        memory.remember_many(tp, offsets)
+    monkeypatch.setattr(processing, "memory", memory)
+    return memory
+
+
 def _delivered(stream: _Stream) -> list[int]:
     async def collect() -> list[int]:
         return [event.message.offset async for event in processing.first_deliveries(stream)]
@@ -39,14 +49,14 @@ def _delivered(stream: _Stream) -> list[int]:
 
 
 def test_new_records_are_delivered(monkeypatch):
-    monkeypatch.setattr(processing, "_processed", {})
+    _memory(monkeypatch)
     stream = _Stream([10, 11, 12], {P: 10})
     assert _delivered(stream) == [10, 11, 12]
     assert stream.acked == []
 
 
 def test_a_record_processed_and_not_yet_committed_is_skipped_and_acked(monkeypatch):
-    monkeypatch.setattr(processing, "_processed", {P: {11}})
+    memory = _memory(monkeypatch, {P: {11}})
     stream = _Stream([10, 11, 12], {P: 10})
     assert _delivered(stream) == [10, 12]
     assert stream.acked == [11]
@@ -54,14 +64,14 @@ def test_a_record_processed_and_not_yet_committed_is_skipped_and_acked(monkeypat
 
 def test_a_record_below_the_committed_offset_is_never_processed_again(monkeypatch):
     """Its memory is gone (forget_below dropped it once committed), the offset says it is done."""
-    monkeypatch.setattr(processing, "_processed", {})
+    _memory(monkeypatch)
     stream = _Stream([145, 147], {P: 146})
     assert _delivered(stream) == [147]
     assert stream.acked == [145]
 
 
 def test_without_a_committed_offset_only_the_memory_decides(monkeypatch):
-    monkeypatch.setattr(processing, "_processed", {P: {0}})
+    memory = _memory(monkeypatch, {P: {0}})
     stream = _Stream([0, 1], {})
     assert _delivered(stream) == [1]
 
@@ -70,9 +80,8 @@ def test_a_committed_offset_that_goes_back_does_not_bring_records_back(monkeypat
     """forget_below pruned the memory at 146; then Faust's perform_seek re-read the
     committed offset from the broker while a commit was in flight and set it back to
     140. Records 140-145 were processed (their memory is gone): they stay skipped."""
-    monkeypatch.setattr(processing, "_processed", {P: {140, 141, 146}})
-    monkeypatch.setattr(processing, "_pruned_at", {})
-    processing.forget_below(P, 146)
+    memory = _memory(monkeypatch, {P: {140, 141, 146}})
+    memory.forget_below(P, 146)
     stream = _Stream([140, 145, 146, 147], {P: 140})
     assert _delivered(stream) == [147]
     assert stream.acked == [140, 145, 146]

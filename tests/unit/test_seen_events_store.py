@@ -13,7 +13,7 @@ import rocksdict
 
 from faust.stores.rocksdb import RocksDBOptions
 
-from streams_app.faust_fixes import drop_ttl_stores
+from streams_app.stores import drop_ttl_stores
 from tables.seen_events import STORE_OPTIONS, expired, expired_keys
 
 NOW = 1_800_000_000.0

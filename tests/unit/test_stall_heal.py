@@ -15,7 +15,9 @@ from types import SimpleNamespace
 
 from faust.types import TP
 
-from streams_app import faust_fixes
+from faust_guarantees import seeking
+from faust_guarantees.fixes import stalled_partition_heal
+from faust_guarantees.state import Guarantees
 
 PARTITION = TP("payments.unique", 0)
 
@@ -62,11 +64,11 @@ async def _heal_ticks(monkeypatch, *, ticks: int, pause: float = 0.0, probes: li
     async def quiescent_seek(consumer, seek):
         seeks.append((PARTITION, consumer._committed_offset[PARTITION]))
 
-    monkeypatch.setattr(faust_fixes, "first_committed_record", first_committed_record)
-    monkeypatch.setattr(faust_fixes, "quiescent_seek", quiescent_seek)
+    monkeypatch.setattr(stalled_partition_heal, "first_committed_record", first_committed_record)
+    monkeypatch.setattr(seeking, "quiescent_seek", quiescent_seek)
     app = SimpleNamespace(consumer=consumer, conf=SimpleNamespace(broker=[]), in_recovery=False,
                           topics=SimpleNamespace(_topics=set(), acks_enabled_for=lambda topic: True))
-    heal = faust_fixes._heal_stalled_partitions_for(app)
+    heal = stalled_partition_heal._heal_stalled_partitions_for(Guarantees(app))
     for _ in range(ticks):
         await heal()
         await asyncio.sleep(pause)
@@ -86,31 +88,31 @@ def test_a_partition_left_behind_by_an_idle_worker_is_sought_back(monkeypatch):
     """Records fetched and never delivered at a partition's tail: nothing acked after
     them, nothing in progress, committed 864 behind the high watermark 910. The head-gap
     check cannot see it; after IDLE_STALL_S the heal delivers them again."""
-    monkeypatch.setattr(faust_fixes, "IDLE_STALL_S", 0.05)
+    monkeypatch.setattr(stalled_partition_heal, "IDLE_STALL_S", 0.05)
     seeks = asyncio.run(_heal_ticks(monkeypatch, ticks=3, pause=0.03, acked=()))
     assert seeks == [(PARTITION, 864)]
 
 
 def test_a_partition_behind_is_not_a_stall_before_idle_stall_s(monkeypatch):
-    monkeypatch.setattr(faust_fixes, "IDLE_STALL_S", 10.0)
+    monkeypatch.setattr(stalled_partition_heal, "IDLE_STALL_S", 10.0)
     assert asyncio.run(_heal_ticks(monkeypatch, ticks=5, acked=())) == []
 
 
 def test_a_partition_behind_while_events_are_in_progress_is_not_a_stall(monkeypatch):
     """An event being processed (a slow sink, a full queue behind it) still moves the commit."""
-    monkeypatch.setattr(faust_fixes, "IDLE_STALL_S", 0.0)
+    monkeypatch.setattr(stalled_partition_heal, "IDLE_STALL_S", 0.0)
     assert asyncio.run(_heal_ticks(monkeypatch, ticks=5, acked=(), in_progress=1)) == []
 
 
 def test_a_partition_committed_to_its_high_watermark_is_not_behind(monkeypatch):
-    monkeypatch.setattr(faust_fixes, "IDLE_STALL_S", 0.0)
+    monkeypatch.setattr(stalled_partition_heal, "IDLE_STALL_S", 0.0)
     assert asyncio.run(_heal_ticks(monkeypatch, ticks=5, acked=(), highwater=864)) == []
 
 
 def test_an_idle_partition_that_ends_on_a_transaction_marker_is_probed_once(monkeypatch):
     """Under exactly_once an idle partition's committed offset is its last transaction's
     marker, one below the high watermark: nothing to deliver, and no probe every tick."""
-    monkeypatch.setattr(faust_fixes, "IDLE_STALL_S", 0.0)
+    monkeypatch.setattr(stalled_partition_heal, "IDLE_STALL_S", 0.0)
     probes: list = []
     seeks = asyncio.run(_heal_ticks(monkeypatch, ticks=5, acked=(), highwater=865, markers_only=True, probes=probes))
     assert seeks == [] and probes == [(PARTITION, 864, 865)]

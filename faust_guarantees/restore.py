@@ -4,7 +4,7 @@ Faust restores a table through its stream machinery, one changelog record at a
 time (fetcher, event, recovery buffer, ``apply_changelog_batch``): some 5,000
 records per second on this project's machine, so a 1,000,000-key dedup table
 took over three minutes to come back after its state was lost (a new machine,
-or the exactly_once wipe after a crash, streams_app/faust_fixes.py).
+or the exactly_once wipe after a crash, the wipe-unclean-state fix).
 
 Here a plain consumer reads the changelog in large fetches and writes each
 batch with one RocksDB ``WriteBatch``, raw bytes as Faust itself writes them in

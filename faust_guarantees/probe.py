@@ -1,0 +1,39 @@
+"""Reading a partition from outside the group: what the stall heal asks the broker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def bootstrap(app: Any) -> str:
+    """The app's brokers as a bootstrap list for a plain aiokafka client."""
+    return ",".join(f"{url.host}:{url.port or 9092}" for url in app.conf.broker)
+
+
+async def first_committed_record(bootstrap: str, tp: Any, start: int, end: int,
+                                 timeout: float = 10.0) -> int | None:
+    """The offset of the first committed record of ``tp`` in [start, end), or None if
+    there is none (only transaction markers or aborted records). Read with a fresh
+    read_committed consumer outside any group. Raises TimeoutError while an open
+    transaction keeps the range from being read."""
+    import time
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                isolation_level="read_committed")
+    await consumer.start()
+    try:
+        partition = TopicPartition(tp.topic, tp.partition)
+        consumer.assign([partition])
+        consumer.seek(partition, start)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            records = (await consumer.getmany(partition, timeout_ms=500, max_records=1)).get(partition)
+            if records:
+                return records[0].offset if records[0].offset < end else None
+            if await consumer.position(partition) >= end:
+                return None
+        raise TimeoutError(f"{tp}: [{start}, {end}) not readable with read_committed in {timeout} s")
+    finally:
+        await consumer.stop()

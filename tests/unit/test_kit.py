@@ -1,0 +1,133 @@
+"""The kit's public API (faust_guarantees): what installing it into a Faust app does.
+
+The fixes' own mechanisms are tested per fix (test_faust_fixes_unit.py, and against the
+broker in tests/integration/test_faust_fixes.py); here: which fixes an app gets, that
+importing the kit changes nothing, and the per-app state the fixes share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import faust
+import pytest
+
+import faust_guarantees
+from faust_guarantees import fixes, state
+from faust_guarantees.fixes import wipe_unclean_state
+
+
+def test_importing_the_kit_patches_nothing():
+    """Install is explicit: a process that imports the kit (e.g. to read FIXES) runs stock Faust."""
+    code = ("import faust_guarantees\n"
+            "from faust.transport.consumer import Consumer\n"
+            "from faust.transport.drivers.aiokafka import Producer\n"
+            "assert not getattr(Consumer._new_offset, '_fixed', False)\n"
+            "assert not getattr(Producer._settings_extra, '_fixed', False)\n"
+            "assert len(faust_guarantees.FIXES) == 21\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+
+
+def test_every_fix_is_documented_once_in_its_module():
+    for module in fixes.MODULES:
+        title, _, text = (module.__doc__ or "").strip().partition("\n\n")
+        assert title == f"The {module.NAME} fix.", module.__name__
+        assert module.ONLY in (None, "exactly_once", "at_most_once"), module.NAME
+        if module.ONLY:  # the text opens with the guarantee it is for
+            assert text.startswith(module.ONLY), module.NAME
+    assert list(faust_guarantees.FIXES) == [module.NAME for module in fixes.MODULES]
+
+
+@pytest.mark.parametrize("guarantee, installed, left_out", [
+    ("at_least_once", "exact-gaps", "commit-gate"),
+    ("exactly_once", "commit-gate", "commit-order"),
+    ("at_most_once", "commit-order", "fenced-restart"),
+])
+def test_a_fix_is_installed_only_under_the_guarantee_it_is_for(monkeypatch, guarantee, installed, left_out):
+    calls: list[str] = []
+    for module in fixes.MODULES:
+        monkeypatch.setattr(module, "install", lambda guarantees, name=module.NAME: calls.append(name))
+    app = faust.App(f"kit-{guarantee}", autodiscover=False)
+    guarantees = faust_guarantees.install(app, guarantee=guarantee)
+    assert installed in calls and left_out not in calls
+    assert state.of(app) is guarantees and guarantees.gated == (guarantee == "exactly_once")
+
+
+def test_the_guarantee_defaults_to_the_app_s_processing_guarantee(monkeypatch):
+    for module in fixes.MODULES:
+        monkeypatch.setattr(module, "install", lambda guarantees: None)
+    app = faust.App("kit-default", autodiscover=False, processing_guarantee="exactly_once")
+    assert faust_guarantees.install(app).exactly_once
+
+
+def test_an_unknown_fix_or_mode_is_refused_before_anything_is_installed():
+    app = faust.App("kit-unknown", autodiscover=False)
+    with pytest.raises(ValueError, match="unknown fix exact-gap; the fixes are: stalled-partition-heal"):
+        faust_guarantees.install(app, ["exact-gap"])
+    with pytest.raises(ValueError, match="on_unverified must be 'fail' or 'warn'"):
+        faust_guarantees.install(app, on_unverified="ignore")
+
+
+def test_interventions_are_counted_per_app_and_told_to_listeners():
+    one, other = state.Guarantees(object()), state.Guarantees(object())
+    heard: list[tuple[str, str]] = []
+    one.on_intervention(lambda fix, action: heard.append((fix, action)))
+    one.intervened("exact-gaps", "redeliver")
+    one.intervened("exact-gaps", "redeliver")
+    assert one.interventions[("exact-gaps", "redeliver")] == 2 and not other.interventions
+    assert heard == [("exact-gaps", "redeliver")] * 2
+
+
+def test_a_fence_is_recorded_once_and_told_to_listeners():
+    app = faust.App("kit-fence", autodiscover=False)
+    guarantees = state.attach(state.Guarantees(app))
+    told: list[str] = []
+    guarantees.on_fence(told.append)
+    crashed: list[BaseException] = []
+
+    async def crash(error: BaseException) -> None:
+        crashed.append(error)
+
+    app.crash = crash
+    asyncio.run(faust_guarantees.on_fenced(app, RuntimeError("ProducerFenced")))
+    asyncio.run(faust_guarantees.on_fenced(app, RuntimeError("again")))
+    assert faust_guarantees.fenced(app) and told == ["ProducerFenced"] and len(crashed) == 1
+
+
+def test_an_app_the_kit_was_not_installed_into_gets_empty_state():
+    app = faust.App("kit-none", autodiscover=False)
+    assert state.of(app).fixes == () and not state.of(app).gated and state.of(app) is state.of(app)
+
+
+def test_a_worker_that_did_not_stop_cleanly_loses_its_local_state(tmp_path):
+    """wipe-unclean-state: the marker of a running worker found at start means a crash."""
+    tabledir = tmp_path / "v1" / "tables"
+    (tabledir / "seen.db").mkdir(parents=True)
+    wipe_unclean_state.on_worker_start(tabledir)  # first start: nothing to wipe, marked running
+    assert (tabledir / "seen.db").exists() and (tmp_path / "v1" / "RUNNING").exists()
+    wipe_unclean_state.on_worker_start(tabledir)  # the marker is still there: a crash
+    assert not tabledir.exists()
+    wipe_unclean_state.on_worker_stopped(tabledir)
+    assert not (tmp_path / "v1" / "RUNNING").exists()
+
+
+def test_the_wipe_wraps_this_app_s_start_and_stop_only(tmp_path):
+    app = faust.App("kit-wipe", autodiscover=False, datadir=str(tmp_path))
+    other = faust.App("kit-other", autodiscover=False, datadir=str(tmp_path / "other"))
+    guarantees = state.attach(state.Guarantees(app, ("wipe-unclean-state",), exactly_once=True))
+    wipe_unclean_state.install(guarantees)
+    assert "on_first_start" in vars(app) and "on_first_start" not in vars(other)
+    marker = Path(app.conf.tabledir).parent / wipe_unclean_state.CLEAN_STOP_MARKER
+    asyncio.run(app.on_first_start())
+    assert marker.exists()
+    asyncio.run(app.on_shutdown())
+    assert not marker.exists(), "a clean stop removes the marker"
+
+
+def test_the_committed_fixes_page_is_what_the_docstrings_say():
+    from faust_guarantees import docs
+
+    assert docs.PAGE.read_text() == docs.render(), "run: python -m faust_guarantees.docs"
