@@ -3,7 +3,7 @@ r"""dedup: untrusted bytes in; each valid event id forwarded once, everything el
     {prefix}.raw (bytes -> bytes)  ->  {prefix}.unique (account -> Payment)
     {prefix}.events (moved here)   \->  {prefix}.events (a valid record outside its id's partition)
                                    \->  {prefix}.dlq    (original key, bytes and headers; where
-                                         from and why: streams_app/dead_letters.py)
+                                         from and why: faust_guarantees/dead_letters.py)
     state: seen-events (event_id -> first seen), changelog {app_id}-seen-events-changelog
 
 Validation and the source text's rule "ignore duplicate event ids" in one hop.

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from urllib.parse import urlparse
 
 from common.redact import masked_errors
-from streams_app.dead_letters import DeadLetter
+from faust_guarantees.dead_letters import DeadLetter
 from streams_app.traffic import Traffic
 
 from .readback import end_offsets, read_topic

@@ -35,7 +35,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from lab.readback import partitions_of, read_topic
 
 from .admin import create_topics
-from .dead_letters import DeadLetter
+from faust_guarantees.dead_letters import DeadLetter
 from .settings import Settings
 
 log = logging.getLogger(__name__)

@@ -6,6 +6,8 @@ start-up failure knows the fix without opening the code.
 
 from __future__ import annotations
 
+import faust_guarantees.processing as kit
+
 
 class StreamsAppError(Exception):
     """Root of every error this project raises on purpose."""
@@ -34,18 +36,9 @@ class UnverifiedUpstream(SettingsError):
                      "FAUST_FIXES_UNVERIFIED=warn.",)
 
 
-class RejectedRecord(StreamsAppError):
-    """A record the pipeline refuses as it is: it goes to the DLQ, no traceback logged.
-
-    ``code`` is a stable machine-readable tag (``not_json``, ``missing_field``...)
-    that tests and dashboards group by; ``reason`` is the human sentence. Both go
-    into the dead letter's headers.
-    """
-
-    def __init__(self, code: str, reason: str) -> None:
-        self.code = code
-        self.reason = reason
-        super().__init__(f"{code}: {reason}")
+class RejectedRecord(StreamsAppError, kit.RejectedRecord):
+    """A record the pipeline refuses as it is: it goes to the DLQ, no traceback logged
+    (``code``, ``reason``: see :class:`faust_guarantees.processing.RejectedRecord`)."""
 
 
 class InvalidPayment(RejectedRecord):
@@ -56,13 +49,10 @@ class SinkError(StreamsAppError):
     """The external side effect could not be performed (database unreachable...)."""
 
 
-class Unavailable(StreamsAppError):
-    """A system the stage depends on is down: the record is not the problem.
-
-    ``processing()`` lets it through without dead-lettering or acking the record;
-    the stage waits (outside the exactly_once commit gate, so the other stages
-    keep committing) and tries the same record again.
-    """
+class Unavailable(StreamsAppError, kit.Unavailable):
+    """A system the stage depends on is down: the record is not the problem. The batch is
+    neither dead-lettered nor acked; the stage waits (outside the exactly_once commit gate,
+    so the other stages keep committing) and tries the same records again (agents/sink.py)."""
 
 
 class ChargeRefused(StreamsAppError):

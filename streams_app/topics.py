@@ -2,7 +2,7 @@
 
     {prefix}.raw      key bytes -> value bytes    untrusted input, as producers wrote it
     {prefix}.dlq      original key -> original value, headers saying where from and why
-                                                  (streams_app/dead_letters.py)
+                                                  (faust_guarantees/dead_letters.py)
     {prefix}.events   event_id -> Payment         a valid raw record that was not in its event id's
                                                   partition, moved there (see event_partition)
     {prefix}.unique   account -> Payment          first occurrence of each event id, keyed by account

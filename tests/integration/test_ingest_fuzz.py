@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from lab.readback import read_topic
 from streams_app.admin import send_records
-from streams_app.dead_letters import DeadLetter
+from faust_guarantees.dead_letters import DeadLetter
 from streams_app.exceptions import InvalidPayment
 from streams_app.models import parse_payment
 

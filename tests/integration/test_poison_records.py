@@ -18,7 +18,7 @@ import pytest
 
 from lab.checker import check
 from lab.readback import read_topic
-from streams_app.dead_letters import DeadLetter
+from faust_guarantees.dead_letters import DeadLetter
 from streams_app.admin import send_records
 from streams_app.traffic import generate
 from tests.fixtures.kafka import wait_for
@@ -146,7 +146,7 @@ def test_a_dead_letter_replayed_twice_is_processed_once(pipeline_factory):
 
     from lab.checker import charges_by_event
     from lab.workers import REPO
-    from streams_app.dead_letters import letter_for
+    from faust_guarantees.dead_letters import letter_for
     from streams_app.exceptions import RejectedRecord
 
     pipeline = pipeline_factory("exactly_once")

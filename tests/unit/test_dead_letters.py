@@ -10,7 +10,7 @@ import pytest
 from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError, RecordTooLargeError
 from faust.exceptions import ProducerSendError
 
-from streams_app.dead_letters import DeadLetter, Letter, letter_for, send_dead_letter, too_large
+from faust_guarantees.dead_letters import DeadLetter, Letter, letter_for, send_dead_letter, too_large
 from streams_app.exceptions import InvalidPayment
 
 

@@ -1,4 +1,4 @@
-"""streams_app.processing.first_deliveries: which records a stage processes.
+"""The kit's first_deliveries (faust_guarantees.processing): which records a stage processes.
 
 Faust delivers some records twice (after a seek back to the committed offset, and
 the last record read when it comes again); under exactly_once both copies would
@@ -13,7 +13,8 @@ from types import SimpleNamespace
 from faust.types import TP
 
 from faust_guarantees.memory import ProcessedMemory
-from streams_app import processing
+from faust_guarantees.processing import Processing
+from faust_guarantees.state import Guarantees
 
 P = TP("payments.unique", 3)
 
@@ -32,13 +33,17 @@ class _Stream:
         self.acked.append(event.message.offset)
 
 
+#: The discipline under test, with its app's memory (set by _memory).
+processing: Processing
+
+
 def _memory(monkeypatch, processed: dict | None = None) -> ProcessedMemory:
-    """A fresh memory for the stage helpers, holding ``processed`` offsets per partition."""
-    memory = ProcessedMemory()
+    """A discipline whose memory holds ``processed`` offsets per partition."""
+    global processing
+    processing = Processing(Guarantees(SimpleNamespace()), dead_letters=None)
     for tp, offsets in (processed or {}).items():
-        memory.remember_many(tp, offsets)
-    monkeypatch.setattr(processing, "memory", memory)
-    return memory
+        processing.memory.remember_many(tp, offsets)
+    return processing.memory
 
 
 def _delivered(stream: _Stream) -> list[int]:
@@ -56,7 +61,7 @@ def test_new_records_are_delivered(monkeypatch):
 
 
 def test_a_record_processed_and_not_yet_committed_is_skipped_and_acked(monkeypatch):
-    memory = _memory(monkeypatch, {P: {11}})
+    _memory(monkeypatch, {P: {11}})
     stream = _Stream([10, 11, 12], {P: 10})
     assert _delivered(stream) == [10, 12]
     assert stream.acked == [11]
@@ -71,7 +76,7 @@ def test_a_record_below_the_committed_offset_is_never_processed_again(monkeypatc
 
 
 def test_without_a_committed_offset_only_the_memory_decides(monkeypatch):
-    memory = _memory(monkeypatch, {P: {0}})
+    _memory(monkeypatch, {P: {0}})
     stream = _Stream([0, 1], {})
     assert _delivered(stream) == [1]
 

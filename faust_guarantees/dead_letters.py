@@ -16,7 +16,7 @@ timestamp or consumer group:
     kafka_dlt-original-consumer-group    UTF-8           the worker's group (APP_ID)
     kafka_dlt-exception-fqcn             UTF-8           e.g. streams_app.exceptions.InvalidPayment
     kafka_dlt-exception-message          UTF-8           the error, at most 1 KiB
-    x-dlq-stage                          UTF-8           ingest, dedup, apply or sink
+    x-dlq-stage                          UTF-8           the stage (agent) that refused it
     x-dlq-code                           UTF-8           a stable tag: not_json, oversize, processing_error...
     x-dlq-reason                         UTF-8           the sentence for a person, at most 1 KiB
     x-dlq-reference                      "1"             only on a reference (below)
