@@ -1,7 +1,8 @@
 """Faust workers as subprocesses: start, wait until ready, stop cleanly or SIGKILL.
 
-The lab and the integration tests run the real ``faust -A streams_app worker``
-command, configured only through its environment, exactly as a user runs it.
+The lab and the integration tests run the real ``faust -A APP worker`` command (the
+payments pipeline's ``streams_app``, or any other Faust app: lab/apps.py), configured
+only through its environment, exactly as a user runs it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,14 +91,17 @@ class PipelineConfig:
         return env
 
 
-class WorkerProcess:
-    """One ``faust worker`` subprocess; restartable under the same name and port."""
+class FaustWorker:
+    """One ``faust -A APP worker`` subprocess of any Faust app, configured only through its
+    environment; restartable under the same name and web port. Ready once this start has
+    logged "Worker: Ready" (table recovery is over)."""
 
-    def __init__(self, config: PipelineConfig, name: str = "w1") -> None:
-        self.config = config
+    def __init__(self, app: str, workdir: Path, name: str, env: Callable[[str, int, str | None], dict[str, str]]) -> None:
+        self.app = app
         self.name = name
         self.web_port = free_port()
-        self.log_path = config.workdir / f"{name}.log"
+        self.log_path = workdir / f"{name}.log"
+        self._env = env
         self.process: subprocess.Popen | None = None
         self.starts = 0
 
@@ -110,8 +115,8 @@ class WorkerProcess:
         log.write(f"\n==== start #{self.starts + 1} crash_at={crash_at}\n".encode())
         log.flush()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "faust", "-A", "streams_app", "worker", "-l", "info"],
-            cwd=REPO, env=self.config.env(self.name, self.web_port, crash_at),
+            [sys.executable, "-m", "faust", "-A", self.app, "worker", "-l", "info"],
+            cwd=REPO, env=self._env(self.name, self.web_port, crash_at),
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()
@@ -125,19 +130,18 @@ class WorkerProcess:
     def returncode(self) -> int | None:
         return None if self.process is None else self.process.poll()
 
+    def answers(self) -> bool:
+        """The worker's web server answers (checked once the log says Ready)."""
+        return True
+
     def wait_ready(self, timeout: float = 90.0) -> None:
-        """Wait until this start logged "Worker: Ready" (table recovery is over)
-        and the web server answers."""
+        """Wait until this start logged "Worker: Ready" and :meth:`answers`."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.running:
                 raise RuntimeError(f"worker {self.name} exited with {self.returncode}:\n{self.log_tail()}")
-            if self._ready_since_last_start():
-                try:
-                    self.stats()
-                    return
-                except (urllib.error.URLError, ConnectionError, TimeoutError):
-                    pass
+            if self._ready_since_last_start() and self.answers():
+                return
             time.sleep(0.25)
         raise TimeoutError(f"worker {self.name} not ready after {timeout} s:\n{self.log_tail()}")
 
@@ -147,21 +151,6 @@ class WorkerProcess:
         except FileNotFoundError:
             return False
         return "[^Worker]: Ready" in log.rsplit("==== start #", 1)[-1]
-
-    def stats(self) -> dict:
-        with urllib.request.urlopen(f"{self.url}/api/stats", timeout=5) as response:
-            return json.load(response)
-
-    def get_json(self, path: str) -> tuple[int, dict]:
-        try:
-            with urllib.request.urlopen(f"{self.url}{path}", timeout=10) as response:
-                return response.status, json.load(response)
-        except urllib.error.HTTPError as exc:
-            body = exc.read()
-            try:
-                return exc.code, json.loads(body or b"{}")
-            except ValueError:  # aiohttp's own 404 page is plain text
-                return exc.code, {"text": body.decode(errors="replace")}
 
     def wait_exit(self, timeout: float) -> int | None:
         if self.process is None:
@@ -200,6 +189,37 @@ class WorkerProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return "(no log)"
+
+
+class WorkerProcess(FaustWorker):
+    """A worker of the payments pipeline (``faust -A streams_app worker``) of one
+    :class:`PipelineConfig`; ready once its ``/api/stats`` answers too."""
+
+    def __init__(self, config: PipelineConfig, name: str = "w1") -> None:
+        super().__init__("streams_app", config.workdir, name, config.env)
+        self.config = config
+
+    def answers(self) -> bool:
+        try:
+            self.stats()
+            return True
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    def stats(self) -> dict:
+        with urllib.request.urlopen(f"{self.url}/api/stats", timeout=5) as response:
+            return json.load(response)
+
+    def get_json(self, path: str) -> tuple[int, dict]:
+        try:
+            with urllib.request.urlopen(f"{self.url}{path}", timeout=10) as response:
+                return response.status, json.load(response)
+        except urllib.error.HTTPError as exc:
+            body = exc.read()
+            try:
+                return exc.code, json.loads(body or b"{}")
+            except ValueError:  # aiohttp's own 404 page is plain text
+                return exc.code, {"text": body.decode(errors="replace")}
 
 
 class PaymentApiProcess:

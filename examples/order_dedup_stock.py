@@ -1,0 +1,22 @@
+"""The same order dedup in stock Faust, without the kit: what a Faust user writes today.
+For comparison only (tests/integration/test_example_app.py): under exactly_once with
+SIGKILLs it loses or repeats orders."""
+
+import os
+
+import faust
+
+PREFIX = os.environ.get("ORDERS_PREFIX", "orders")
+app = faust.App(f"{PREFIX}-dedup", broker="kafka://localhost:9092", processing_guarantee="exactly_once")
+orders = app.topic(PREFIX, key_type=bytes, value_type=bytes)
+unique = app.topic(f"{PREFIX}.unique", key_type=bytes, value_type=bytes)
+seen = app.Table(f"{PREFIX}-seen", key_type=bytes, value_type=bytes)
+
+
+@app.agent(orders)
+async def dedup(stream):
+    async for event in stream.events():
+        order_id = event.message.key
+        if order_id and order_id not in seen:
+            seen[order_id] = b"1"
+            await unique.send(key=order_id, value=event.message.value)

@@ -1,0 +1,233 @@
+"""The lab for any Faust app: its real workers, SIGKILLed at random, then what it wrote, read back.
+
+The payments pipeline is one user of the lab (lab/runner.py, with its named crash points
+and faults). Any other Faust app gets the same engine here: its workers run as
+``faust -A APP worker`` subprocesses configured through Faust's own environment variables
+(BROKER_URL, PROCESSING_GUARANTEE, TOPIC_PARTITIONS, APP_DATADIR, WEB_PORT, and static
+membership so a restarted worker takes its partitions back at once) plus the app's own
+(``env``); records go into its input topic in chunks with a SIGKILL and a restart at a
+seeded random moment during each; once its group has committed past every input record,
+its output topics are read back with ``read_committed`` (what a downstream exactly-once
+reader sees), and the user's invariant says what is wrong.
+
+    python -m lab run --app examples.order_dedup --input orders --output orders.unique \\
+        --invariant lab.apps:each_key_once --records 2000 --kills 5 --env ORDERS_PREFIX=orders
+
+An invariant is a function ``(inputs, outputs) -> list of problems`` over the records read
+back (``inputs``: the input topic's; ``outputs``: each output topic's, by name);
+:func:`each_key_once` is the common one: every input key exactly once in the first output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import random
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from .readback import committed_offsets, read_topic, uncommitted
+from .workers import FaustWorker
+
+#: ``(inputs, outputs by topic) -> problems``; no problem: the invariant holds.
+Invariant = Callable[[list[ConsumerRecord], Mapping[str, list[ConsumerRecord]]], list[str]]
+
+
+def each_key_once(inputs: list[ConsumerRecord], outputs: Mapping[str, list[ConsumerRecord]]) -> list[str]:
+    """Every key of the input (records without a key aside) comes out exactly once in the
+    first output topic, and nothing else does: dedup by key, exactly once."""
+    expected = {record.key for record in inputs if record.key}
+    out = Counter(record.key for record in next(iter(outputs.values()), []))
+    missing = sorted(expected - set(out))
+    repeated = sorted(key for key, n in out.items() if n > 1)
+    unexpected = sorted(set(out) - expected)
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} keys lost (never in the output), e.g. {missing[:3]}")
+    if repeated:
+        problems.append(f"{len(repeated)} keys repeated in the output, e.g. {repeated[:3]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} keys in the output that no input had, e.g. {unexpected[:3]}")
+    return problems
+
+
+def load(spec: str) -> Any:
+    """``"package.module:attribute"`` -> the attribute."""
+    module, _, attribute = spec.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+@dataclass
+class AppRun:
+    """One run of a Faust app under the lab."""
+
+    app: str
+    input_topic: str
+    output_topics: Sequence[str]
+    group: str
+    bootstrap: str
+    workdir: Path
+    guarantee: str = "exactly_once"
+    partitions: int = 4
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    def worker_env(self, name: str, web_port: int, crash_at: str | None = None) -> dict[str, str]:
+        import os
+
+        env = dict(os.environ)
+        env.update({
+            "BROKER_URL": f"kafka://{self.bootstrap}",
+            "PROCESSING_GUARANTEE": self.guarantee,
+            "TOPIC_PARTITIONS": str(self.partitions),
+            "APP_DATADIR": str(self.workdir / f"{name}-data"),
+            "WEB_PORT": str(web_port),
+            "WEB_BIND": "127.0.0.1",
+            "CONSUMER_GROUP_INSTANCE_ID": f"{self.group}-{name}",
+            "BROKER_SESSION_TIMEOUT": "10",
+            "BROKER_HEARTBEAT_INTERVAL": "1",
+            "PYTHONUNBUFFERED": "1",
+        })
+        env.update(self.env)
+        return env
+
+
+@dataclass
+class AppResult:
+    problems: list[str]
+    inputs: int
+    outputs: dict[str, int]
+    kills: int
+    restarts: int
+    drained: bool
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def holds(self) -> bool:
+        return self.drained and not self.problems
+
+    def summary(self) -> str:
+        verdict = "invariant holds" if self.holds else "INVARIANT BROKEN" if self.problems else "NOT DRAINED"
+        lines = [f"{verdict}: {self.inputs} input records, outputs {self.outputs}, {self.kills} SIGKILLs, "
+                 f"{self.restarts} restarts, {self.seconds:.0f} s"]
+        lines += [f"  - {problem}" for problem in self.problems] + [f"  note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+
+def run(app_run: AppRun, records: Sequence[tuple[bytes | None, bytes | None]], invariant: Invariant, *,
+        kills: int = 5, seed: int = 1, drain_timeout: float = 180.0) -> AppResult:
+    """Run ``app_run``'s app on ``records`` with ``kills`` SIGKILLs; check ``invariant``."""
+    started = time.monotonic()
+    rng = random.Random(seed)
+    shutil.rmtree(app_run.workdir, ignore_errors=True)
+    app_run.workdir.mkdir(parents=True)
+    asyncio.run(_create_topics(app_run))
+    worker = FaustWorker(app_run.app, app_run.workdir, "w1", app_run.worker_env)
+    notes: list[str] = []
+    restarts = 0
+    try:
+        worker.start()
+        worker.wait_ready()
+        chunks = _chunks(list(records), kills + 1)
+        for chunk in chunks[:-1]:
+            asyncio.run(_produce(app_run, chunk))
+            time.sleep(rng.uniform(0.05, 1.0))
+            worker.kill()
+            worker.start()
+            restarts += 1
+            worker.wait_ready()
+        asyncio.run(_produce(app_run, chunks[-1]))
+        drained, restarted = _wait_drained(app_run, worker, drain_timeout, notes)
+        restarts += restarted
+        worker.stop()
+    finally:
+        worker.kill()
+    inputs = asyncio.run(read_topic(app_run.bootstrap, app_run.input_topic))
+    outputs = {topic: asyncio.run(read_topic(app_run.bootstrap, topic)) for topic in app_run.output_topics}
+    return AppResult(
+        problems=invariant(inputs, outputs), inputs=len(inputs),
+        outputs={topic: len(found) for topic, found in outputs.items()}, kills=len(chunks) - 1,
+        restarts=restarts, drained=drained, seconds=time.monotonic() - started, notes=notes,
+    )
+
+
+def _chunks(records: list, n: int) -> list[list]:
+    size = -(-len(records) // n)
+    return [records[i:i + size] for i in range(0, len(records), size)] or [[]]
+
+
+async def _create_topics(app_run: AppRun) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=app_run.bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        new = [NewTopic(topic, app_run.partitions, 1) for topic in (app_run.input_topic, *app_run.output_topics)
+               if topic not in existing]
+        if new:
+            await admin.create_topics(new)
+    finally:
+        await admin.close()
+
+
+async def _produce(app_run: AppRun, records: Sequence[tuple[bytes | None, bytes | None]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=app_run.bootstrap, enable_idempotence=True, linger_ms=5)
+    await producer.start()
+    try:
+        futures = [await producer.send(app_run.input_topic, key=key, value=value) for key, value in records]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+def _uncommitted(app_run: AppRun) -> int:
+    async def count() -> int:
+        committed = await committed_offsets(app_run.bootstrap, app_run.group)  # first: see lab/runner.py
+        return uncommitted(await read_topic(app_run.bootstrap, app_run.input_topic), committed)
+
+    return asyncio.run(count())
+
+
+def _wait_drained(app_run: AppRun, worker: FaustWorker, timeout: float, notes: list[str]) -> tuple[bool, int]:
+    """Wait until the group committed past every input record, twice, 2 s apart; a worker
+    that died on its own is restarted (and said so). Returns (drained, restarts)."""
+    deadline = time.monotonic() + timeout
+    clean, restarts = 0, 0
+    while time.monotonic() < deadline:
+        if not worker.running:
+            notes.append(f"the worker exited on its own ({worker.returncode}); restarted")
+            worker.start()
+            restarts += 1
+            try:
+                worker.wait_ready()
+            except (RuntimeError, TimeoutError):
+                continue
+        if _uncommitted(app_run) == 0:
+            clean += 1
+            if clean == 2:
+                return True, restarts
+        else:
+            clean = 0
+        time.sleep(2.0 if clean else 1.0)
+    notes.append(f"not drained after {timeout:.0f} s: {_uncommitted(app_run)} input records uncommitted")
+    return False, restarts
+
+
+def order_records(n: int, duplicates: float = 0.2, seed: int = 1) -> list[tuple[bytes, bytes]]:
+    """``n`` orders keyed by id, a share of them sent again (the re-sends a dedup must drop)."""
+    rng = random.Random(seed)
+    records: list[tuple[bytes, bytes]] = []
+    for i in range(n):
+        if records and rng.random() < duplicates:
+            records.append(rng.choice(records))
+        else:
+            key = f"order-{seed}-{i}".encode()
+            records.append((key, b'{"order": "%s", "amount": %d}' % (key, rng.randint(1, 500))))
+    return records
