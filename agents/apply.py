@@ -24,13 +24,17 @@ from typing import Any
 
 from faust.types import EventT
 
-from streams_app.app import app, settings
+from streams_app.application import current_app
 from streams_app.faults import crashpoint
 from streams_app.models import AppliedPayment, json_key, parse_payment
 from streams_app.processing import as_current, batches, processing_batch, publish
 from streams_app.topics import applied_payments, unique_payments
 from tables.balances import balance_of, set_balance
 from tables.counters import count
+
+
+app = current_app()
+settings = app.settings
 
 
 #: at_least_once: a batch's outputs are acknowledged before its records are acked, so an

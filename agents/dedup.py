@@ -54,13 +54,17 @@ from typing import Any
 
 from faust.types import EventT, Message
 
-from streams_app.app import app, settings
+from streams_app.application import current_app
 from streams_app.faults import crashpoint
 from streams_app.models import Payment, json_key, parse_payment
 from streams_app.processing import as_current, batches, processing_batch, publish
 from streams_app.topics import dedup_sources, event_partition, payment_events, unique_payments
 from tables.counters import count
 from tables.seen_events import is_duplicate, mark_seen
+
+
+app = current_app()
+settings = app.settings
 
 #: at_most_once: mark the ids seen first; a crash then loses an event, never repeats its id.
 MARK_BEFORE_FORWARDING = settings.processing_guarantee == "at_most_once"

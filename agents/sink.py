@@ -55,7 +55,7 @@ from tenacity import RetryCallState
 from payment_api.client import PaymentClient
 from payment_api.errors import RetryableError
 from streams_app import metrics
-from streams_app.app import app, settings
+from streams_app.application import current_app
 from streams_app.exceptions import ChargeRefused, SettingsError, SinkError, Unavailable
 from streams_app.faults import crashpoint
 from streams_app.logs import record_fields
@@ -65,6 +65,10 @@ from streams_app.models import AppliedPayment, parse_applied
 from streams_app.processing import Batch, batches, processing_batch
 from streams_app.retrying import RetryPolicy
 from streams_app.topics import applied_payments, place
+
+
+app = current_app()
+settings = app.settings
 
 log = logging.getLogger(__name__)
 

@@ -1,14 +1,36 @@
 """The payments pipeline: a Faust app that makes Kafka delivery semantics visible.
 
-``faust -A streams_app worker`` finds :data:`app` here. Importing the package
-wires everything explicitly, in dependency order: the app and its settings,
-the topic registry, the tables, the agents, the web views and the commands.
+``faust -A streams_app worker`` asks this package for :data:`app`; the first time
+anything does, the app is built from the environment's settings
+(:func:`streams_app.application.current_app`) and then, in dependency order, its
+topic registry, tables, agents, web views and commands are declared on it. Importing
+a plain module of the package (settings, admin, traffic, models...) builds nothing:
+the lab and the benchmark read what they need without an app, or a patched Faust.
 """
 
-from .app import app, settings
-from . import topics  # noqa: F401  (the registry; agents import it too)
-import tables  # noqa: F401,E402
-import agents  # noqa: F401,E402
-from . import web, commands  # noqa: F401,E402
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __all__ = ["app", "settings"]
+
+_BUILT: dict[str, Any] = {}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in __all__:
+        raise AttributeError(f"module 'streams_app' has no attribute {name!r}")
+    if not _BUILT:
+        _build()
+    return _BUILT[name]
+
+
+def _build() -> None:
+    from .application import current_app
+
+    app = current_app()
+    for module in ("streams_app.topics", "tables", "agents", "streams_app.web", "streams_app.commands"):
+        importlib.import_module(module)
+    _BUILT.update(app=app, settings=app.settings)
+    globals().update(_BUILT)

@@ -32,9 +32,13 @@ from common.durations import format_duration
 from common.redact import mask_url
 
 from .admin import ensure_topics, send_records
-from .app import app, settings
+from streams_app.application import current_app
 from .settings import Settings
 from .traffic import generate
+
+
+app = current_app()
+settings = app.settings
 
 console = Console(stderr=True)
 

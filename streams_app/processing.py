@@ -32,9 +32,14 @@ from faust_guarantees.processing import publish as _publish
 from tables.counters import batched_counts, count, write_counts
 
 from . import metrics
-from .app import app, guarantees, settings
+from streams_app.application import current_app
 from .faults import crashpoint
 from .topics import dead_letters
+
+
+app = current_app()
+guarantees = app.guarantees
+settings = app.settings
 
 __all__ = ["Batch", "as_current", "batches", "discipline", "first_deliveries", "processing",
            "processing_batch", "publish"]

@@ -38,7 +38,11 @@ from typing import Any
 
 from aiokafka.partitioner import murmur2
 
-from .app import app, settings
+from streams_app.application import current_app
+
+
+app = current_app()
+settings = app.settings
 
 PARTITIONS = settings.partitions
 

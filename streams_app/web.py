@@ -33,9 +33,13 @@ from tables.counters import totals
 from tables.seen_events import seen_events
 
 from . import metrics
-from .app import app, settings
+from streams_app.application import current_app
 from .dlq import dlq_place, latest_dead_letters
 from .health import SAMPLE_S, started, stream_positions
+
+
+app = current_app()
+settings = app.settings
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,11 @@ event again on restart: the lab counts exactly that as a balance mismatch.
 
 from __future__ import annotations
 
-from streams_app.app import app, settings
+from streams_app.application import current_app
+
+
+app = current_app()
+settings = app.settings
 
 balances = app.Table(
     "balances",

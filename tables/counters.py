@@ -22,7 +22,11 @@ from typing import Any
 from faust.streams import _current_event, current_event
 
 from streams_app import metrics
-from streams_app.app import app, settings
+from streams_app.application import current_app
+
+
+app = current_app()
+settings = app.settings
 
 counters = app.Table(
     "pipeline-counters",

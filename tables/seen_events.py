@@ -39,7 +39,11 @@ from typing import Any
 import rocksdict
 
 from streams_app import metrics
-from streams_app.app import app, settings
+from streams_app.application import current_app
+
+
+app = current_app()
+settings = app.settings
 
 _HORIZON_MS = int(settings.dedup_horizon * 1000)
 

@@ -169,7 +169,7 @@ def test_a_forward_that_fails_leaves_the_id_unseen_except_under_at_most_once(in_
 
 
 def test_seen_ids_expire_after_the_horizon():
-    from streams_app.app import settings
+    from streams_app import settings
 
     seen_events.data["evt-old"] = 1000.0
     assert is_duplicate("evt-old", now=1000.0 + settings.dedup_horizon)

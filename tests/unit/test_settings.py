@@ -177,7 +177,7 @@ def test_show_settings_documents_the_replication_settings():
 
 def test_faust_gets_every_host_and_the_replication_settings():
     """The app module is built from the unit-test environment: one host, 1/1."""
-    from streams_app.app import app, settings
+    from streams_app import app, settings
 
     assert [f"{u.host}:{u.port}" for u in app.conf.broker] == list(settings.broker_hosts)
     assert app.conf.topic_replication_factor == settings.replication_factor

@@ -1,0 +1,152 @@
+"""The factory of this project's Faust application: :func:`create_app`.
+
+Settings are read and validated once (:mod:`streams_app.settings`); Faust gets
+the validated values explicitly and an environment without the variables we
+own, so the guarantee shown on the dashboard is the one in force. Nothing here
+runs at import: ``streams_app`` (the ``faust -A`` entry point) builds the app
+when it is first asked for, and only then are its topics, tables, agents, views
+and commands declared on it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import faust
+
+import faust_guarantees
+
+from . import faults, logs, metrics
+from .exceptions import SettingsError, UnverifiedUpstream
+from .health import HealthMonitor
+from .settings import Settings
+from .stores import drop_ttl_stores
+
+
+def load_settings() -> Settings:
+    """Validate the configuration or stop with a message that says what to change."""
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        print(f"streams_app: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+StartCheck = Callable[[], Awaitable[None]]
+
+
+class PaymentsApp(faust.App):
+    """faust.App plus start checks: coroutines a module registers in :attr:`start_checks` (the
+    sink: the payment API's key retention) that run when a worker starts, before
+    any table or agent. One that raises SettingsError refuses the start; the
+    worker exits with its message."""
+
+    def __init__(self, *args: Any, settings: Settings, health: HealthMonitor, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.start_checks: list[StartCheck] = []
+        self.settings = settings
+        self.health = health
+        #: The kit installed into this app (set by create_app).
+        self.guarantees: faust_guarantees.Guarantees | None = None
+
+    async def _on_agent_error(self, agent: Any, exc: BaseException) -> None:
+        # Faust's hook for an agent that raised out of its loop (docs: agent-errors).
+        self.health.agent_crashed(agent.name, exc)
+        await super()._on_agent_error(agent, exc)
+
+    async def on_first_start(self) -> None:
+        await super().on_first_start()
+        metrics.install(self, guarantee=self.settings.processing_guarantee)
+        for check in self.start_checks:
+            await check()
+        drop_ttl_stores(Path(self.conf.tabledir))
+
+
+def durable_topic_class(configs: dict[str, str]) -> type[faust.Topic]:
+    """Return the Topic class of the app: Faust's, with ``configs`` under every topic's own.
+
+    Every topic Faust creates goes through this class: the pipeline topics (declared
+    ``internal=True`` in streams_app/topics.py), each table's changelog (tables pass
+    their ``extra_topic_configs`` as the topic's config) and Faust's own leader topic.
+    Faust has ``topic_replication_factor`` for the replica count but no setting for
+    ``min.insync.replicas``, so it goes here, once, instead of into every declaration.
+    """
+
+    class DurableTopic(faust.Topic):
+        def __init__(self, *args: Any, config: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+            super().__init__(*args, config={**configs, **(config or {})}, **kwargs)
+
+    return DurableTopic
+
+
+def create_app(settings: Settings) -> PaymentsApp:
+    """The app for ``settings``, with the kit (faust_guarantees) installed and the lab's
+    seek-back fault armed when configured; its topics, tables and agents are declared by
+    ``streams_app`` (the entry point) once it exists."""
+    app = PaymentsApp(
+        settings.app_id,
+        settings=settings,
+        health=HealthMonitor(exactly_once=settings.faust_guarantee == "exactly_once"),
+        # Every host of BROKER_URL, as a list: no second parse of the text by Faust. Host and
+        # port only (credentials go in broker_credentials): the worker banner prints these.
+        broker=[f"kafka://{host}" for host in settings.broker_hosts],
+        processing_guarantee=settings.faust_guarantee,
+        broker_commit_interval=settings.commit_interval,
+        producer_linger=settings.producer_linger,
+        store=settings.store,
+        datadir=str(settings.table_dir),
+        topic_partitions=settings.partitions,
+        # REPLICATION_FACTOR / MIN_INSYNC_REPLICAS (1/1 for one broker, 3/2 for a cluster)
+        # for every topic the app creates, changelogs included.
+        topic_replication_factor=settings.replication_factor,
+        Topic=durable_topic_class(settings.topic_configs),
+        # Faust binds 0.0.0.0 by default; a dashboard of table state stays local
+        # unless the operator asks for more.
+        web_bind=settings.web_bind,
+        web_port=settings.web_port,
+        # table_route forwards a request to the worker owning the key through its
+        # canonical URL, so it must be an address the other workers can reach.
+        web_host="127.0.0.1" if settings.web_bind in {"127.0.0.1", "0.0.0.0"} else settings.web_bind,
+        web_tables_enabled=settings.web_tables_enabled,
+        # Ask for acks from all in-sync replicas: an acknowledged output is durable.
+        producer_acks=-1,
+        # Agents, tables, views and commands are imported explicitly by the
+        # package (streams_app/__init__.py): no scanning, no surprises.
+        autodiscover=False,
+        env=settings.faust_env(os.environ),
+        # Faust's own sensor metrics, in the registry /metrics serves (streams_app/metrics.py).
+        monitor=metrics.faust_monitor(),
+        # LOG_FORMAT=json: the worker's log handlers write one JSON object per line.
+        logging_config=logs.logging_config(settings.log_format),
+    )
+
+    try:
+        guarantees = faust_guarantees.install(
+            app, settings.faust_fixes, guarantee=settings.processing_guarantee,
+            producer_idempotence=settings.producer_idempotence, on_unverified=settings.faust_fixes_unverified,
+        )
+    except faust_guarantees.UnverifiedUpstream as exc:
+        raise UnverifiedUpstream(exc.problems) from None
+    guarantees.on_fence(app.health.fenced)
+    guarantees.on_intervention(metrics.fix_intervened)
+    app.guarantees = guarantees
+    faults.install_seek_backs(app)
+    return app
+
+
+_current: PaymentsApp | None = None
+
+
+def current_app() -> PaymentsApp:
+    """The one app of this process, built from the environment's settings the first time it
+    is asked for. The modules that declare this app's topics, tables, agents, views and
+    commands declare on it; ``streams_app.app`` (the ``faust -A`` entry point) is it with
+    every one of them imported."""
+    global _current
+    if _current is None:
+        _current = create_app(load_settings())
+    return _current
