@@ -11,7 +11,7 @@ its output topics are read back with ``read_committed`` (what a downstream exact
 reader sees), and the user's invariant says what is wrong.
 
     python -m lab run --app examples.order_dedup --input orders --output orders.unique \\
-        --invariant lab.apps:each_key_once --records 2000 --kills 5 --env ORDERS_PREFIX=orders
+        --invariant lab.apps:each_key_once --count 2000 --kills 5 --env ORDERS_PREFIX=orders
 
 An invariant is a function ``(inputs, outputs) -> list of problems`` over the records read
 back (``inputs``: the input topic's; ``outputs``: each output topic's, by name);

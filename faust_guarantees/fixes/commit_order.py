@@ -1,7 +1,7 @@
 """The commit-order fix.
 
 at_most_once (this project's mode; Faust has none): a partition has two committers, each
-stage's commit BEFORE it processes an event (streams_app/processing.py _commit_through)
+stage's commit BEFORE it processes an event (faust_guarantees/processing.py Processing._commit_first)
 and Faust's periodic commit of acked offsets. Faust computes its offsets, then flushes
 the producer, then commits (Consumer._commit_offsets), and the consumer thread runs two
 calls at once: a commit computed before later pre-commits can reach the broker after

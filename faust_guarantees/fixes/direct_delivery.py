@@ -7,7 +7,7 @@ blocked on a full stream queue, suspended flow control, a full producer buffer o
 conductor's index lock is abandoned when a rebalance suspends the flow. A delivery that
 cannot block needs none of it; measured, wait_first was 7 % of a batched pipeline
 worker's time and halved a one-hop agent's throughput
-(shared/notes/faust-performance.md). Fix: when none of those can block (the flow is not
+(docs/decisions/0023-per-record-costs-cut-on-fast-path.md). Fix: when none of those can block (the flow is not
 suspended, flow control is active, the producer buffer is below its limit, the index
 lock is free and every stream queue of the partition has room), the message is delivered
 with a plain await; otherwise exactly as stock. Copies Faust 0.15's _drain_messages:

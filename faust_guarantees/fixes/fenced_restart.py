@@ -7,7 +7,7 @@ ProducerFenced of its next commit and crashes the app (exit 1), and its shutdown
 the stop clean: the restart keeps local table rows written by the aborted transactions
 (a dedup row of an event whose output was rolled back loses that event). Fix: the fenced
 commit is not retried, events in progress are neither acked as done nor dead-lettered
-(streams_app/processing.py), /health says 'fenced', and the worker stops with its stop
+(faust_guarantees/processing.py), /health says 'fenced', and the worker stops with its stop
 marked unclean, so the supervisor's restart wipes the local state and restores it from
 the committed changelog (wipe-unclean-state). Rejoining in the same process (Kafka
 Streams' 'task migrated') was tried: after an in-process wipe and recovery the restored
