@@ -27,7 +27,7 @@ from faust.types import EventT
 from streams_app.application import current_app
 from streams_app.faults import crashpoint
 from streams_app.models import AppliedPayment, json_key, parse_payment
-from streams_app.processing import as_current, batches, processing_batch, publish
+from agents.processing import as_current, batches, processing_batch, publish
 from streams_app.topics import applied_payments, unique_payments
 from tables.balances import balance_of, set_balance
 from tables.counters import count

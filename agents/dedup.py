@@ -18,7 +18,7 @@ id with another account or amount meets the first one there and is dropped.
 Guarantee: every raw record produces exactly one outcome, forwarded, dropped as
 a duplicate, moved, or dead-lettered with the rule it broke (an unexpected error
 too: code ``processing_error``); nothing is dropped silently
-(streams_app/processing.py). Records are taken in batches of what is already
+(agents/processing.py). Records are taken in batches of what is already
 fetched (``BATCH_MAX``): one wait for the broker's acks per batch, not per event.
 
 Order matters under at_least_once: an id is marked seen only AFTER its output
@@ -30,7 +30,7 @@ crash point ``dedup.after_forward``), which is the at-least-once contract.
 
 Under at_most_once the order is the other way round: the ids are marked seen
 BEFORE the outputs are sent. The stage has already committed the batch's
-offsets (streams_app/processing.py), so the records never come again, but a
+offsets (agents/processing.py), so the records never come again, but a
 second copy of an id (another record) does; with the at-least-once order a
 crash between an output's ack and its seen-row lets that copy through (the lab
 measured 1 to 11 forwarded twice at 1,000 events and 6 kills). Marking first
@@ -57,7 +57,7 @@ from faust.types import EventT, Message
 from streams_app.application import current_app
 from streams_app.faults import crashpoint
 from streams_app.models import Payment, json_key, parse_payment
-from streams_app.processing import as_current, batches, processing_batch, publish
+from agents.processing import as_current, batches, processing_batch, publish
 from streams_app.topics import dedup_sources, event_partition, payment_events, unique_payments
 from tables.counters import count
 from tables.seen_events import is_duplicate, mark_seen

@@ -9,7 +9,7 @@ guarantee a crash after the write and before the offset commit delivers the
 event again, and the charge happens again unless the database refuses it.
 
 Records are taken in batches of what is already fetched (``BATCH_MAX``, see
-streams_app/processing.py ``batches``). A batch's database charges go in one
+agents/processing.py ``batches``). A batch's database charges go in one
 transaction (one commit instead of one per event; a refusal of any row makes the
 sink charge them one by one, so only the refused record is dead-lettered); the
 payment API gets one call per event. The batch is acked after all its effects,
@@ -38,7 +38,7 @@ answers any redelivery.
   refused at start-up (settings.py): an HTTP call cannot join a database
   transaction.
 - PROCESSING_GUARANTEE=at_most_once: the offset is committed BEFORE the charge
-  (streams_app/processing.py); a crash in between loses the charge for good
+  (agents/processing.py); a crash in between loses the charge for good
   (crash point ``sink.after_commit``). Shown for completeness, never
   recommended for money.
 """
@@ -62,7 +62,7 @@ from streams_app.logs import record_fields
 from streams_app.key_retention import KeyRetentionGuard
 from streams_app.ledger import Charge, ChargeStats, Ledger
 from streams_app.models import AppliedPayment, parse_applied
-from streams_app.processing import Batch, batches, processing_batch
+from agents.processing import Batch, batches, processing_batch
 from streams_app.retrying import RetryPolicy
 from streams_app.topics import applied_payments, place
 

@@ -15,7 +15,7 @@ from typing import Self
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import murmur2
 
-from lab.readback import committed_offsets, partitions_of
+from common.readback import committed_offsets, partitions_of
 from streams_app.admin import create_topics
 
 __all__ = ["create_topics"]  # re-exported: the benchmark creates its topics like the app

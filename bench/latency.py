@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from lab.readback import partitions_of
+from common.readback import partitions_of
 
 from .metrics import percentile
 

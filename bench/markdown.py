@@ -203,7 +203,7 @@ def _limits_section(doc: Doc) -> list[str]:
         lines.append(
             "- **Next step.** The stages already take records in batches below Faust's per-record "
             "iterator, wait once per batch for the broker's acks and write counters and balances once "
-            "per batch (agents/, streams_app/processing.py). What is left per event is in the profiles "
+            "per batch (agents/, agents/processing.py). What is left per event is in the profiles "
             "below: aiokafka's pure-Python producer and consumer paths (Quix and the raw loop's "
             "librdkafka or batch paths do that in C or per batch), Faust's conductor per message, and "
             "one dedup-table write with its changelog record per event id.")

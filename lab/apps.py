@@ -34,7 +34,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from .readback import committed_offsets, read_topic, uncommitted
+from common.readback import committed_offsets, read_topic, uncommitted
 from .workers import FaustWorker
 
 #: ``(inputs, outputs by topic) -> problems``; no problem: the invariant holds.

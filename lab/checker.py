@@ -23,7 +23,7 @@ from common.redact import masked_errors
 from faust_guarantees.dead_letters import DeadLetter
 from streams_app.traffic import Traffic
 
-from .readback import end_offsets, read_topic
+from common.readback import end_offsets, read_topic
 from .workers import PipelineConfig
 
 PIPELINE_TOPICS = ("raw", "dlq", "events", "unique", "applied")

@@ -32,7 +32,7 @@ from streams_app.traffic import Traffic, generate
 
 from .checker import check
 from .proxy import FaultProxy
-from .readback import committed_offsets, read_topic, uncommitted
+from common.readback import committed_offsets, read_topic, uncommitted
 from .scenarios import (
     API_SINKS,
     DB_SINKS,

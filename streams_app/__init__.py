@@ -30,7 +30,9 @@ def _build() -> None:
     from .application import current_app
 
     app = current_app()
-    for module in ("streams_app.topics", "tables", "agents", "streams_app.web", "streams_app.commands"):
+    # The composition root: every layer's declarations, up to the lab's commands.
+    for module in ("streams_app.topics", "tables", "agents", "views.web", "streams_app.commands",
+                   "lab.commands"):
         importlib.import_module(module)
     _BUILT.update(app=app, settings=app.settings)
     globals().update(_BUILT)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from lab.readback import partitions_of, read_topic
+from common.readback import partitions_of, read_topic
 
 from .admin import create_topics
 from faust_guarantees.dead_letters import DeadLetter

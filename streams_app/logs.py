@@ -5,7 +5,7 @@ fields it can filter on without a regular expression. With ``LOG_FORMAT=json``
 the worker's handlers (set up by Faust/mode when the worker starts, from the
 app's ``logging_config``) write each record as one line::
 
-    {"time": "2026-12-05T01:02:03.456Z", "level": "WARNING", "logger": "streams_app.processing",
+    {"time": "2026-12-05T01:02:03.456Z", "level": "WARNING", "logger": "agents.processing",
      "message": "...", "stage": "ingest", "topic": "payments.raw", "partition": 2, "offset": 1045}
 
 ``stage``, ``topic``, ``partition``, ``offset`` and ``event_id`` appear when the

@@ -38,7 +38,7 @@ counters = app.Table(
 )
 
 
-#: The counts of the batch in progress in this task (streams_app.processing sets it),
+#: The counts of the batch in progress in this task (agents.processing sets it),
 #: written once per key when the batch is done: one table write (and changelog
 #: record) per counter and partition per batch instead of one per record.
 _pending: ContextVar[dict[str, list[Any]] | None] = ContextVar("pending_counts", default=None)

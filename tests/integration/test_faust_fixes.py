@@ -16,7 +16,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from lab.checker import check
-from lab.readback import end_offsets, read_topic
+from common.readback import end_offsets, read_topic
 from lab.runner import uncommitted_records
 from faust_guarantees import FIXES
 from faust_guarantees.fixes.exact_gaps import _patch_seek_epochs, seek_epochs

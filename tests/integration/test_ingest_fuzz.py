@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from lab.readback import read_topic
+from common.readback import read_topic
 from streams_app.admin import send_records
 from faust_guarantees.dead_letters import DeadLetter
 from streams_app.exceptions import InvalidPayment

@@ -17,7 +17,7 @@ import json
 import pytest
 
 from lab.checker import check
-from lab.readback import read_topic
+from common.readback import read_topic
 from faust_guarantees.dead_letters import DeadLetter
 from streams_app.admin import send_records
 from streams_app.traffic import generate

@@ -17,7 +17,7 @@ import pytest
 
 from infra import postgres
 from lab.checker import check
-from lab.readback import read_topic
+from common.readback import read_topic
 from streams_app.traffic import generate
 from tests.fixtures.kafka import wait_for
 

@@ -30,9 +30,9 @@ from tables.seen_events import is_duplicate, seen_events
 def in_memory_app(monkeypatch):
     """Memory tables, flow on, no memory of processed offsets (each test's offsets start
     at 0), and every output topic captured instead of sent."""
-    import streams_app.processing
+    import agents.processing
 
-    streams_app.processing.memory.clear()
+    agents.processing.memory.clear()
     app.finalize()
     app.flow_control.resume()
     for table in (balances, seen_events):
@@ -44,7 +44,7 @@ def in_memory_app(monkeypatch):
         sent[topic.get_topic_name()] = mock
 
     class Producer:
-        """What streams_app.processing.publish hands outputs to: the same mocks."""
+        """What agents.processing.publish hands outputs to: the same mocks."""
 
         async def send(self, topic, key, value, partition, timestamp, headers):
             # aiokafka's record builder takes a list (a consumed record's tuple raised TypeError)
@@ -153,9 +153,9 @@ def test_a_forward_that_fails_leaves_the_id_unseen_except_under_at_most_once(in_
     lost); under at_most_once it was marked first (a later copy is dropped, the
     event may be lost, its id is never forwarded twice)."""
     import agents.dedup
-    import streams_app.processing
+    import agents.processing
 
-    streams_app.processing.memory.clear()  # each case's offset 0 is new
+    agents.processing.memory.clear()  # each case's offset 0 is new
     monkeypatch.setattr(agents.dedup, "MARK_BEFORE_FORWARDING", at_most_once)
     monkeypatch.setattr(agents.dedup, "AWAIT_OUTPUT_BEFORE_MARKING", not at_most_once)
     in_memory_app["unit.unique"].side_effect = RuntimeError("killed before the output was acknowledged")
@@ -198,9 +198,9 @@ def test_an_internal_record_that_is_not_a_payment_is_dead_lettered_with_its_byte
     """Stock Faust decoded internal topics itself and dropped what it could not decode;
     now the stage decodes it and the DLQ gets the original bytes (a null stays null)."""
     import agents
-    import streams_app.processing
+    import agents.processing
 
-    streams_app.processing.memory.clear()  # each case's offset 0 is new
+    agents.processing.memory.clear()  # each case's offset 0 is new
 
     async def scenario():
         async with getattr(agents, agent_name).test_context() as agent:
@@ -220,10 +220,10 @@ def test_a_fenced_worker_neither_dead_letters_nor_remembers_the_record_but_relea
     producers are stopped): the record belongs to another worker now. It must not reach the
     DLQ, must not count as processed here (it may come back after the rejoin), and must be
     acked, or the rejoin's revocation waits for it forever (Consumer.wait_empty)."""
-    import streams_app.processing
+    import agents.processing
     from faust.exceptions import ProducerSendError
 
-    streams_app.processing.memory.clear()
+    agents.processing.memory.clear()
     in_memory_app["unit.unique"].side_effect = ProducerSendError("No transaction producer found for : app-1-2")
     from faust.streams import Stream
 
@@ -243,7 +243,7 @@ def test_a_fenced_worker_neither_dead_letters_nor_remembers_the_record_but_relea
     run(scenario())
     assert acked == [0], "released: the rebalance must not wait for it"
     assert in_memory_app["unit.dlq"].await_count == 0
-    assert not streams_app.processing.memory._processed
+    assert not agents.processing.memory._processed
     assert not is_duplicate("evt-f")
 
 

@@ -32,10 +32,10 @@ from tables.balances import balances
 from tables.counters import totals
 from tables.seen_events import seen_events
 
-from . import metrics
+from streams_app import metrics
 from streams_app.application import current_app
-from .dlq import dlq_place, latest_dead_letters
-from .health import SAMPLE_S, started, stream_positions
+from streams_app.dlq import dlq_place, latest_dead_letters
+from streams_app.health import SAMPLE_S, started, stream_positions
 
 
 app = current_app()

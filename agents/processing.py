@@ -31,10 +31,10 @@ from faust_guarantees.processing import Batch, Processing, as_current
 from faust_guarantees.processing import publish as _publish
 from tables.counters import batched_counts, count, write_counts
 
-from . import metrics
+from streams_app import metrics
 from streams_app.application import current_app
-from .faults import crashpoint
-from .topics import dead_letters
+from streams_app.faults import crashpoint
+from streams_app.topics import dead_letters
 
 
 app = current_app()
