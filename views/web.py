@@ -33,6 +33,7 @@ from tables.counters import totals
 from tables.seen_events import seen_events
 
 from streams_app import metrics
+from streams_app.ledger import ChargeStats
 from streams_app.application import current_app
 from streams_app.dlq import dlq_place, latest_dead_letters
 from streams_app.health import SAMPLE_S, started, stream_positions
@@ -74,9 +75,18 @@ def top_balances(n: int = TOP_BALANCES) -> list[dict[str, Any]]:
             for a, c, v in heapq.nlargest(n, entries, key=lambda e: e[2])]
 
 
+async def _charges() -> tuple[ChargeStats | None, str | None]:
+    """The external system's own counts, or why it cannot say (an outage must not take the
+    dashboard down with it: the other stages go on, and the page says what is unknown)."""
+    try:
+        return await charge_stats(), None
+    except Exception as exc:  # noqa: BLE001 - any failure to ask: unavailable, with the reason
+        return None, f"{settings.sink_target} unavailable: {type(exc).__name__}"
+
+
 async def stats() -> dict[str, Any]:
     counts = totals()
-    charges = await charge_stats()
+    charges, unavailable = await _charges()
     return {
         "app_id": settings.app_id,
         "processing_guarantee": settings.processing_guarantee,
@@ -92,10 +102,11 @@ async def stats() -> dict[str, Any]:
         "duplicates_dropped": counts.get("dedup.duplicates", 0),
         "unique": counts.get("dedup.unique", 0),
         "applied": counts.get("apply.applied", 0),
-        "charges": charges.charges,
-        "charged_events": charges.charged_events,
-        "duplicate_charges": charges.duplicate_charges,
-        "charged_amount": charges.total_amount,
+        "charges": charges.charges if charges else None,
+        "charged_events": charges.charged_events if charges else None,
+        "duplicate_charges": charges.duplicate_charges if charges else None,
+        "charged_amount": charges.total_amount if charges else None,
+        "charges_unavailable": unavailable,
         "charges_label": CHARGES_LABEL[settings.sink_target],
         "lag": lag_rows(),
         "top_balances": top_balances(),
@@ -165,11 +176,16 @@ class AccountBalance(View):
 @app.page("/api/charges")
 class Charges(View):
     async def get(self, request: Request) -> Response:
-        charges = await charge_stats()
-        return self.json({
+        charges, unavailable = await _charges()
+        body = {
             "target": effect_target(),  # never echoes credentials
             "sink_target": settings.sink_target,
             "sink_mode": settings.sink_mode,
+        }
+        if charges is None:
+            return self.json({**body, "error": unavailable}, status=503)
+        return self.json({
+            **body,
             "charges": charges.charges,
             "charged_events": charges.charged_events,
             "duplicate_charges": charges.duplicate_charges,

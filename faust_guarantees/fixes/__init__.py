@@ -23,6 +23,7 @@ from . import (
     fenced_restart,
     livelock_position,
     lso_consistency_check,
+    no_head_of_line_blocking,
     persisted_offsets,
     recovery_highwater,
     recovery_idle_wait,
@@ -57,6 +58,7 @@ MODULES: tuple[ModuleType, ...] = (
     direct_delivery,
     concurrent_commits,
     route_metadata,
+    no_head_of_line_blocking,
 )
 
 BY_NAME: dict[str, ModuleType] = {module.NAME: module for module in MODULES}

@@ -11,6 +11,7 @@ apply keep committing, and once PostgreSQL is back every event is charged once.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
@@ -24,7 +25,13 @@ from tests.fixtures.kafka import wait_for
 pytestmark = pytest.mark.integration
 
 
-def test_other_stages_keep_committing_while_the_sink_database_is_down(pipeline_factory, own_pg_server, own_fresh_db):
+@pytest.mark.parametrize("events", [150, 8000], ids=["trickle", "more-than-the-sink-queue-holds"])
+def test_other_stages_keep_committing_while_the_sink_database_is_down(pipeline_factory, own_pg_server, own_fresh_db,
+                                                                     events):
+    """With 8,000 events the sink's stream queue (4,096) fills while the database is down: a
+    fetch that brings more ``applied`` records than the queue has room for must not block the
+    consumer's delivery of every other topic (head-of-line blocking: one stuck stage would
+    stop dedup and apply too)."""
     pipeline = pipeline_factory("exactly_once", sink_db=own_fresh_db)
     worker = pipeline.worker()
     config = pipeline.config
@@ -35,7 +42,7 @@ def test_other_stages_keep_committing_while_the_sink_database_is_down(pipeline_f
     postgres.stop(own_pg_server.port)
     down_at = time.monotonic()
     try:
-        traffic = generate(150, duplicate_rate=0.2, seed=22, id_prefix=f"{config.run_id}-down")
+        traffic = generate(events, duplicate_rate=0.2, seed=22, id_prefix=f"{config.run_id}-down")
         pipeline.send(traffic)
         applied: list = []
 
@@ -43,7 +50,7 @@ def test_other_stages_keep_committing_while_the_sink_database_is_down(pipeline_f
             applied[:] = asyncio.run(read_topic(config.bootstrap, config.topic("applied")))
             return len(applied) == len(warm.unique_events) + len(traffic.unique_events)
 
-        wait_for(all_applied, 60, lambda: f"expected {len(traffic.unique_events)} more records committed in "
+        wait_for(all_applied, 90, lambda: f"expected {len(traffic.unique_events)} more records committed in "
                  f"applied while the database is down, got {len(applied) - len(warm.unique_events)}")
         assert worker.running, worker.log_tail(40)
         wait_for(lambda: "other stages go on" in worker.log_path.read_text(), 30,
@@ -60,3 +67,60 @@ def test_other_stages_keep_committing_while_the_sink_database_is_down(pipeline_f
         assert counts.output_duplicates == 0 and counts.output_missing == 0
     assert counts.dead_lettered == 0, "an outage is not the record's fault: nothing dead-lettered"
     assert down_s > 2.0  # longer than one try (agents/sink.py TRY_S): the gate was released
+
+
+def test_a_worker_restarted_during_the_outage_with_a_backlog_for_the_sink_still_runs_the_other_stages(
+        pipeline_factory, own_pg_server, own_fresh_db):
+    """The worker is restarted while the database is down and thousands of ``applied`` records
+    wait for the sink: its first fetches bring them by the thousand. Faust pauses a partition
+    whose stream queue is 80 % full, but a fetch with more records for a full queue than it
+    has room for blocks the consumer's delivery of EVERY topic until the sink takes some
+    (head-of-line blocking): new payments would not even be deduplicated or applied until
+    the database came back."""
+    pipeline = pipeline_factory("at_least_once", sink_db=own_fresh_db)
+    worker = pipeline.worker()
+    config = pipeline.config
+    warm = generate(20, seed=31, id_prefix=f"{config.run_id}-warm")
+    pipeline.send(warm)
+    pipeline.drain()
+
+    postgres.stop(own_pg_server.port)
+    try:
+        backlog = generate(10_000, duplicate_rate=0.0, seed=32, id_prefix=f"{config.run_id}-backlog")
+        pipeline.send(backlog)
+        missing: set = set()
+
+        def backlog_applied() -> bool:
+            missing.clear()
+            missing.update(set(backlog.unique_events) - _applied_ids(config))
+            return not missing
+
+        wait_for(backlog_applied, 120, lambda: f"expected the backlog applied while the database is down: "
+                 f"{len(missing)} of {len(backlog.unique_events)} missing, e.g. {sorted(missing)[:3]}")
+        worker.kill()  # uncommitted by the sink: all of it comes again to the restarted worker
+        worker.start()
+        worker.wait_ready()
+        time.sleep(5.0)  # the sink's first fetches: thousands of records of the backlog
+        fresh = generate(100, duplicate_rate=0.0, seed=33, id_prefix=f"{config.run_id}-fresh")
+        pipeline.send(fresh)
+        seen: set = set()
+
+        def fresh_applied() -> bool:
+            seen.update(_applied_ids(config) & set(fresh.unique_events))
+            return len(seen) == len(fresh.unique_events)
+
+        wait_for(fresh_applied, 60, lambda: f"expected {len(fresh.unique_events)} new payments applied while "
+                 f"the database is down, got {len(seen)}")
+    finally:
+        postgres.start(own_pg_server.port)
+    pipeline.drain(timeout=240)
+    for sent in (warm, backlog, fresh):
+        counts = asyncio.run(check(config, sent))
+        assert counts.charged_unique == counts.unique_events == len(sent.unique_events) > 0
+        assert counts.duplicate_charges == 0 and counts.lost == 0
+
+
+def _applied_ids(config) -> set[str]:
+    """The event ids in ``applied`` (under at_least_once a restart may apply some twice)."""
+    return {json.loads(record.value)["event_id"] for record in asyncio.run(read_topic(config.bootstrap,
+                                                                                       config.topic("applied")))}
