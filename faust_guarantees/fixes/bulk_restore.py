@@ -8,6 +8,10 @@ partition that is at least 10,000 records behind, a plain read_committed consume
 it in large fetches and writes each batch into RocksDB with one WriteBatch, raw bytes as
 Faust's apply_changelog_batch writes them, then sets the persisted offset; Faust reads
 only the rest (faust_guarantees/restore.py).
+
+Regression tests: tests/integration/test_bulk_restore.py (the latest committed state,
+starting after the persisted offset, a worker with empty state restoring the dedup table
+in bulk).
 """
 
 from __future__ import annotations

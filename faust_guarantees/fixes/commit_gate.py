@@ -7,6 +7,10 @@ changelog records still in Faust's ProducerBuffer at commit time land in the nex
 transaction too. Fix: commits take the CommitGate (faust_guarantees/gate.py), which
 waits for events in progress and holds new ones, and drain the ProducerBuffer before
 sending offsets.
+
+Regression tests:
+test_faust_fixes_unit.py::test_the_gated_commit_gives_up_on_a_buffer_that_will_never_drain;
+the lab's exactly_once cells (crash-mid-transaction, random-kills).
 """
 
 from __future__ import annotations

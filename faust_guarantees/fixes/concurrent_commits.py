@@ -8,6 +8,9 @@ of it, and at a 100 ms commit interval that is a quarter of the time. The transa
 are independent (one per partition, each under its own lock). Fix: the same three steps
 for every producer at once; a failure of any raises as before, after the others
 finished.
+
+Regression test: test_faust_fixes_unit.py, stock (one transaction after the other) and
+fixed (all at once, every step of each).
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ suspended, flow control is active, the producer buffer is below its limit, the i
 lock is free and every stream queue of the partition has room), the message is delivered
 with a plain await; otherwise exactly as stock. Copies Faust 0.15's _drain_messages:
 installed on faust-streaming 0.15 only.
+
+No test of its own: every broker test and lab cell runs through it (a delivery that can
+block takes the stock path, exercised by the sink-outage tests).
 """
 
 from __future__ import annotations

@@ -7,6 +7,10 @@ that partition (ConsistencyError '... is higher than the last offset in that top
 (highwater)') in a crash loop. With persisted offsets written only for committed
 transactions and local state wiped after an unclean stop, the persisted offset is
 committed data: the check is switched off (recovery_consistency_check=False).
+
+Regression test:
+test_faust_fixes_unit.py::test_lso_consistency_check_is_switched_off_for_the_app_only;
+the lab's exactly_once crash cells.
 """
 
 from __future__ import annotations

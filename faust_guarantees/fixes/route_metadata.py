@@ -5,6 +5,10 @@ producer that never sent to the table's changelog (every producer under exactly_
 fresh worker under at_least_once) has no metadata for it and the view fails with
 TypeError 'NoneType' object is not iterable (HTTP 500; seen on a fresh exactly_once
 worker, not on every run). Fix: Router.route_req first waits for that topic's metadata.
+
+No test of its own yet (the failure was intermittent);
+test_pipeline.py::test_balance_view_is_served_by_the_worker_that_owns_the_account reads
+accounts through table_route.
 """
 
 from __future__ import annotations

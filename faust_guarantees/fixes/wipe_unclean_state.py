@@ -6,6 +6,9 @@ records on top of it (robinhood/faust#340: a table loses events after kill -9). 
 table would then drop an event whose effects were rolled back. Fix, as Kafka Streams
 does under EOS: a worker that did not stop cleanly deletes its local table state and
 restores it from the committed changelog.
+
+Regression tests: tests/unit/test_kit.py (the marker, the wipe, this app only); the
+lab's exactly_once crash cells.
 """
 
 from __future__ import annotations

@@ -661,3 +661,62 @@ def test_faust_s_recovery_seek_with_the_fetcher_delivering_makes_delivered_recor
     asyncio.run(Consumer.perform_seek(consumer))
     assert consumer.steps == ["stop", "fetcher idle", "client seek (flow off)", "resume"]
     assert consumer.track.delivered(TP0, 21) == (17, 21), "only the markers before 21 are a gap"
+
+
+# -- concurrent-commits, lso-consistency-check -------------------------------------------
+
+
+class _TransactionalProducers:
+    """What Producer.commit_transactions touches: one lock and one producer per
+    transactional id; each producer logs when each of its steps starts and ends."""
+
+    def __init__(self, ids: list[str]) -> None:
+        self.log: list[str] = []
+        self._trn_locks = {tid: asyncio.Lock() for tid in ids}
+        self._transaction_producers = {tid: self._producer(tid) for tid in ids}
+
+    def _producer(self, tid: str) -> SimpleNamespace:
+        async def step(name: str, *args: object) -> None:
+            self.log.append(f"{name} {tid}")
+            await asyncio.sleep(0.01)
+            self.log.append(f"{name} {tid} done")
+
+        return SimpleNamespace(
+            send_offsets_to_transaction=lambda offsets, group: step("send_offsets", offsets),
+            commit_transaction=lambda: step("commit"), begin_transaction=lambda: step("begin"))
+
+
+def _commit_two(commit_transactions) -> list[str]:
+    producers = _TransactionalProducers(["app-1-0", "app-1-1"])
+    asyncio.run(commit_transactions(producers, {"app-1-0": {TP0: 5}, "app-1-1": {TP0: 7}}, "app"))
+    return producers.log
+
+
+def test_stock_faust_commits_each_partition_s_transaction_after_the_previous_one():
+    from faust.transport.drivers.aiokafka import Producer
+
+    stock = getattr(Producer.commit_transactions, "_stock", Producer.commit_transactions)
+    log = _commit_two(stock)
+    assert log.index("begin app-1-0 done") < log.index("send_offsets app-1-1"), log
+
+
+def test_with_the_fix_the_transactions_of_all_partitions_commit_at_once():
+    from faust.transport.drivers.aiokafka import Producer
+
+    from faust_guarantees.fixes import concurrent_commits
+
+    concurrent_commits.install(NO_APP)
+    log = _commit_two(Producer.commit_transactions)
+    assert log.index("send_offsets app-1-1") < log.index("send_offsets app-1-0 done"), log
+    assert all(f"{step} {tid} done" in log for step in ("send_offsets", "commit", "begin")
+               for tid in ("app-1-0", "app-1-1")), "every step of every transaction, as stock"
+
+
+def test_lso_consistency_check_is_switched_off_for_the_app_only():
+    import faust
+
+    from faust_guarantees.fixes import lso_consistency_check
+
+    app, other = faust.App("lso-1", autodiscover=False), faust.App("lso-2", autodiscover=False)
+    lso_consistency_check.install(Guarantees(app))
+    assert app.conf.recovery_consistency_check is False and other.conf.recovery_consistency_check is True
