@@ -11,11 +11,11 @@ from faust_guarantees.processing import Processing, RejectedRecord, publish
 
 PREFIX = os.environ.get("ORDERS_PREFIX", "orders")
 app = faust.App(f"{PREFIX}-dedup", broker="kafka://localhost:9092", processing_guarantee="exactly_once")
+guarantees = faust_guarantees.install(app)  # first: some fixes subclass the tables' classes for this app
+discipline = Processing(guarantees, dead_letters=app.topic(f"{PREFIX}.dlq"))
 orders = app.topic(PREFIX, key_type=bytes, value_type=bytes)
 unique = app.topic(f"{PREFIX}.unique", key_type=bytes, value_type=bytes)
 seen = app.Table(f"{PREFIX}-seen", key_type=bytes, value_type=bytes)  # changelog-backed dedup state
-guarantees = faust_guarantees.install(app)
-discipline = Processing(guarantees, dead_letters=app.topic(f"{PREFIX}.dlq"))
 
 
 @app.agent(orders)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
+
+from faust.exceptions import AlreadyConfiguredWarning
 
 
 def installed(owner: Any, name: str) -> bool:
@@ -19,3 +22,22 @@ def replace(owner: Any, name: str, fixed: Any) -> None:
     fixed._fixed = True
     fixed._stock = getattr(owner, name)
     setattr(owner, name, fixed)
+
+
+def override(app: Any, setting: str, built: str, name: str, fixed: Any) -> bool:
+    """Give ``app`` alone a subclass of its ``setting`` class (an App setting such as
+    ``Router`` or ``TableManager``: Faust's extension point) with ``fixed`` in place of
+    ``name``. True if done; False if the app has built that component already (``built``:
+    the app attribute that caches it): then it is replaced on the class, for every app of
+    the process, and the caller is told so."""
+    cls = getattr(app.conf, setting)
+    if built in app.__dict__:
+        replace(cls, name, fixed)
+        return False
+    fixed._fixed = True
+    fixed._stock = getattr(cls, name)
+    with warnings.catch_warnings():
+        # Faust warns that the setting "was already used": read here, not used (not built).
+        warnings.simplefilter("ignore", AlreadyConfiguredWarning)
+        setattr(app.conf, setting, type(f"{cls.__name__}WithFixes", (cls,), {name: fixed}))
+    return True

@@ -7,6 +7,10 @@ changelog. Fix: on commit, persist the pending changelog offsets of the committe
 partition numbers (tables are co-partitioned).
 
 Regression test: test_persisted_offsets_under_exactly_once.
+
+Installed per app: a subclass of the app's TableManager (App setting TableManager),
+unless the app declared tables before the kit was installed (then on Faust's class, with
+a warning).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from .._patch import replace
+from .._patch import override
 from ..state import Guarantees
 
 log = logging.getLogger(__name__)
@@ -30,13 +34,13 @@ UPSTREAM = {
 
 
 def install(guarantees: Guarantees) -> None:
-    from faust.tables.manager import TableManager
-
-    def on_commit(self: TableManager, offsets: Mapping[Any, int]) -> None:
+    def on_commit(self: Any, offsets: Mapping[Any, int]) -> None:
         committed = {tp.partition for tp in offsets}
         pending = self._pending_persisted_offsets
         for changelog_tp in [tp for tp in pending if tp.partition in committed]:
             store, offset = pending.pop(changelog_tp)
             store.set_persisted_offset(changelog_tp, offset)
 
-    replace(TableManager, "on_commit", on_commit)
+    if not override(guarantees.app, "TableManager", "tables", "on_commit", on_commit):
+        log.warning("persisted-offsets: the app's tables were declared before the kit was installed: "
+                    "fixed on Faust's TableManager class instead (every app of this process)")

@@ -9,6 +9,9 @@ worker, not on every run). Fix: Router.route_req first waits for that topic's me
 No test of its own yet (the failure was intermittent);
 test_pipeline.py::test_balance_view_is_served_by_the_worker_that_owns_the_account reads
 accounts through table_route.
+
+Installed per app: a subclass of the app's Router (App setting Router), unless the app
+built its router before the kit was installed.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .._patch import replace
+from .._patch import override
 from ..state import Guarantees
 
 log = logging.getLogger(__name__)
@@ -31,14 +34,15 @@ UPSTREAM = {
 
 
 def install(guarantees: Guarantees) -> None:
-    from faust.app.router import Router
+    app = guarantees.app
+    stock_route_req = app.conf.Router.route_req
 
-    stock_route_req = Router.route_req
-
-    async def route_req(self: Router, table_name: str, key: Any, web: Any, request: Any) -> Any:
+    async def route_req(self: Any, table_name: str, key: Any, web: Any, request: Any) -> Any:
         topic = self.app.tables[table_name].changelog_topic.get_topic_name()
         await self.app.producer.maybe_start()
         await self.app.producer._ensure_producer().partitions_for(topic)  # cached after the first call
         return await stock_route_req(self, table_name, key, web, request)
 
-    replace(Router, "route_req", route_req)
+    if not override(app, "Router", "router", "route_req", route_req):
+        log.warning("route-metadata: the app's router was built before the kit was installed: "
+                    "fixed on Faust's Router class instead (every app of this process)")

@@ -155,3 +155,33 @@ def test_a_full_stream_queue_does_not_block_deliveries_outside_recovery():
         assert fixed.full()
 
     asyncio.run(scenario())
+
+
+def test_a_fix_with_an_extension_point_changes_only_the_app_it_is_installed_into():
+    """route-metadata and persisted-offsets subclass the app's Router and TableManager
+    (App settings); Faust's classes, and every other app, keep the stock methods."""
+    from faust.app.router import Router
+    from faust.tables.manager import TableManager
+
+    from faust_guarantees.fixes import persisted_offsets, route_metadata
+
+    app, other = faust.App("kit-ext", autodiscover=False), faust.App("kit-ext-other", autodiscover=False)
+    guarantees = state.Guarantees(app)
+    route_metadata.install(guarantees)
+    persisted_offsets.install(guarantees)
+    assert getattr(type(app.router).route_req, "_fixed", False)
+    assert getattr(type(app.tables).on_commit, "_fixed", False)
+    assert not getattr(Router.route_req, "_fixed", False) and not getattr(TableManager.on_commit, "_fixed", False)
+    assert type(other.router) is Router and type(other.tables) is TableManager
+
+
+def test_installed_after_the_tables_were_declared_the_fix_falls_back_to_faust_s_class(monkeypatch, caplog):
+    from faust.tables.manager import TableManager
+
+    from faust_guarantees.fixes import persisted_offsets
+
+    monkeypatch.setattr(TableManager, "on_commit", TableManager.on_commit)  # undone after the test
+    app = faust.App("kit-late", autodiscover=False)
+    app.Table("late")  # builds the app's TableManager
+    persisted_offsets.install(state.Guarantees(app))
+    assert getattr(TableManager.on_commit, "_fixed", False) and "declared before the kit" in caplog.text
