@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
                      help="module:function (n, seed=) -> [(key, value)]; default: orders with 20 %% re-sends")
     run.add_argument("-n", "--count", type=int, default=2000, help="how many records")
     run.add_argument("--kills", type=int, default=5)
+    run.add_argument("--workers", type=int, default=1, help="workers sharing the partitions (2: kills rebalance)")
     run.add_argument("--seed", type=int, default=1)
     run.add_argument("--guarantee", default="exactly_once", choices=["at_least_once", "exactly_once"])
     run.add_argument("--partitions", type=int, default=4)
@@ -43,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         partitions=args.partitions, env=env,
     )
     records = apps.load(args.records)(args.count, seed=args.seed)
-    result = apps.run(app_run, records, apps.load(args.invariant), kills=args.kills, seed=args.seed)
+    result = apps.run(app_run, records, apps.load(args.invariant), kills=args.kills, seed=args.seed,
+                      workers=args.workers)
     print(result.summary())
     return 0 if result.holds else 1
 

@@ -8,7 +8,8 @@ membership so a restarted worker takes its partitions back at once) plus the app
 (``env``); records go into its input topic in chunks with a SIGKILL and a restart at a
 seeded random moment during each; once its group has committed past every input record,
 its output topics are read back with ``read_committed`` (what a downstream exactly-once
-reader sees), and the user's invariant says what is wrong.
+reader sees), and the user's invariant says what is wrong. With ``--workers 2`` the kills
+also rebalance the partitions between the workers.
 
     python -m lab run --app examples.order_dedup --input orders --output orders.unique \\
         --invariant lab.apps:each_key_once --count 2000 --kills 5 --env ORDERS_PREFIX=orders
@@ -123,33 +124,42 @@ class AppResult:
 
 
 def run(app_run: AppRun, records: Sequence[tuple[bytes | None, bytes | None]], invariant: Invariant, *,
-        kills: int = 5, seed: int = 1, drain_timeout: float = 180.0) -> AppResult:
-    """Run ``app_run``'s app on ``records`` with ``kills`` SIGKILLs; check ``invariant``."""
+        kills: int = 5, seed: int = 1, workers: int = 1, drain_timeout: float = 180.0) -> AppResult:
+    """Run ``app_run``'s app on ``records`` with ``kills`` SIGKILLs; check ``invariant``.
+
+    With ``workers`` > 1 the workers share the partitions (one consumer group), and each
+    kill hits one of them at random: every kill and restart is also a rebalance."""
     started = time.monotonic()
     rng = random.Random(seed)
     shutil.rmtree(app_run.workdir, ignore_errors=True)
     app_run.workdir.mkdir(parents=True)
     asyncio.run(_create_topics(app_run))
-    worker = FaustWorker(app_run.app, app_run.workdir, "w1", app_run.worker_env)
+    pool = [FaustWorker(app_run.app, app_run.workdir, f"w{n + 1}", app_run.worker_env) for n in range(workers)]
     notes: list[str] = []
     restarts = 0
+    drained = False
+    chunks = _chunks(list(records), kills + 1)
     try:
-        worker.start()
-        worker.wait_ready()
-        chunks = _chunks(list(records), kills + 1)
+        for worker in pool:
+            worker.start()
+        for worker in pool:
+            worker.wait_ready()
         for chunk in chunks[:-1]:
             asyncio.run(_produce(app_run, chunk))
             time.sleep(rng.uniform(0.05, 1.0))
-            worker.kill()
-            worker.start()
+            victim = rng.choice(pool)
+            victim.kill()
+            victim.start()
             restarts += 1
-            worker.wait_ready()
+            victim.wait_ready()
         asyncio.run(_produce(app_run, chunks[-1]))
-        drained, restarted = _wait_drained(app_run, worker, drain_timeout, notes)
+        drained, restarted = _wait_drained(app_run, pool, drain_timeout, notes)
         restarts += restarted
-        worker.stop()
+        for worker in pool:
+            worker.stop()
     finally:
-        worker.kill()
+        for worker in pool:
+            worker.kill()
     inputs = asyncio.run(read_topic(app_run.bootstrap, app_run.input_topic))
     outputs = {topic: asyncio.run(read_topic(app_run.bootstrap, topic)) for topic in app_run.output_topics}
     return AppResult(
@@ -195,20 +205,21 @@ def _uncommitted(app_run: AppRun) -> int:
     return asyncio.run(count())
 
 
-def _wait_drained(app_run: AppRun, worker: FaustWorker, timeout: float, notes: list[str]) -> tuple[bool, int]:
+def _wait_drained(app_run: AppRun, pool: list[FaustWorker], timeout: float, notes: list[str]) -> tuple[bool, int]:
     """Wait until the group committed past every input record, twice, 2 s apart; a worker
     that died on its own is restarted (and said so). Returns (drained, restarts)."""
     deadline = time.monotonic() + timeout
     clean, restarts = 0, 0
     while time.monotonic() < deadline:
-        if not worker.running:
-            notes.append(f"the worker exited on its own ({worker.returncode}); restarted")
-            worker.start()
-            restarts += 1
-            try:
-                worker.wait_ready()
-            except (RuntimeError, TimeoutError):
-                continue
+        for worker in pool:
+            if not worker.running:
+                notes.append(f"{worker.name} exited on its own ({worker.returncode}); restarted")
+                worker.start()
+                restarts += 1
+                try:
+                    worker.wait_ready()
+                except (RuntimeError, TimeoutError):
+                    continue
         if _uncommitted(app_run) == 0:
             clean += 1
             if clean == 2:

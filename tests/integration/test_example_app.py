@@ -16,18 +16,25 @@ from lab import apps
 pytestmark = pytest.mark.integration
 
 
-def _run(app: str, kafka_bootstrap: str, workdir: Path, seed: int) -> apps.AppResult:
+def _run(app: str, kafka_bootstrap: str, workdir: Path, seed: int, workers: int = 1) -> apps.AppResult:
     prefix = f"ex-{uuid.uuid4().hex[:8]}"
     app_run = apps.AppRun(
         app=app, input_topic=prefix, output_topics=[f"{prefix}.unique"], group=f"{prefix}-dedup",
         bootstrap=kafka_bootstrap, workdir=workdir, guarantee="exactly_once", env={"ORDERS_PREFIX": prefix},
     )
-    return apps.run(app_run, apps.order_records(2000, seed=seed), apps.each_key_once, kills=4, seed=seed)
+    return apps.run(app_run, apps.order_records(2000, seed=seed), apps.each_key_once, kills=4, seed=seed,
+                    workers=workers)
 
 
 def test_the_example_app_through_the_kit_forwards_every_order_once_under_sigkills(kafka_bootstrap, tmp_path):
     result = _run("examples.order_dedup", kafka_bootstrap, tmp_path / "kit", seed=3)
     assert result.kills == 4 and result.inputs == 2000
+    assert result.holds, result.summary()
+
+
+def test_with_two_workers_every_kill_is_also_a_rebalance_and_the_kit_s_app_stays_exact(kafka_bootstrap, tmp_path):
+    result = _run("examples.order_dedup", kafka_bootstrap, tmp_path / "kit-2", seed=5, workers=2)
+    assert result.kills == 4
     assert result.holds, result.summary()
 
 
