@@ -44,7 +44,7 @@ __all__ = [
 
 def install(
     app: Any, fixes: Iterable[str] | None = None, *, guarantee: str | None = None,
-    producer_idempotence: bool = True, on_unverified: str = "fail",
+    producer_idempotence: bool = True, on_unverified: str = "fail", stop_timeout: float = 15.0,
 ) -> Guarantees:
     """Install the fixes into ``app`` (before its worker starts); return its :class:`Guarantees`.
 
@@ -56,6 +56,7 @@ def install(
     ``on_unverified``: ``"fail"`` (default) raises :class:`UnverifiedUpstream` when the
     installed faust-streaming or aiokafka is not the code the fixes were verified on, naming
     the fixes to re-verify, before anything is changed; ``"warn"`` logs it and goes on.
+    ``stop_timeout``: how long a stop waits for the records in progress (bounded-stop).
     """
     enabled = tuple(FIXES) if fixes is None else tuple(fixes)
     unknown = [name for name in enabled if name not in BY_NAME]
@@ -73,7 +74,7 @@ def install(
         log.warning("%s", error)
     guarantees = state.attach(Guarantees(
         app, enabled, exactly_once=guarantee == "exactly_once", at_most_once=guarantee == "at_most_once",
-        producer_idempotence=producer_idempotence,
+        producer_idempotence=producer_idempotence, stop_timeout=stop_timeout,
     ))
     producer.install()
 

@@ -23,13 +23,18 @@ class Guarantees:
     """The installed fixes of one app, and the state they share with its agents."""
 
     def __init__(self, app: Any, fixes: tuple[str, ...] = (), *, exactly_once: bool = False,
-                 at_most_once: bool = False, producer_idempotence: bool = False) -> None:
+                 at_most_once: bool = False, producer_idempotence: bool = False,
+                 stop_timeout: float = 15.0) -> None:
         self.app = app
         self.fixes = fixes
         self.exactly_once = exactly_once
         self.at_most_once = at_most_once
         #: Every producer of the app idempotent, not only exactly_once's (producer.py).
         self.producer_idempotence = producer_idempotence
+        #: How long a stop waits for the records in progress (bounded-stop).
+        self.stop_timeout = stop_timeout
+        #: Why this worker's stop was not clean (records left in progress), if it was not.
+        self.unclean_stop: str | None = None
         self.gate = CommitGate()
         self.memory = ProcessedMemory()
         #: How often each fix did something stock Faust would not have: (fix, action) -> n.

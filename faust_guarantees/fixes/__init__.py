@@ -12,6 +12,7 @@ from __future__ import annotations
 from types import ModuleType
 
 from . import (
+    bounded_stop,
     bulk_restore,
     changelog_metadata,
     commit_at_revocation,
@@ -59,6 +60,7 @@ MODULES: tuple[ModuleType, ...] = (
     concurrent_commits,
     route_metadata,
     no_head_of_line_blocking,
+    bounded_stop,
 )
 
 BY_NAME: dict[str, ModuleType] = {module.NAME: module for module in MODULES}

@@ -44,8 +44,9 @@ def install(guarantees: Guarantees) -> None:
 
     async def on_shutdown() -> None:
         await shutdown()
-        # A fenced or crashed worker's state may hold rows of transactions the broker aborted.
-        if not guarantees.fenced and not app._crashed.is_set():
+        # A fenced or crashed worker's state, or one stopped with records in progress, may hold
+        # rows of transactions the broker aborts.
+        if not guarantees.fenced and not app._crashed.is_set() and guarantees.unclean_stop is None:
             on_worker_stopped(Path(app.conf.tabledir))
 
     app.on_first_start = on_first_start

@@ -124,3 +124,40 @@ def _applied_ids(config) -> set[str]:
     """The event ids in ``applied`` (under at_least_once a restart may apply some twice)."""
     return {json.loads(record.value)["event_id"] for record in asyncio.run(read_topic(config.bootstrap,
                                                                                        config.topic("applied")))}
+
+
+@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
+def test_sigterm_during_a_sink_outage_stops_the_worker_and_loses_nothing(pipeline_factory, own_pg_server,
+                                                                         own_fresh_db, guarantee):
+    """The sink holds its records (neither acked nor dead-lettered) while the database is
+    down; Faust's stop waited for them without end (still running 90 s after SIGTERM, until
+    the database came back). Now the stop gives up on them after the kit's stop_timeout,
+    without the last commit: the restarted worker charges them, each once."""
+    pipeline = pipeline_factory(guarantee, sink_db=own_fresh_db)
+    worker = pipeline.worker()
+    config = pipeline.config
+    warm = generate(20, seed=41, id_prefix=f"{config.run_id}-warm")
+    pipeline.send(warm)
+    pipeline.drain()
+
+    postgres.stop(own_pg_server.port)
+    try:
+        held = generate(300, duplicate_rate=0.2, seed=42, id_prefix=f"{config.run_id}-held")
+        pipeline.send(held)
+        wait_for(lambda: "other stages go on" in worker.log_path.read_text(), 60,
+                 "expected the sink to wait for the database")
+        stopping = time.monotonic()
+        worker.stop(timeout=60)  # raises if SIGTERM is ignored for 60 s
+        assert time.monotonic() - stopping < 60
+        assert "bounded-stop" in worker.log_path.read_text()
+    finally:
+        postgres.start(own_pg_server.port)
+    worker.start()
+    worker.wait_ready()
+    pipeline.drain()
+    for sent in (warm, held):
+        counts = asyncio.run(check(config, sent))
+        assert counts.charged_unique == counts.unique_events == len(sent.unique_events) > 0
+        assert counts.duplicate_charges == 0 and counts.lost == 0
+        if guarantee == "exactly_once":
+            assert counts.output_duplicates == 0 and counts.output_missing == 0

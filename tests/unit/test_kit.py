@@ -11,6 +11,7 @@ import asyncio
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import faust
 import pytest
@@ -27,7 +28,7 @@ def test_importing_the_kit_patches_nothing():
             "from faust.transport.drivers.aiokafka import Producer\n"
             "assert not getattr(Consumer._new_offset, '_fixed', False)\n"
             "assert not getattr(Producer._settings_extra, '_fixed', False)\n"
-            "assert len(faust_guarantees.FIXES) == 22\n")
+            "assert len(faust_guarantees.FIXES) == 23\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
 
 
@@ -185,3 +186,40 @@ def test_installed_after_the_tables_were_declared_the_fix_falls_back_to_faust_s_
     app.Table("late")  # builds the app's TableManager
     persisted_offsets.install(state.Guarantees(app))
     assert getattr(TableManager.on_commit, "_fixed", False) and "declared before the kit" in caplog.text
+
+
+def test_a_stop_waits_for_records_in_progress_only_so_long_and_then_skips_the_last_commit():
+    """bounded-stop: Faust's stop waited without end for records an agent could not finish
+    (a sink waiting out its database); now it gives up after stop_timeout, commits nothing
+    more, and marks the stop unclean."""
+    from faust_guarantees.fixes import bounded_stop
+
+    class Consumer:
+        _unacked_messages = {"held"}
+        should_stop = False
+
+        def __init__(self) -> None:
+            self.commits = 0
+
+        async def commit(self) -> None:
+            self.commits += 1
+
+        async def _wait_for_ack(self, timeout: float) -> None:
+            await asyncio.sleep(min(timeout, 0.05))
+
+        def _clean_unacked_messages(self) -> None:
+            pass
+
+        async def commit_and_end_transactions(self) -> None:
+            raise AssertionError("no last commit while records are in progress")
+
+    async def stock(consumer, logger) -> None:
+        raise AssertionError("not called at a stop")
+
+    app = SimpleNamespace(should_stop=True, _consumer_wait_empty=stock, conf=SimpleNamespace(stream_wait_empty=True))
+    guarantees = state.Guarantees(app, stop_timeout=0.3)
+    bounded_stop.install(guarantees)
+    consumer = Consumer()
+    asyncio.run(asyncio.wait_for(app._consumer_wait_empty(consumer, SimpleNamespace(info=lambda *a: None)), 5))
+    assert guarantees.unclean_stop and consumer.commits >= 1
+    assert guarantees.interventions[("bounded-stop", "stop-without-last-commit")] == 1
