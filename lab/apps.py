@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import os
 import random
 import shutil
 import time
@@ -81,8 +82,6 @@ class AppRun:
     env: Mapping[str, str] = field(default_factory=dict)
 
     def worker_env(self, name: str, web_port: int, crash_at: str | None = None) -> dict[str, str]:
-        import os
-
         env = dict(os.environ)
         env.update({
             "BROKER_URL": f"kafka://{self.bootstrap}",
@@ -138,13 +137,13 @@ def run(app_run: AppRun, records: Sequence[tuple[bytes | None, bytes | None]], i
     notes: list[str] = []
     restarts = 0
     drained = False
-    chunks = _chunks(list(records), kills + 1)
+    parts = chunks(list(records), kills + 1)
     try:
         for worker in pool:
             worker.start()
         for worker in pool:
             worker.wait_ready()
-        for chunk in chunks[:-1]:
+        for chunk in parts[:-1]:
             asyncio.run(_produce(app_run, chunk))
             time.sleep(rng.uniform(0.05, 1.0))
             victim = rng.choice(pool)
@@ -152,7 +151,7 @@ def run(app_run: AppRun, records: Sequence[tuple[bytes | None, bytes | None]], i
             victim.start()
             restarts += 1
             victim.wait_ready()
-        asyncio.run(_produce(app_run, chunks[-1]))
+        asyncio.run(_produce(app_run, parts[-1]))
         drained, restarted = _wait_drained(app_run, pool, drain_timeout, notes)
         restarts += restarted
         for worker in pool:
@@ -164,12 +163,13 @@ def run(app_run: AppRun, records: Sequence[tuple[bytes | None, bytes | None]], i
     outputs = {topic: asyncio.run(read_topic(app_run.bootstrap, topic)) for topic in app_run.output_topics}
     return AppResult(
         problems=invariant(inputs, outputs), inputs=len(inputs),
-        outputs={topic: len(found) for topic, found in outputs.items()}, kills=len(chunks) - 1,
+        outputs={topic: len(found) for topic, found in outputs.items()}, kills=len(parts) - 1,
         restarts=restarts, drained=drained, seconds=time.monotonic() - started, notes=notes,
     )
 
 
-def _chunks(records: list, n: int) -> list[list]:
+def chunks(records: list, n: int) -> list[list]:
+    """``records`` in ``n`` chunks of (nearly) equal size, in order."""
     size = -(-len(records) // n)
     return [records[i:i + size] for i in range(0, len(records), size)] or [[]]
 

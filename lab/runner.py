@@ -30,6 +30,7 @@ from streams_app.admin import delete_topics_containing, ensure_topics, send_reco
 from streams_app.settings import Settings
 from streams_app.traffic import Traffic, generate
 
+from .apps import chunks
 from .checker import check
 from .proxy import FaultProxy
 from common.readback import committed_offsets, read_topic, uncommitted
@@ -229,11 +230,6 @@ def create_topics(config: PipelineConfig) -> None:
     asyncio.run(ensure_topics(settings))
 
 
-def _chunks(records: list, n: int) -> list[list]:
-    size = -(-len(records) // n)
-    return [records[i:i + size] for i in range(0, len(records), size)] or [[]]
-
-
 # -- fault injection ---------------------------------------------------------------
 
 
@@ -276,8 +272,8 @@ def _random_kills(run: _Run) -> list[WorkerProcess]:
     worker = run.worker()
     worker.start()
     worker.wait_ready()
-    chunks = _chunks(run.traffic.records, run.kills + 1)
-    for chunk in chunks[:-1]:
+    parts = chunks(run.traffic.records, run.kills + 1)
+    for chunk in parts[:-1]:
         run.send(chunk)
         time.sleep(run.rng.uniform(0.05, 1.0))
         worker.kill()
@@ -285,7 +281,7 @@ def _random_kills(run: _Run) -> list[WorkerProcess]:
         worker.start()
         run.injected.restarts += 1
         worker.wait_ready()
-    run.send(chunks[-1])
+    run.send(parts[-1])
     return [worker]
 
 
@@ -296,7 +292,7 @@ def _rebalance(run: _Run) -> list[WorkerProcess]:
         w.start()
     for w in (w1, w2):
         w.wait_ready()
-    first, second, third = _chunks(run.traffic.records, 3)
+    first, second, third = chunks(run.traffic.records, 3)
     run.send(first)
     time.sleep(run.rng.uniform(0.1, 0.8))
     w2.kill()
@@ -390,7 +386,7 @@ def _one_worker_half_the_traffic(run: _Run) -> tuple[WorkerProcess, list]:
     worker = run.worker()
     worker.start()
     worker.wait_ready()
-    first, second = _chunks(run.traffic.records, 2)
+    first, second = chunks(run.traffic.records, 2)
     run.send(first)
     time.sleep(run.rng.uniform(0.2, 1.0))  # the fault lands while the first half is processed
     return worker, second
@@ -450,7 +446,7 @@ def _zombie(run: _Run) -> list[WorkerProcess]:
         w.start()
     for w in (w1, w2):
         w.wait_ready()
-    first, second = _chunks(run.traffic.records, 2)
+    first, second = chunks(run.traffic.records, 2)
     run.send(first)
     time.sleep(run.rng.uniform(0.2, 0.8))
     w1.pause()

@@ -38,7 +38,8 @@ from streams_app.traffic import generate
 from tables.seen_events import SWEEP_BUDGET, SWEEP_INTERVAL, delete_keys, expired_keys
 
 from .checker import check
-from .runner import _chunks, _run_id, create_topics, local_cluster, wait_drained
+from .apps import chunks
+from .runner import _run_id, create_topics, local_cluster, wait_drained
 from .workers import PipelineConfig, WorkerProcess
 
 SAMPLE_S = 10.0
@@ -109,7 +110,7 @@ def run_soak(*, minutes: float, rate: int, kill_every: float, bounce_every: floa
     next_sample = 0.0
     bounced: tuple[int, float] | None = None
     try:
-        for chunk in _chunks(traffic.records, max(1, int(minutes * 60))):  # one chunk a second
+        for chunk in chunks(traffic.records, max(1, int(minutes * 60))):  # one chunk a second
             second = time.monotonic()
             _send(config, chunk)
             now = time.monotonic() - started

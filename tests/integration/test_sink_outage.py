@@ -32,12 +32,8 @@ def test_other_stages_keep_committing_while_the_sink_database_is_down(pipeline_f
     fetch that brings more ``applied`` records than the queue has room for must not block the
     consumer's delivery of every other topic (head-of-line blocking: one stuck stage would
     stop dedup and apply too)."""
-    pipeline = pipeline_factory("exactly_once", sink_db=own_fresh_db)
-    worker = pipeline.worker()
+    pipeline, worker, warm = _warmed_up(pipeline_factory, "exactly_once", own_fresh_db, seed=21)
     config = pipeline.config
-    warm = generate(20, seed=21, id_prefix=f"{config.run_id}-warm")
-    pipeline.send(warm)
-    pipeline.drain()  # the ledger has connected and charged: the outage meets a live pool
 
     postgres.stop(own_pg_server.port)
     down_at = time.monotonic()
@@ -77,12 +73,8 @@ def test_a_worker_restarted_during_the_outage_with_a_backlog_for_the_sink_still_
     has room for blocks the consumer's delivery of EVERY topic until the sink takes some
     (head-of-line blocking): new payments would not even be deduplicated or applied until
     the database came back."""
-    pipeline = pipeline_factory("at_least_once", sink_db=own_fresh_db)
-    worker = pipeline.worker()
+    pipeline, worker, warm = _warmed_up(pipeline_factory, "at_least_once", own_fresh_db, seed=31)
     config = pipeline.config
-    warm = generate(20, seed=31, id_prefix=f"{config.run_id}-warm")
-    pipeline.send(warm)
-    pipeline.drain()
 
     postgres.stop(own_pg_server.port)
     try:
@@ -133,12 +125,8 @@ def test_sigterm_during_a_sink_outage_stops_the_worker_and_loses_nothing(pipelin
     down; Faust's stop waited for them without end (still running 90 s after SIGTERM, until
     the database came back). Now the stop gives up on them after the kit's stop_timeout,
     without the last commit: the restarted worker charges them, each once."""
-    pipeline = pipeline_factory(guarantee, sink_db=own_fresh_db)
-    worker = pipeline.worker()
+    pipeline, worker, warm = _warmed_up(pipeline_factory, guarantee, own_fresh_db, seed=41)
     config = pipeline.config
-    warm = generate(20, seed=41, id_prefix=f"{config.run_id}-warm")
-    pipeline.send(warm)
-    pipeline.drain()
 
     postgres.stop(own_pg_server.port)
     try:
@@ -161,3 +149,14 @@ def test_sigterm_during_a_sink_outage_stops_the_worker_and_loses_nothing(pipelin
         assert counts.duplicate_charges == 0 and counts.lost == 0
         if guarantee == "exactly_once":
             assert counts.output_duplicates == 0 and counts.output_missing == 0
+
+
+def _warmed_up(pipeline_factory, guarantee: str, sink_db: str, seed: int):
+    """A pipeline whose worker has charged 20 payments: the ledger has connected, so an
+    outage meets a live pool. Returns (pipeline, its worker, the warm-up traffic)."""
+    pipeline = pipeline_factory(guarantee, sink_db=sink_db)
+    worker = pipeline.worker()
+    warm = generate(20, seed=seed, id_prefix=f"{pipeline.config.run_id}-warm")
+    pipeline.send(warm)
+    pipeline.drain()
+    return pipeline, worker, warm
