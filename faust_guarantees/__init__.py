@@ -14,8 +14,10 @@ Then every agent that must not lose or repeat an event processes it through the
 processing discipline (:mod:`faust_guarantees.processing`: acks after the work, records
 delivered twice skipped, the exactly_once commit gate).
 
-Several fixes replace methods on Faust's and aiokafka's classes (once per process, marked
-and fingerprinted: :mod:`faust_guarantees.guard`); their state lives per app in
+The fixes replace methods on the app's own subclasses of Faust's classes
+(:mod:`faust_guarantees.classes`: another app of the process keeps stock Faust; two
+process-wide exceptions are named there), marked and fingerprinted
+(:mod:`faust_guarantees.guard`); their state lives per app in
 :class:`~faust_guarantees.state.Guarantees`, never in module globals.
 """
 
@@ -25,7 +27,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from . import producer, state
+from . import classes, producer, state
 from .fencing import fenced, is_fenced, on_fenced
 from .fixes import BY_NAME, MODULES, description
 from .guard import VERIFIED_VERSIONS, UnverifiedUpstream, current_fingerprints, fingerprint, unverified
@@ -75,8 +77,9 @@ def install(
     guarantees = state.attach(Guarantees(
         app, enabled, exactly_once=guarantee == "exactly_once", at_most_once=guarantee == "at_most_once",
         producer_idempotence=producer_idempotence, stop_timeout=stop_timeout,
+        classes=classes.build(app),
     ))
-    producer.install()
+    producer.install(guarantees)
 
     async def forget_revoked(sender: object, revoked: set[Any], **kwargs: object) -> None:
         guarantees.memory.forget(revoked)  # another worker may redo their uncommitted work

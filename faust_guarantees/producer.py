@@ -13,10 +13,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import state
-from ._patch import replace
 
 
-def install() -> None:
+def install(guarantees: state.Guarantees) -> None:
     from faust.transport.drivers.aiokafka import Producer
 
     def _settings_extra(self: Producer) -> Mapping[str, Any]:
@@ -24,4 +23,4 @@ def install() -> None:
             return {"acks": "all", "enable_idempotence": True}
         return {"enable_idempotence": False}
 
-    replace(Producer, "_settings_extra", _settings_extra)
+    guarantees.classes.replace(Producer, "_settings_extra", _settings_extra)

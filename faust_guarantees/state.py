@@ -1,8 +1,9 @@
 """What the kit keeps for one app, in one object (not on Faust's or aiokafka's objects).
 
 :func:`faust_guarantees.install` creates it; the fixes and the processing helpers find it
-with :func:`of`. The fixes replace functions on shared classes (once per process), so a
-patched method reaches the state of the app it runs for through ``self.app``.
+with :func:`of`. The fixes replace methods on the app's own subclasses of Faust's classes
+(:mod:`faust_guarantees.classes`); a fixed method reaches its app's state through
+``self.app``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from .classes import AppClasses, standalone
 from .gate import CommitGate
 from .memory import ProcessedMemory
 
@@ -24,8 +26,11 @@ class Guarantees:
 
     def __init__(self, app: Any, fixes: tuple[str, ...] = (), *, exactly_once: bool = False,
                  at_most_once: bool = False, producer_idempotence: bool = False,
-                 stop_timeout: float = 15.0) -> None:
+                 stop_timeout: float = 15.0, classes: AppClasses | None = None) -> None:
         self.app = app
+        #: The app's own subclasses of the Faust classes the fixes change (classes.py);
+        #: for no app (unit tests), subclasses no app uses.
+        self.classes = classes if classes is not None else standalone()
         self.fixes = fixes
         self.exactly_once = exactly_once
         self.at_most_once = at_most_once

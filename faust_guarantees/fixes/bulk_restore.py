@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .._patch import replace
 from ..probe import bootstrap
 from ..restore import BULK_MIN_RECORDS, bulk_restore
 from ..state import Guarantees
@@ -54,4 +53,4 @@ def install(guarantees: Guarantees) -> None:
                     destination[tp] = last
         await stock(self, consumer, tps, destination, title)
 
-    replace(Recovery, "_build_offsets", _build_offsets)
+    guarantees.classes.replace(Recovery, "_build_offsets", _build_offsets)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 
-from .._patch import replace
 from ..state import Guarantees
 
 log = logging.getLogger(__name__)
@@ -41,4 +40,4 @@ def install(guarantees: Guarantees) -> None:
             return  # not in the metadata snapshot yet: check again at the next write
         stock(self, source_topic)
 
-    replace(Collection, "_verify_source_topic_partitions", _verify_source_topic_partitions)
+    guarantees.classes.replace(Collection, "_verify_source_topic_partitions", _verify_source_topic_partitions)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .._patch import replace
 from .. import state
 from ..state import Guarantees
 
@@ -67,4 +66,4 @@ def install(guarantees: Guarantees) -> None:
                 self._read_offset.pop(tp, None)
                 self._committed_offset.pop(tp, None)
 
-    replace(Consumer, "on_partitions_revoked", on_partitions_revoked)
+    guarantees.classes.replace(Consumer, "on_partitions_revoked", on_partitions_revoked)

@@ -19,7 +19,6 @@ import asyncio
 import logging
 from typing import Any
 
-from .._patch import replace
 from .. import state
 from ..fencing import fenced
 from ..state import Guarantees
@@ -56,8 +55,8 @@ def install(guarantees: Guarantees) -> None:
                 return False  # changelog records not in their transactions: commit nothing
             return await stock_force_commit(self, topics, start_new_transaction=start_new_transaction)
 
-    replace(ProducerBuffer, "_send_pending", send_pending)
-    replace(Consumer, "force_commit", force_commit)
+    guarantees.classes.replace(ProducerBuffer, "_send_pending", send_pending)
+    guarantees.classes.replace(Consumer, "force_commit", force_commit)
 
 
 async def _drain(buffer: Any, app: Any) -> bool:

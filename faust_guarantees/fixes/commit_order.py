@@ -23,7 +23,6 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from .._patch import replace
 from ..state import Guarantees
 
 log = logging.getLogger(__name__)
@@ -54,7 +53,7 @@ def install(guarantees: Guarantees) -> None:
                 highest.update({_key(tp): offset for tp, offset in ahead.items()})
             return done
 
-    replace(ThreadDelegateConsumer, "_commit", _commit)
+    guarantees.classes.replace(ThreadDelegateConsumer, "_commit", _commit)
 
 
 def _key(tp: Any) -> tuple[str, int]:

@@ -20,7 +20,6 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from .._patch import replace
 from ..state import Guarantees
 
 log = logging.getLogger(__name__)
@@ -56,4 +55,4 @@ def install(guarantees: Guarantees) -> None:
             if isinstance(result, BaseException):
                 raise result
 
-    replace(Producer, "commit_transactions", commit_transactions)
+    guarantees.classes.replace(Producer, "commit_transactions", commit_transactions)

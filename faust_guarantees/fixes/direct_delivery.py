@@ -23,7 +23,6 @@ import asyncio
 import logging
 from typing import Any
 
-from .._patch import installed, replace
 from ..state import Guarantees
 
 log = logging.getLogger(__name__)
@@ -41,8 +40,6 @@ def install(guarantees: Guarantees) -> None:
     import faust
     from faust.transport.consumer import CONSUMER_FETCHING, Consumer
 
-    if installed(Consumer, "_drain_messages"):
-        return
     if not faust.__version__.startswith("0.15."):
         log.warning("direct-delivery: written for faust-streaming 0.15, found %s: not installed",
                     faust.__version__)
@@ -127,4 +124,4 @@ def install(guarantees: Guarantees) -> None:
         finally:
             unset_flag(CONSUMER_FETCHING)
 
-    replace(Consumer, "_drain_messages", _drain_messages)
+    guarantees.classes.replace(Consumer, "_drain_messages", _drain_messages)

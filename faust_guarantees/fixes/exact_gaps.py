@@ -56,6 +56,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .._patch import replace
+from ..classes import AppClasses
 from .. import state
 from ..seeking import quiescent_seek
 from ..state import Guarantees
@@ -168,15 +169,16 @@ def seek_unless_moved(client: Any, tp: Any, epoch: int, offset: int) -> bool:
     return True
 
 
-def _patch_seek_epochs() -> None:
-    """Count every seek the client runs, per partition, and note the counts with each
-    fetch: a record fetched before a seek of its partition is stale once the seek ran."""
+def count_seeks() -> None:
+    """Count every seek an aiokafka client runs, per partition (:func:`seek_epochs`).
+
+    aiokafka builds its Fetcher itself, out of any app's reach: process-wide, every
+    client's seeks are counted (one dict write per seek); only a fixed app's consumer
+    thread reads the counts."""
     from aiokafka.consumer.fetcher import Fetcher
-    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
     stock_seek_to = Fetcher.seek_to
     stock_request_offset_reset = Fetcher.request_offset_reset
-    stock_fetch_records = AIOKafkaConsumerThread._fetch_records
 
     def seek_to(self: Any, tp: Any, offset: int) -> Any:
         epochs = self.__dict__.setdefault("_seek_epochs", {})
@@ -191,6 +193,17 @@ def _patch_seek_epochs() -> None:
             epochs[tp] = epochs.get(tp, 0) + 1
         return stock_request_offset_reset(self, tps, strategy)
 
+    replace(Fetcher, "seek_to", seek_to)
+    replace(Fetcher, "request_offset_reset", request_offset_reset)
+
+
+def _patch_seek_epochs(classes: AppClasses) -> None:
+    """Note the seek counts with each fetch: a record fetched before a seek of its
+    partition is stale once the seek ran."""
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    stock_fetch_records = AIOKafkaConsumerThread._fetch_records
+
     async def _fetch_records(self: Any, consumer: Any, active_partitions: Any, timeout: Any = None,
                              max_records: Any = None) -> Any:
         records = await stock_fetch_records(self, consumer, active_partitions, timeout=timeout,
@@ -199,9 +212,8 @@ def _patch_seek_epochs() -> None:
         self._fetch_epochs = {tp: epochs.get(tp, 0) for tp in records or ()}
         return records
 
-    replace(Fetcher, "seek_to", seek_to)
-    replace(Fetcher, "request_offset_reset", request_offset_reset)
-    replace(AIOKafkaConsumerThread, "_fetch_records", _fetch_records)
+    count_seeks()
+    classes.replace(AIOKafkaConsumerThread, "_fetch_records", _fetch_records)
 
 
 def _track(consumer: Any) -> FetchTrack:
@@ -223,7 +235,7 @@ def strict_new_offset(acked: list[int], committed: int | None) -> tuple[int | No
     return batch[-1] + 1, len(batch)
 
 
-def _patch_consumer() -> None:
+def _patch_consumer(classes: AppClasses) -> None:
     from faust.transport.consumer import Consumer
 
     stock_wait_next_records = Consumer._wait_next_records
@@ -347,9 +359,9 @@ def _patch_consumer() -> None:
     for name, fixed in (("stop_flow", stop_flow), ("_wait_next_records", _wait_next_records),
                         ("getmany", getmany), ("perform_seek", perform_seek), ("seek", seek),
                         ("_add_gap", _add_gap), ("_new_offset", _new_offset)):
-        replace(Consumer, name, fixed)
+        classes.replace(Consumer, name, fixed)
 
 
 def install(guarantees: Guarantees) -> None:
-    _patch_seek_epochs()
-    _patch_consumer()
+    _patch_seek_epochs(guarantees.classes)
+    _patch_consumer(guarantees.classes)

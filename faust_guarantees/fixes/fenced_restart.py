@@ -24,7 +24,6 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from .._patch import replace
 from ..fencing import fenced, on_fenced
 from ..state import Guarantees
 
@@ -58,7 +57,7 @@ def install(guarantees: Guarantees) -> None:
             return False
         return True
 
-    replace(TransactionManager, "commit", commit)
+    guarantees.classes.replace(TransactionManager, "commit", commit)
 
 
 def _by_transactional_id(app: Any, offsets: Mapping[Any, int]) -> dict[str, dict[Any, int]]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .._patch import replace
 from ..state import Guarantees
 
 log = logging.getLogger(__name__)
@@ -48,4 +47,4 @@ def install(guarantees: Guarantees) -> None:
             return None  # being sought or reset: nothing to verify yet
         return stock(self, now, tp)
 
-    replace(AIOKafkaConsumerThread, "verify_event_path", verify_event_path)
+    guarantees.classes.replace(AIOKafkaConsumerThread, "verify_event_path", verify_event_path)

@@ -8,9 +8,8 @@ partition numbers (tables are co-partitioned).
 
 Regression test: test_persisted_offsets_under_exactly_once.
 
-Installed per app: a subclass of the app's TableManager (App setting TableManager),
-unless the app declared tables before the kit was installed (then on Faust's class, with
-a warning).
+Installed on the app's own TableManager subclass (App setting TableManager;
+faust_guarantees/classes.py).
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from .._patch import override
 from ..state import Guarantees
 
 log = logging.getLogger(__name__)
@@ -34,6 +32,8 @@ UPSTREAM = {
 
 
 def install(guarantees: Guarantees) -> None:
+    from faust.tables.manager import TableManager
+
     def on_commit(self: Any, offsets: Mapping[Any, int]) -> None:
         committed = {tp.partition for tp in offsets}
         pending = self._pending_persisted_offsets
@@ -41,6 +41,4 @@ def install(guarantees: Guarantees) -> None:
             store, offset = pending.pop(changelog_tp)
             store.set_persisted_offset(changelog_tp, offset)
 
-    if not override(guarantees.app, "TableManager", "tables", "on_commit", on_commit):
-        log.warning("persisted-offsets: the app's tables were declared before the kit was installed: "
-                    "fixed on Faust's TableManager class instead (every app of this process)")
+    guarantees.classes.replace(TableManager, "on_commit", on_commit)

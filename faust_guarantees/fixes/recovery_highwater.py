@@ -20,7 +20,6 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from .._patch import replace
 from ..state import Guarantees
 
 log = logging.getLogger(__name__)
@@ -42,4 +41,4 @@ def install(guarantees: Guarantees) -> None:
         # last stable offset, from the broker, fetched or not.
         return await self._ensure_consumer().end_offsets(partitions)
 
-    replace(AIOKafkaConsumerThread, "_highwaters", _highwaters)
+    guarantees.classes.replace(AIOKafkaConsumerThread, "_highwaters", _highwaters)

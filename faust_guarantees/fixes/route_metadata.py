@@ -10,8 +10,8 @@ No test of its own yet (the failure was intermittent);
 test_pipeline.py::test_balance_view_is_served_by_the_worker_that_owns_the_account reads
 accounts through table_route.
 
-Installed per app: a subclass of the app's Router (App setting Router), unless the app
-built its router before the kit was installed.
+Installed on the app's own Router subclass (App setting Router;
+faust_guarantees/classes.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .._patch import override
 from ..state import Guarantees
 
 log = logging.getLogger(__name__)
@@ -34,8 +33,9 @@ UPSTREAM = {
 
 
 def install(guarantees: Guarantees) -> None:
-    app = guarantees.app
-    stock_route_req = app.conf.Router.route_req
+    from faust.app.router import Router
+
+    stock_route_req = Router.route_req
 
     async def route_req(self: Any, table_name: str, key: Any, web: Any, request: Any) -> Any:
         topic = self.app.tables[table_name].changelog_topic.get_topic_name()
@@ -43,6 +43,4 @@ def install(guarantees: Guarantees) -> None:
         await self.app.producer._ensure_producer().partitions_for(topic)  # cached after the first call
         return await stock_route_req(self, table_name, key, web, request)
 
-    if not override(app, "Router", "router", "route_req", route_req):
-        log.warning("route-metadata: the app's router was built before the kit was installed: "
-                    "fixed on Faust's Router class instead (every app of this process)")
+    guarantees.classes.replace(Router, "route_req", route_req)

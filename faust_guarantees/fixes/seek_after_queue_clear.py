@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .._patch import installed, replace
 from ..seeking import quiescent_seek
 from ..state import Guarantees
 
@@ -53,5 +52,4 @@ def install(guarantees: Guarantees) -> None:
         return resume
 
     for name in ("on_recovery_completed", "_resume_streams"):
-        if not installed(Recovery, name):
-            replace(Recovery, name, seek_again_after(getattr(Recovery, name)))
+        guarantees.classes.replace(Recovery, name, seek_again_after(getattr(Recovery, name)))

@@ -27,7 +27,6 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from .._patch import replace
 from ..state import Guarantees
 
 log = logging.getLogger(__name__)
@@ -52,7 +51,7 @@ def install(guarantees: Guarantees) -> None:
         # None for them: Faust's perform_seek then leaves the base alone (it maps 0 to None).
         return {tp: None if tp in starts else offset for tp, offset in committed.items()}
 
-    replace(AIOKafkaConsumerThread, "seek_to_committed", seek_to_committed)
+    guarantees.classes.replace(AIOKafkaConsumerThread, "seek_to_committed", seek_to_committed)
 
 
 async def _seek_all_to_committed(

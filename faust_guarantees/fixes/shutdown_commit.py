@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .._patch import replace
 from .. import state
 from ..state import Guarantees
 
@@ -66,5 +65,5 @@ def install(guarantees: Guarantees) -> None:
             return False  # not committed: the events go to the partitions' next owner
         return await stock_commit(self, topics, start_new_transaction=start_new_transaction)
 
-    replace(Consumer, "commit_and_end_transactions", commit_and_end_transactions)
-    replace(Consumer, "commit", commit)
+    guarantees.classes.replace(Consumer, "commit_and_end_transactions", commit_and_end_transactions)
+    guarantees.classes.replace(Consumer, "commit", commit)

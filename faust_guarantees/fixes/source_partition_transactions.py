@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .._patch import replace
 from ..state import Guarantees
 
 log = logging.getLogger(__name__)
@@ -81,4 +80,4 @@ def install(guarantees: Guarantees) -> None:
             transactional_id=f"{self.app.conf.id}-{group}-{source.partition}",
         )
 
-    replace(TransactionManager, "send", send)
+    guarantees.classes.replace(TransactionManager, "send", send)

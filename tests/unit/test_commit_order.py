@@ -34,8 +34,13 @@ class _Consumer:
 
 
 def _stock():
-    method = ThreadDelegateConsumer._commit
-    return getattr(method, "_stock", method)
+    return ThreadDelegateConsumer._commit  # the fix changes the app's own subclass only
+
+
+def _fixed():
+    guarantees = Guarantees(None)
+    commit_order.install(guarantees)
+    return guarantees.classes.of(ThreadDelegateConsumer)._commit
 
 
 def _committed(broker: list[dict], tp) -> int:
@@ -54,24 +59,21 @@ def test_stock_faust_lets_a_stale_commit_move_the_offset_back():
     assert _committed(consumer.broker, TP("app.unique", 0)) == 10  # events 10 and 11 come again
 
 
-def test_with_the_fix_a_commit_never_moves_the_offset_back(monkeypatch):
-    monkeypatch.setattr(ThreadDelegateConsumer, "_commit", _stock())
-    commit_order.install(Guarantees(None))
-    consumer = asyncio.run(_stage_then_stale_faust_commit(ThreadDelegateConsumer._commit))
+def test_with_the_fix_a_commit_never_moves_the_offset_back():
+    consumer = asyncio.run(_stage_then_stale_faust_commit(_fixed()))
     assert consumer.broker == [{TopicPartition("app.unique", 0): 12}]  # the stale one is not sent
 
 
-def test_with_the_fix_concurrent_commits_reach_the_broker_one_at_a_time_in_call_order(monkeypatch):
-    monkeypatch.setattr(ThreadDelegateConsumer, "_commit", _stock())
-    commit_order.install(Guarantees(None))
+def test_with_the_fix_concurrent_commits_reach_the_broker_one_at_a_time_in_call_order():
+    commit = _fixed()
     tp, other = TP("app.unique", 0), TP("app.unique", 1)
 
     async def scenario() -> _Consumer:
         consumer = _Consumer(delay=0.01)
         await asyncio.gather(
-            ThreadDelegateConsumer._commit(consumer, {tp: 5, other: 3}),
-            ThreadDelegateConsumer._commit(consumer, {tp: 7}),
-            ThreadDelegateConsumer._commit(consumer, {tp: 6, other: 4}),
+            commit(consumer, {tp: 5, other: 3}),
+            commit(consumer, {tp: 7}),
+            commit(consumer, {tp: 6, other: 4}),
         )
         return consumer
 

@@ -37,10 +37,20 @@ from faust_guarantees.fixes import (
     shutdown_commit,
     source_partition_transactions,
 )
+from faust_guarantees.classes import standalone
 from faust_guarantees.state import Guarantees
 
-#: What a fix's install() gets in these tests: the fixes below touch Faust's classes only.
+#: What a fix's install() gets in these tests: the fixes below touch classes only.
 NO_APP = Guarantees(SimpleNamespace())
+
+
+def _fixed(fix, upstream, name=None):
+    """``fix`` installed for no app: its subclass of ``upstream``, or that class's method
+    ``name``. Faust's own classes stay stock (the kit changes an app's subclasses only)."""
+    guarantees = Guarantees(SimpleNamespace())
+    fix.install(guarantees)
+    cls = guarantees.classes.of(upstream)
+    return cls if name is None else getattr(cls, name)
 
 
 class _ConsumerWhoseCommitFails:
@@ -51,8 +61,7 @@ class _ConsumerWhoseCommitFails:
 
 
 def _stock():
-    method = Consumer.commit_and_end_transactions
-    return getattr(method, "_stock", method)
+    return Consumer.commit_and_end_transactions
 
 
 def test_stock_faust_lets_a_failed_final_commit_abort_the_shutdown():
@@ -60,11 +69,10 @@ def test_stock_faust_lets_a_failed_final_commit_abort_the_shutdown():
         asyncio.run(_stock()(_ConsumerWhoseCommitFails()))
 
 
-def test_with_the_fix_a_failed_final_commit_is_logged_and_the_shutdown_goes_on(monkeypatch, caplog):
-    monkeypatch.setattr(Consumer, "commit_and_end_transactions", _stock())
-    shutdown_commit.install(NO_APP)
+def test_with_the_fix_a_failed_final_commit_is_logged_and_the_shutdown_goes_on(caplog):
+    fixed = _fixed(shutdown_commit, Consumer, "commit_and_end_transactions")
     with caplog.at_level(logging.WARNING, logger=shutdown_commit.__name__):
-        asyncio.run(Consumer.commit_and_end_transactions(_ConsumerWhoseCommitFails()))
+        asyncio.run(fixed(_ConsumerWhoseCommitFails()))
     assert "the final commit failed" in caplog.text and "Not in the middle of a transaction" in caplog.text
 
 
@@ -73,7 +81,8 @@ class _EosConsumer:
     transactional producer: offsets can be sent only inside a transaction, and a commit with
     ``start_new_transaction=False`` leaves the producer outside one."""
 
-    def __init__(self, *, stopping: bool, exactly_once: bool = True) -> None:
+    def __init__(self, *, stopping: bool, exactly_once: bool = True, cls: type = Consumer) -> None:
+        self.cls = cls  # Faust's Consumer, or the fix's subclass of it
         self.app = SimpleNamespace(client_only=False, in_transaction=exactly_once, should_stop=stopping)
         self.loop = None
         self.in_transaction = exactly_once
@@ -81,7 +90,7 @@ class _EosConsumer:
         self._commit_fut = None
 
     async def commit(self, topics=None, start_new_transaction: bool = True) -> bool:
-        return await Consumer.commit(self, topics, start_new_transaction=start_new_transaction)
+        return await self.cls.commit(self, topics, start_new_transaction=start_new_transaction)
 
     async def maybe_wait_for_commit_to_finish(self) -> bool:
         return False
@@ -94,48 +103,35 @@ class _EosConsumer:
         return True
 
 
-def _stock_commit():
-    return getattr(Consumer.commit, "_stock", Consumer.commit)
-
-
-def _with_stock_shutdown_methods(monkeypatch) -> None:
-    monkeypatch.setattr(Consumer, "commit_and_end_transactions", _stock())
-    monkeypatch.setattr(Consumer, "commit", _stock_commit())
-
-
 async def _stop_then_periodic_commit(consumer: _EosConsumer) -> bool:
     """The order of a SIGTERM: the stop's final commit ends the transactions, then the
     consumer's periodic commit task fires once more before it is cancelled."""
     consumer.loop = asyncio.get_running_loop()
-    await Consumer.commit_and_end_transactions(consumer)
-    return await Consumer.commit(consumer)
+    await consumer.cls.commit_and_end_transactions(consumer)
+    return await consumer.cls.commit(consumer)
 
 
-def test_stock_faust_commits_outside_a_transaction_after_the_stop_ended_them(monkeypatch):
-    _with_stock_shutdown_methods(monkeypatch)
+def test_stock_faust_commits_outside_a_transaction_after_the_stop_ended_them():
     with pytest.raises(IllegalOperation, match="Not in the middle of a transaction"):
         asyncio.run(_stop_then_periodic_commit(_EosConsumer(stopping=True)))
 
 
-def test_with_the_fix_no_commit_follows_the_stop_that_ended_the_transactions(monkeypatch):
-    _with_stock_shutdown_methods(monkeypatch)
-    shutdown_commit.install(NO_APP)
-    consumer = _EosConsumer(stopping=True)
+def test_with_the_fix_no_commit_follows_the_stop_that_ended_the_transactions():
+    consumer = _EosConsumer(stopping=True, cls=_fixed(shutdown_commit, Consumer))
     assert asyncio.run(_stop_then_periodic_commit(consumer)) is False
     assert consumer.commits == 1  # the stop's own final commit, and nothing after it
 
 
-def test_the_fix_leaves_commits_after_a_revocation_and_under_at_least_once_alone(monkeypatch):
+def test_the_fix_leaves_commits_after_a_revocation_and_under_at_least_once_alone():
     """A revocation ends the transactions too, but Faust begins new ones for the partitions
     it keeps; and at_least_once commits have no transaction to be outside of."""
-    _with_stock_shutdown_methods(monkeypatch)
-    shutdown_commit.install(NO_APP)
+    fixed = _fixed(shutdown_commit, Consumer)
 
-    revoked = _EosConsumer(stopping=False)
+    revoked = _EosConsumer(stopping=False, cls=fixed)
     with pytest.raises(IllegalOperation):  # the commit is attempted: not skipped by the fix
         asyncio.run(_stop_then_periodic_commit(revoked))
 
-    at_least_once = _EosConsumer(stopping=True, exactly_once=False)
+    at_least_once = _EosConsumer(stopping=True, exactly_once=False, cls=fixed)
     assert asyncio.run(_stop_then_periodic_commit(at_least_once)) is True
     assert at_least_once.commits == 2
 
@@ -164,14 +160,13 @@ class _Table:
 def _verify():
     from faust.tables.base import Collection
 
-    method = Collection._verify_source_topic_partitions
-    return getattr(method, "_stock", method), method
+    return (Collection._verify_source_topic_partitions,
+            _fixed(changelog_metadata, Collection, "_verify_source_topic_partitions"))
 
 
 def test_a_changelog_missing_from_the_metadata_snapshot_is_not_a_partition_mismatch():
     from faust.exceptions import PartitionsMismatch
 
-    changelog_metadata.install(NO_APP)
     stock, fixed = _verify()
     not_yet_known = {"app.events": 4, "app-seen-events-changelog": 0}
     with pytest.raises(PartitionsMismatch, match="has 0 partitions"):
@@ -202,14 +197,12 @@ class _TransactionManager:
         self.sent.append((partition, transactional_id))
 
 
-def test_a_changelog_write_goes_to_its_partition_s_transaction_before_the_metadata_knows_it(monkeypatch):
+def test_a_changelog_write_goes_to_its_partition_s_transaction_before_the_metadata_knows_it():
     """Stock sends the write outside any transaction (transactional_id None); the fix sends it
     to partition 1's transactional producer, the one that commits source partition 1."""
     from faust.transport.consumer import TransactionManager
 
-    monkeypatch.setattr(TransactionManager, "send", TransactionManager.send)  # restored after
-    source_partition_transactions.install(NO_APP)
-    fixed = TransactionManager.send
+    fixed = _fixed(source_partition_transactions, TransactionManager, "send")
     args = ("app-seen-events-changelog", b'"evt-1"', b"1.0", 1, None, None)
     stock_manager, fixed_manager = _TransactionManager(), _TransactionManager()
     asyncio.run(fixed._stock(stock_manager, *args))
@@ -231,13 +224,11 @@ class _ConsumerThreadNeverFetched:
         return SimpleNamespace(last_stable_offset=lambda tp: None, end_offsets=end_offsets)
 
 
-def test_recovery_reads_the_changelog_s_highwater_from_the_broker_before_any_fetch(monkeypatch):
+def test_recovery_reads_the_changelog_s_highwater_from_the_broker_before_any_fetch():
     """Stock answers None (recovery then reads nothing: highwater -1); the fix asks the broker."""
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
-    monkeypatch.setattr(AIOKafkaConsumerThread, "_highwaters", AIOKafkaConsumerThread._highwaters)
-    recovery_highwater.install(NO_APP)
-    fixed = AIOKafkaConsumerThread._highwaters
+    fixed = _fixed(recovery_highwater, AIOKafkaConsumerThread, "_highwaters")
     tp = ("app-balances-changelog", 2)
     assert asyncio.run(fixed._stock(_ConsumerThreadNeverFetched(), [tp])) == {tp: None}
     assert asyncio.run(fixed(_ConsumerThreadNeverFetched(), [tp])) == {tp: 42}
@@ -380,36 +371,36 @@ def _consumer_state(acked: list[int], committed: int):
     )
 
 
-def _patch_exact_gaps_on_stock(monkeypatch) -> None:
-    """Put Faust's own Consumer methods back for this test, then apply exact-gaps to them."""
-    for name in ("_wait_next_records", "getmany", "perform_seek", "seek", "_add_gap", "_new_offset"):
-        method = getattr(Consumer, name)
-        monkeypatch.setattr(Consumer, name, getattr(method, "_stock", method))
-    exact_gaps._patch_consumer()
+def _exact_gaps_consumer() -> type:
+    """Faust's Consumer with exact-gaps applied (its subclass for no app; Faust's own
+    Consumer stays stock)."""
+    classes = standalone()
+    exact_gaps._patch_consumer(classes)
+    return classes.of(Consumer)
 
 
-def test_stock_faust_commits_past_a_record_nobody_acked_and_the_fix_does_not(monkeypatch):
+def test_stock_faust_commits_past_a_record_nobody_acked_and_the_fix_does_not():
     """The mechanism of the lost event, on Faust's own Consumer._new_offset: record 45
     was dropped between fetch and agent, 46-48 were processed."""
     stock = getattr(Consumer._new_offset, "_stock", Consumer._new_offset)
     assert stock(_consumer_state([46, 47, 48], committed=45), TP3) == 49, "stock: 45 is committed past"
-    _patch_exact_gaps_on_stock(monkeypatch)
-    assert Consumer._new_offset(_consumer_state([46, 47, 48], committed=45), TP3) is None
+    fixed = _exact_gaps_consumer()
+    assert fixed._new_offset(_consumer_state([46, 47, 48], committed=45), TP3) is None
     state = _consumer_state([46, 47, 48], committed=45)
     state._gap[TP3].addi(45, 46)  # 45 was a commit marker the client skipped: a gap
-    assert Consumer._new_offset(state, TP3) == 49
+    assert fixed._new_offset(state, TP3) == 49
 
 
-def test_a_gap_may_start_at_the_committed_offset(monkeypatch):
+def test_a_gap_may_start_at_the_committed_offset():
     """The committed offset is the next offset to read: a commit marker there is a gap.
     Stock _add_gap starts gaps one later, so the marker stays a hole."""
     stock = getattr(Consumer._add_gap, "_stock", Consumer._add_gap)
     state = _consumer_state([46], committed=45)
     asyncio.run(stock(state, TP3, 45, 45))
     assert not state._gap[TP3], "stock: nothing registered"
-    _patch_exact_gaps_on_stock(monkeypatch)
-    asyncio.run(Consumer._add_gap(state, TP3, 45, 45))
-    assert Consumer._new_offset(state, TP3) == 47
+    fixed = _exact_gaps_consumer()
+    asyncio.run(fixed._add_gap(state, TP3, 45, 45))
+    assert fixed._new_offset(state, TP3) == 47
 
 
 class _Flow:
@@ -459,16 +450,16 @@ def test_a_rebalance_keeps_the_flow_it_stopped():
     assert consumer.steps == ["stop", "fetcher idle"], "the flow is the new rebalance's to resume"
 
 
-def test_an_offset_both_acked_and_in_a_gap_does_not_split_the_commit(monkeypatch):
+def test_an_offset_both_acked_and_in_a_gap_does_not_split_the_commit():
     """robinhood/faust#625: [10, 11, 11, 12] is two consecutive runs to Faust."""
     stock = getattr(Consumer._new_offset, "_stock", Consumer._new_offset)
     state = _consumer_state([10, 11, 12], committed=10)
     state._gap[TP3].addi(11, 12)  # Faust's own _add_gap includes the record after the gap
     assert stock(state, TP3) == 12, "stock: the duplicate 11 ends the run (12 waits for the next commit)"
-    _patch_exact_gaps_on_stock(monkeypatch)
+    fixed = _exact_gaps_consumer()
     state = _consumer_state([10, 11, 12], committed=10)
     state._gap[TP3].addi(11, 12)
-    assert Consumer._new_offset(state, TP3) == 13
+    assert fixed._new_offset(state, TP3) == 13
 
 
 # -- livelock-position ------------------------------------------------------------------
@@ -513,8 +504,9 @@ def test_stock_faust_crashes_on_a_partition_without_a_position():
 def test_with_the_fix_a_partition_without_a_position_is_not_checked_yet():
     from faust.types import TP
 
-    livelock_position.install(NO_APP)
-    fixed = _verify_event_path()
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    fixed = _fixed(livelock_position, AIOKafkaConsumerThread, "verify_event_path")
     assert getattr(fixed, "_fixed", False)
     assert fixed(_thread_with_a_partition_awaiting_its_position(), 1.0, TP("app.events", 0)) is None
 
@@ -643,7 +635,7 @@ class _RecoveringConsumer(_Flow):
 TP0 = TP("payments.unique", 0)
 
 
-def test_faust_s_recovery_seek_with_the_fetcher_delivering_makes_delivered_records_a_gap(monkeypatch):
+def test_faust_s_recovery_seek_with_the_fetcher_delivering_makes_delivered_records_a_gap():
     """The CI loss (21 and 28 charges): records delivered during the recovery seek, then
     the seek's bookkeeping, then record 46 looks like a jump from 17 over 21-45."""
     stock_perform_seek = getattr(Consumer.perform_seek, "_stock", Consumer.perform_seek)
@@ -656,9 +648,9 @@ def test_faust_s_recovery_seek_with_the_fetcher_delivering_makes_delivered_recor
     asyncio.run(stock_seek_then_bookkeeping())
     assert consumer.track.delivered(TP0, 46) == (17, 46), "delivered records 21-45 taken for a gap"
 
-    _patch_exact_gaps_on_stock(monkeypatch)
+    fixed = _exact_gaps_consumer()
     consumer = _RecoveringConsumer()
-    asyncio.run(Consumer.perform_seek(consumer))
+    asyncio.run(fixed.perform_seek(consumer))
     assert consumer.steps == ["stop", "fetcher idle", "client seek (flow off)", "resume"]
     assert consumer.track.delivered(TP0, 21) == (17, 21), "only the markers before 21 are a gap"
 
@@ -705,8 +697,7 @@ def test_with_the_fix_the_transactions_of_all_partitions_commit_at_once():
 
     from faust_guarantees.fixes import concurrent_commits
 
-    concurrent_commits.install(NO_APP)
-    log = _commit_two(Producer.commit_transactions)
+    log = _commit_two(_fixed(concurrent_commits, Producer, "commit_transactions"))
     assert log.index("send_offsets app-1-1") < log.index("send_offsets app-1-0 done"), log
     assert all(f"{step} {tid} done" in log for step in ("send_offsets", "commit", "begin")
                for tid in ("app-1-0", "app-1-1")), "every step of every transaction, as stock"

@@ -158,34 +158,55 @@ def test_a_full_stream_queue_does_not_block_deliveries_outside_recovery():
     asyncio.run(scenario())
 
 
-def test_a_fix_with_an_extension_point_changes_only_the_app_it_is_installed_into():
-    """route-metadata and persisted-offsets subclass the app's Router and TableManager
-    (App settings); Faust's classes, and every other app, keep the stock methods."""
+def _fixed_methods(cls: type) -> set[str]:
+    return {name for name in dir(cls) if getattr(getattr(cls, name, None), "_fixed", False)}
+
+
+def test_the_fixes_change_only_the_app_they_are_installed_into():
+    """The kit gives the app subclasses of its own (transport, consumer, consumer thread,
+    producer and its buffer, transaction manager, table manager, recovery, router, tables)
+    and fixes those: Faust's classes, and another app of the process, stay stock."""
     from faust.app.router import Router
     from faust.tables.manager import TableManager
+    from faust.tables.recovery import Recovery
+    from faust.transport.consumer import TransactionManager
+    from faust.transport.drivers import aiokafka as driver
+    from faust.transport.producer import ProducerBuffer
 
-    from faust_guarantees.fixes import persisted_offsets, route_metadata
+    app = faust.App("kit-ext", autodiscover=False, processing_guarantee="exactly_once")
+    other = faust.App("kit-ext-other", autodiscover=False, processing_guarantee="exactly_once")
+    faust_guarantees.install(app)
+    app.Table("seen")
+    parts = {
+        driver.Consumer: app.consumer, driver.AIOKafkaConsumerThread: app.consumer._thread,
+        driver.Producer: app.producer, ProducerBuffer: app.producer.buffer,
+        TransactionManager: app.consumer.transactions, TableManager: app.tables,
+        Recovery: app.tables.recovery, Router: app.router,
+    }
+    for upstream, part in parts.items():
+        assert type(part).__bases__ == (upstream,) and _fixed_methods(type(part)), upstream
+        assert not _fixed_methods(upstream), upstream
+    assert {"force_commit", "_drain_messages", "_new_offset"} <= _fixed_methods(type(app.consumer))
+    assert type(app.tables["seen"]).__bases__ == (faust.Table,)
+    other.Table("seen")
+    for part in (other.consumer, other.consumer._thread, other.producer, other.producer.buffer,
+                 other.consumer.transactions, other.tables, other.tables.recovery, other.router):
+        assert not _fixed_methods(type(part)) and type(part).__module__.startswith("faust."), part
 
-    app, other = faust.App("kit-ext", autodiscover=False), faust.App("kit-ext-other", autodiscover=False)
-    guarantees = state.Guarantees(app)
-    route_metadata.install(guarantees)
-    persisted_offsets.install(guarantees)
-    assert getattr(type(app.router).route_req, "_fixed", False)
-    assert getattr(type(app.tables).on_commit, "_fixed", False)
-    assert not getattr(Router.route_req, "_fixed", False) and not getattr(TableManager.on_commit, "_fixed", False)
-    assert type(other.router) is Router and type(other.tables) is TableManager
 
-
-def test_installed_after_the_tables_were_declared_the_fix_falls_back_to_faust_s_class(monkeypatch, caplog):
+def test_parts_the_app_built_before_the_kit_are_switched_to_its_fixed_classes():
+    """A topic declared first builds the app's transport, a table its table manager: the
+    kit switches them to the app's subclasses (they add methods, no state)."""
     from faust.tables.manager import TableManager
 
-    from faust_guarantees.fixes import persisted_offsets
-
-    monkeypatch.setattr(TableManager, "on_commit", TableManager.on_commit)  # undone after the test
-    app = faust.App("kit-late", autodiscover=False)
-    app.Table("late")  # builds the app's TableManager
-    persisted_offsets.install(state.Guarantees(app))
-    assert getattr(TableManager.on_commit, "_fixed", False) and "declared before the kit" in caplog.text
+    app = faust.App("kit-late", autodiscover=False, processing_guarantee="exactly_once")
+    app.topic("early")
+    table = app.Table("late")
+    assert type(app.tables) is TableManager and app.transport is not None
+    faust_guarantees.install(app)
+    assert "on_commit" in _fixed_methods(type(app.tables)) and not _fixed_methods(TableManager)
+    assert type(app.transport).Consumer is type(app.consumer) and "force_commit" in _fixed_methods(type(app.consumer))
+    assert "_verify_source_topic_partitions" in _fixed_methods(type(table))
 
 
 def test_a_stop_waits_for_records_in_progress_only_so_long_and_then_skips_the_last_commit():
