@@ -7,6 +7,7 @@ import os
 import faust
 
 import faust_guarantees
+from faust_guarantees.crashpoints import crashpoint
 from faust_guarantees.processing import Processing, RejectedRecord, publish
 
 PREFIX = os.environ.get("ORDERS_PREFIX", "orders")
@@ -32,4 +33,5 @@ async def dedup(stream):
                     if order_id not in seen:
                         seen[order_id] = b"1"
                         sends.append((event, await publish(app, unique, key=order_id, value=event.message.value)))
+                        crashpoint("orders.after_forward")  # the lab may SIGKILL here: sent, not committed
             await batch.acknowledged(sends)  # an output the broker refused: that record is dead-lettered

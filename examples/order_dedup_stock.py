@@ -6,6 +6,8 @@ import os
 
 import faust
 
+from faust_guarantees.crashpoints import crashpoint  # only the lab's kill switch: no fix
+
 PREFIX = os.environ.get("ORDERS_PREFIX", "orders")
 app = faust.App(f"{PREFIX}-dedup", broker="kafka://localhost:9092", processing_guarantee="exactly_once")
 orders = app.topic(PREFIX, key_type=bytes, value_type=bytes)
@@ -20,3 +22,4 @@ async def dedup(stream):
         if order_id and order_id not in seen:
             seen[order_id] = b"1"
             await unique.send(key=order_id, value=event.message.value)
+            crashpoint("orders.after_forward")  # the lab may SIGKILL here: sent, not committed

@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
                      help="module:function (n, seed=) -> [(key, value)]; default: orders with 20 %% re-sends")
     run.add_argument("-n", "--count", type=int, default=2000, help="how many records")
     run.add_argument("--kills", type=int, default=5)
+    run.add_argument("--crash-at", metavar="NAME",
+                     help="kill at the app's crash point NAME (faust_guarantees.crashpoints.crashpoint) "
+                          "instead of at random moments")
     run.add_argument("--workers", type=int, default=1, help="workers sharing the partitions (2: kills rebalance)")
     run.add_argument("--seed", type=int, default=1)
     run.add_argument("--guarantee", default="exactly_once", choices=["at_least_once", "exactly_once"])
@@ -45,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     records = apps.load(args.records)(args.count, seed=args.seed)
     result = apps.run(app_run, records, apps.load(args.invariant), kills=args.kills, seed=args.seed,
-                      workers=args.workers)
+                      workers=args.workers, crash_at=args.crash_at)
     print(result.summary())
     return 0 if result.holds else 1
 

@@ -11,8 +11,15 @@ its output topics are read back with ``read_committed`` (what a downstream exact
 reader sees), and the user's invariant says what is wrong. With ``--workers 2`` the kills
 also rebalance the partitions between the workers.
 
+With ``--crash-at NAME`` the kills are the app's own: its code marks the moments worth a
+crash with ``faust_guarantees.crashpoints.crashpoint("NAME")`` (e.g. after an output is
+sent, before its offset is committed), and each worker start is armed to SIGKILL itself on
+a seeded random pass (1-10) there; all records go in at once, and the lab restarts each
+worker that killed itself, armed again, until ``--kills`` crashes happened.
+
     python -m lab run --app examples.order_dedup --input orders --output orders.unique \\
-        --invariant lab.apps:each_key_once --count 2000 --kills 5 --env ORDERS_PREFIX=orders
+        --invariant lab.apps:each_key_once --count 2000 --kills 5 --env ORDERS_PREFIX=orders \
+        [--crash-at orders.after_forward]
 
 An invariant is a function ``(inputs, outputs) -> list of problems`` over the records read
 back (``inputs``: the input topic's; ``outputs``: each output topic's, by name);
@@ -26,6 +33,7 @@ import importlib
 import os
 import random
 import shutil
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -37,6 +45,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from common.readback import committed_offsets, read_topic, uncommitted
+from faust_guarantees import crashpoints
 from .workers import FaustWorker
 
 #: ``(inputs, outputs by topic) -> problems``; no problem: the invariant holds.
@@ -95,6 +104,8 @@ class AppRun:
             "BROKER_HEARTBEAT_INTERVAL": "1",
             "PYTHONUNBUFFERED": "1",
         })
+        if crash_at:
+            env[crashpoints.ENV] = crash_at
         env.update(self.env)
         return env
 
@@ -123,11 +134,13 @@ class AppResult:
 
 
 def run(app_run: AppRun, records: Sequence[tuple[bytes | None, bytes | None]], invariant: Invariant, *,
-        kills: int = 5, seed: int = 1, workers: int = 1, drain_timeout: float = 180.0) -> AppResult:
+        kills: int = 5, seed: int = 1, workers: int = 1, drain_timeout: float = 180.0,
+        crash_at: str | None = None) -> AppResult:
     """Run ``app_run``'s app on ``records`` with ``kills`` SIGKILLs; check ``invariant``.
 
     With ``workers`` > 1 the workers share the partitions (one consumer group), and each
-    kill hits one of them at random: every kill and restart is also a rebalance."""
+    kill hits one of them at random: every kill and restart is also a rebalance. With
+    ``crash_at`` (a crash point's name) the workers kill themselves there instead."""
     started = time.monotonic()
     rng = random.Random(seed)
     shutil.rmtree(app_run.workdir, ignore_errors=True)
@@ -138,20 +151,14 @@ def run(app_run: AppRun, records: Sequence[tuple[bytes | None, bytes | None]], i
     restarts = 0
     drained = False
     parts = chunks(list(records), kills + 1)
+    killed = len(parts) - 1
     try:
-        for worker in pool:
-            worker.start()
-        for worker in pool:
-            worker.wait_ready()
-        for chunk in parts[:-1]:
-            asyncio.run(_produce(app_run, chunk))
-            time.sleep(rng.uniform(0.05, 1.0))
-            victim = rng.choice(pool)
-            victim.kill()
-            victim.start()
-            restarts += 1
-            victim.wait_ready()
-        asyncio.run(_produce(app_run, parts[-1]))
+        if crash_at:
+            killed = _run_crash_points(app_run, pool, records, crash_at, kills, rng, drain_timeout, notes)
+            restarts += killed
+        else:
+            _run_random_kills(app_run, pool, parts, rng)
+            restarts += len(parts) - 1
         drained, restarted = _wait_drained(app_run, pool, drain_timeout, notes)
         restarts += restarted
         for worker in pool:
@@ -163,9 +170,62 @@ def run(app_run: AppRun, records: Sequence[tuple[bytes | None, bytes | None]], i
     outputs = {topic: asyncio.run(read_topic(app_run.bootstrap, topic)) for topic in app_run.output_topics}
     return AppResult(
         problems=invariant(inputs, outputs), inputs=len(inputs),
-        outputs={topic: len(found) for topic, found in outputs.items()}, kills=len(parts) - 1,
+        outputs={topic: len(found) for topic, found in outputs.items()}, kills=killed,
         restarts=restarts, drained=drained, seconds=time.monotonic() - started, notes=notes,
     )
+
+
+def _run_random_kills(app_run: AppRun, pool: list[FaustWorker], parts: list[list], rng: random.Random) -> None:
+    """Each chunk but the last goes in, then a worker is SIGKILLed at a random moment and
+    restarted; then the last chunk."""
+    for worker in pool:
+        worker.start()
+    for worker in pool:
+        worker.wait_ready()
+    for chunk in parts[:-1]:
+        asyncio.run(_produce(app_run, chunk))
+        time.sleep(rng.uniform(0.05, 1.0))
+        victim = rng.choice(pool)
+        victim.kill()
+        victim.start()
+        victim.wait_ready()
+    asyncio.run(_produce(app_run, parts[-1]))
+
+
+def _run_crash_points(app_run: AppRun, pool: list[FaustWorker], records: Sequence[Any], point: str,
+                      kills: int, rng: random.Random, timeout: float, notes: list[str]) -> int:
+    """Workers armed to kill themselves at crash point ``point`` (on a random pass, 1-10),
+    restarted armed until ``kills`` crashes; returns how many happened."""
+    def arm() -> str:
+        return f"{point}:{rng.randint(1, 10)}"
+
+    for worker in pool:
+        worker.start(crash_at=arm())
+    for worker in pool:
+        worker.wait_ready()
+    asyncio.run(_produce(app_run, records))
+    crashed = 0
+    deadline = time.monotonic() + timeout
+    while crashed < kills and time.monotonic() < deadline:
+        for worker in pool:
+            if worker.running:
+                continue
+            if worker.returncode == -signal.SIGKILL:
+                crashed += 1
+            else:
+                notes.append(f"{worker.name} exited on its own ({worker.returncode}); restarted")
+            worker.start(crash_at=arm() if crashed < kills else None)
+            try:
+                worker.wait_ready()
+            except RuntimeError:  # it reached its crash point before it said Ready: seen next turn
+                continue
+        if crashed < kills and _uncommitted(app_run) == 0:
+            break
+        time.sleep(0.2)
+    if crashed < kills:
+        notes.append(f"crash point {point!r} was reached {crashed} of {kills} times before the input was "
+                     f"processed: is it spelled as in the app, on a path every record takes?")
+    return crashed
 
 
 def chunks(records: list, n: int) -> list[list]:

@@ -1,26 +1,18 @@
-"""Named crash points for the semantics lab; free when no fault is armed.
+"""The payments pipeline's named crash points and seek-back fault, for the semantics lab.
 
-A crash point is a line in an agent such as ``crashpoint("sink.after_effect")``.
-The lab arms one by starting a worker with
-
-    FAULT_CRASH_AT=sink.after_effect:25     # SIGKILL on the 25th pass
-
-and the worker kills itself with SIGKILL exactly there: no ``finally`` block,
-no flush, no commit, no Faust shutdown, as in a power cut. That makes the
-lab's "> 0 duplicates" predictions certain instead of likely.
-
-When ``FAULT_CRASH_AT`` is unset, :func:`crashpoint` is a function that
-returns at once (one call, no lookups).
+A crash point is a line in an agent such as ``crashpoint("sink.after_effect")``; the lab
+arms one with ``FAULT_CRASH_AT=sink.after_effect:25`` and the worker SIGKILLs itself on
+the 25th pass (the kit's mechanism: faust_guarantees/crashpoints.py). Here: the names
+this pipeline declares (an unknown name stops the worker at start-up with the list).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
-import sys
 from collections import Counter
 
+from faust_guarantees import crashpoints
 from faust_guarantees.seeking import seek_back
 
 log = logging.getLogger(__name__)
@@ -36,39 +28,10 @@ CRASH_POINTS = {
 
 
 def _parse(spec: str) -> tuple[str, int]:
-    name, _, nth = spec.partition(":")
-    if name not in CRASH_POINTS:
-        raise SystemExit(
-            f"FAULT_CRASH_AT={spec!r}: unknown crash point {name!r}; "
-            f"use one of: {', '.join(sorted(CRASH_POINTS))}"
-        )
-    try:
-        count = int(nth or "1")
-    except ValueError:
-        raise SystemExit(f"FAULT_CRASH_AT={spec!r}: expected NAME:N with N a whole number") from None
-    return name, count
+    return crashpoints.parse(spec, known=CRASH_POINTS)
 
 
-def _armed(target: str, nth: int):
-    passes: Counter[str] = Counter()
-
-    def crashpoint(name: str) -> None:
-        if name != target:
-            return
-        passes[name] += 1
-        if passes[name] == nth:
-            print(f"FAULT: SIGKILL at crash point {name} (pass {nth})", file=sys.stderr, flush=True)
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return crashpoint
-
-
-def _disarmed(name: str) -> None:
-    return None
-
-
-_spec = os.environ.get("FAULT_CRASH_AT", "")
-crashpoint = _armed(*_parse(_spec)) if _spec else _disarmed
+crashpoint = crashpoints.from_environment(known=CRASH_POINTS)
 
 
 # -- seek-backs ----------------------------------------------------------------------

@@ -16,14 +16,15 @@ from lab import apps
 pytestmark = pytest.mark.integration
 
 
-def _run(app: str, kafka_bootstrap: str, workdir: Path, seed: int, workers: int = 1) -> apps.AppResult:
+def _run(app: str, kafka_bootstrap: str, workdir: Path, seed: int, workers: int = 1,
+         crash_at: str | None = None) -> apps.AppResult:
     prefix = f"ex-{uuid.uuid4().hex[:8]}"
     app_run = apps.AppRun(
         app=app, input_topic=prefix, output_topics=[f"{prefix}.unique"], group=f"{prefix}-dedup",
         bootstrap=kafka_bootstrap, workdir=workdir, guarantee="exactly_once", env={"ORDERS_PREFIX": prefix},
     )
     return apps.run(app_run, apps.order_records(2000, seed=seed), apps.each_key_once, kills=4, seed=seed,
-                    workers=workers)
+                    workers=workers, crash_at=crash_at)
 
 
 def test_the_example_app_through_the_kit_forwards_every_order_once_under_sigkills(kafka_bootstrap, tmp_path):
@@ -45,3 +46,14 @@ def test_the_same_app_in_stock_faust_does_not(kafka_bootstrap, tmp_path):
     (faust-streaming#177), so each replay after a SIGKILL writes them again."""
     result = _run("examples.order_dedup_stock", kafka_bootstrap, tmp_path / "stock", seed=3)
     assert not result.holds, result.summary()
+
+
+def test_killed_at_its_own_crash_point_the_kit_s_app_stays_exact_and_stock_faust_does_not(kafka_bootstrap, tmp_path):
+    """The lab's named crash points in someone else's app: both examples mark
+    ``orders.after_forward`` (an output sent, its offset not committed); each worker start is
+    armed to SIGKILL itself there."""
+    kit = _run("examples.order_dedup", kafka_bootstrap, tmp_path / "kit-point", seed=7, crash_at="orders.after_forward")
+    assert kit.kills == 4 and kit.holds, kit.summary()
+    stock = _run("examples.order_dedup_stock", kafka_bootstrap, tmp_path / "stock-point", seed=7,
+                 crash_at="orders.after_forward")
+    assert stock.kills == 4 and not stock.holds, stock.summary()
