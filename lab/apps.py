@@ -46,6 +46,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from common.readback import committed_offsets, read_topic, uncommitted
 from faust_guarantees import crashpoints
+
 from .workers import FaustWorker
 
 #: ``(inputs, outputs by topic) -> problems``; no problem: the invariant holds.
