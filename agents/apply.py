@@ -28,7 +28,7 @@ from streams_app.application import current_app
 from streams_app.faults import crashpoint
 from streams_app.models import AppliedPayment, json_key, parse_payment
 from agents.processing import as_current, batches, processing_batch, publish
-from streams_app.topics import applied_payments, unique_payments
+from streams_app.topics import applied_payments, key_partition, unique_payments
 from tables.balances import balance_of, set_balance
 from tables.counters import count
 
@@ -66,7 +66,8 @@ async def apply_payments(stream: Any) -> None:
                         currency=payment.currency, created_at=payment.created_at,
                         balance_after=after[payment.currency],
                     )
-                    sent = await publish(applied_payments, key=json_key(payment.account), value=applied.to_json())
+                    key = json_key(payment.account)
+                    sent = await publish(applied_payments, key=key, value=applied.to_json(), partition=key_partition(key))
                     changed[payment.account] = (after, event)  # only once its output is handed over
                     sends.append((event, sent))
                     applied_ok[id(event)] = payment

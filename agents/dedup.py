@@ -58,7 +58,7 @@ from streams_app.application import current_app
 from streams_app.faults import crashpoint
 from streams_app.models import Payment, json_key, parse_payment
 from agents.processing import as_current, batches, processing_batch, publish
-from streams_app.topics import dedup_sources, event_partition, payment_events, unique_payments
+from streams_app.topics import dedup_sources, event_partition, key_partition, payment_events, unique_payments
 from tables.counters import count
 from tables.seen_events import is_duplicate, mark_seen
 
@@ -116,7 +116,8 @@ async def dedup_payments(stream: Any) -> None:
             sends = []
             for event, payment in first:
                 with work.record(event):
-                    sent = await publish(unique_payments, key=json_key(payment.account), value=payment.to_json())
+                    key = json_key(payment.account)
+                    sent = await publish(unique_payments, key=key, value=payment.to_json(), partition=key_partition(key))
                     sends.append((event, sent))
             forwarded = await work.acknowledged(sends) if AWAIT_OUTPUT_BEFORE_MARKING else [e for e, _ in sends]
             for event in forwarded:

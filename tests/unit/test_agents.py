@@ -291,3 +291,16 @@ def test_under_at_least_once_an_output_that_fails_is_dead_lettered_and_not_appli
     assert balances["acct-1"] == {"EUR": 103}
     headers = dict(in_memory_app["unit.dlq"].await_args.kwargs["headers"])
     assert headers["x-dlq-code"] == b"processing_error" and b"delivery timed out" in headers["x-dlq-reason"]
+
+
+def test_the_cached_output_partition_is_where_kafka_s_default_partitioner_puts_the_key():
+    """The stages pass key_partition(key) instead of letting aiokafka hash each record: it
+    must be the default partitioner's answer, or balances would move between partitions."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from streams_app.topics import PARTITIONS, key_partition
+
+    partitions = list(range(PARTITIONS))
+    for n in range(200):
+        key = json_key(f"acct-{n}")
+        assert key_partition(key) == DefaultPartitioner()(key, partitions, partitions), key
