@@ -6,7 +6,10 @@ does then and what the kit does instead.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import sys
 from typing import Any
 
 from . import state
@@ -40,12 +43,34 @@ def fenced(app: Any) -> bool:
 
 async def on_fenced(app: Any, error: BaseException) -> None:
     """This worker was fenced (``error`` says so): stop it with its stop marked unclean,
-    before anything it acked is committed. Once is enough."""
-    if not state.of(app).mark_fenced(str(error)):
+    before anything it acked is committed; with ``after_fence="rejoin"`` (the default) the
+    process then starts again as a new worker. Once is enough."""
+    guarantees = state.of(app)
+    if not guarantees.mark_fenced(str(error)):
         return
+    # Only a worker process rejoins (Faust's Worker sets in_worker); not an app in a test.
+    rejoin = guarantees.after_fence == "rejoin" and getattr(app, "in_worker", False)
     log.warning(
         "fenced-restart: this worker was fenced (%s): another worker owns its partitions now and "
-        "the broker aborts its open transactions. Stopping; the restart deletes the local table "
-        "state (it may hold rows of those transactions) and restores it from the changelog.", error,
+        "the broker aborts its open transactions. Stopping; %s deletes the local table state (it "
+        "may hold rows of those transactions) and restores it from the changelog.", error,
+        "then this process starts again as a new worker (rejoin), which" if rejoin else "the restart",
     )
+    if rejoin:
+        atexit.register(restart_process)
     await app.crash(error)
+
+
+def restart_process() -> None:
+    """Replace this process with a new run of its own command line (same pid, environment
+    and output): Kafka Streams' "task migrated" rejoin, without a supervisor. Registered
+    with atexit, so it runs once the worker's shutdown is complete: every service stopped,
+    the event loop closed, the consumer thread joined; files and sockets close on exec."""
+    command = list(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])
+    log.warning("fenced-restart: rejoining: starting this worker again (%s)", " ".join(command))
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os.execv(sys.executable, command)
