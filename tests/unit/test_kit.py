@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -119,8 +120,23 @@ def test_a_fenced_worker_rejoins_by_starting_its_own_command_again_once_stopped(
     execs: list = []
     monkeypatch.setattr(fencing.sys, "orig_argv", ["python", "-m", "faust", "-A", "streams_app", "worker"])
     monkeypatch.setattr(fencing.os, "execv", lambda path, argv: execs.append((path, argv)))
+    monkeypatch.delenv(fencing.REJOINS_ENV, raising=False)
     fencing.restart_process()
     assert execs == [(sys.executable, ["python", "-m", "faust", "-A", "streams_app", "worker"])]
+    assert len(fencing.recent_rejoins()) == 1  # what the next process is told
+
+    # fenced at every start: after MAX_REJOINS within the window it exits instead
+    now = time.time()
+    monkeypatch.setenv(fencing.REJOINS_ENV, ",".join(str(now - n) for n in range(fencing.MAX_REJOINS)))
+    again = faust.App("kit-rejoin-again", autodiscover=False)
+    again.in_worker = True
+    state.attach(state.Guarantees(again))
+    again.crash = crash
+    at_exit.clear()
+    asyncio.run(faust_guarantees.on_fenced(again, RuntimeError("ProducerFenced")))
+    assert at_exit == []
+    monkeypatch.setenv(fencing.REJOINS_ENV, f"{now - 2 * fencing.REJOIN_WINDOW_S},junk")
+    assert fencing.recent_rejoins() == []
     with pytest.raises(ValueError, match="after_fence"):
         faust_guarantees.install(faust.App("kit-bad-fence", autodiscover=False), after_fence="retry")
 
