@@ -98,7 +98,7 @@ def build(app: Any) -> AppClasses:
 
     if getattr(app, "_kit_classes", None) is not None:
         return app._kit_classes
-    if app.started if hasattr(app, "started") else False:
+    if getattr(app, "started", False):
         raise RuntimeError("faust_guarantees.install(app) must run before the app starts")
     classes = AppClasses(str(app.conf.id))
 
@@ -122,36 +122,34 @@ def build(app: Any) -> AppClasses:
             _adopt(part, cls)
             if built == "_producer":
                 _adopt(part.buffer, buffer)
-            if built == "_consumer" and part._thread is not None:  # pragma: no cover (built at start)
+            if built == "_consumer" and part._thread is not None:
                 _adopt(part._thread, thread)
 
     # App settings: the table manager (and the recovery it builds), the router, the tables.
     recovery = classes.own(Recovery)
-    settings: dict[str, type] = {
+    own_settings: dict[str, type] = {
         "TableManager": classes.own(app.conf.TableManager,
                                     recovery=_recovery_property(app.conf.TableManager, recovery)),
         "Router": classes.own(app.conf.Router),
     }
     for setting in TABLE_SETTINGS:
-        settings[setting] = classes.own(getattr(app.conf, setting))
+        own_settings[setting] = classes.own(getattr(app.conf, setting))
     with warnings.catch_warnings():
         # Faust warns that a setting "was already used": read, not changed behind its back.
         warnings.simplefilter("ignore", AlreadyConfiguredWarning)
-        for setting, cls in settings.items():
-            stock = getattr(app.conf, setting)
+        for setting, cls in own_settings.items():
             setattr(app.conf, setting, cls)
-            settings[setting] = (stock, cls)  # type: ignore[assignment]
     if "tables" in app.__dict__:
         manager = app.__dict__["tables"]
-        _adopt(manager, settings["TableManager"][1])  # type: ignore[index]
+        _adopt(manager, own_settings["TableManager"])
         if manager._recovery is not None:
             _adopt(manager._recovery, recovery)
         for table in manager.values():
-            for stock, cls in (settings[s] for s in TABLE_SETTINGS):  # type: ignore[misc]
-                if type(table) is stock:
+            for cls in (own_settings[setting] for setting in TABLE_SETTINGS):
+                if type(table) is cls.__bases__[0]:  # the stock class it derives from
                     _adopt(table, cls)
     if "router" in app.__dict__:
-        _adopt(app.__dict__["router"], settings["Router"][1])  # type: ignore[index]
+        _adopt(app.__dict__["router"], own_settings["Router"])
     app._kit_classes = classes
     return classes
 

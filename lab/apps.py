@@ -149,19 +149,13 @@ def run(app_run: AppRun, records: Sequence[tuple[bytes | None, bytes | None]], i
     asyncio.run(_create_topics(app_run))
     pool = [FaustWorker(app_run.app, app_run.workdir, f"w{n + 1}", app_run.worker_env) for n in range(workers)]
     notes: list[str] = []
-    restarts = 0
-    drained = False
-    parts = chunks(list(records), kills + 1)
-    killed = len(parts) - 1
+    killed, restarted, drained = 0, 0, False
     try:
         if crash_at:
             killed = _run_crash_points(app_run, pool, records, crash_at, kills, rng, drain_timeout, notes)
-            restarts += killed
         else:
-            _run_random_kills(app_run, pool, parts, rng)
-            restarts += len(parts) - 1
+            killed = _run_random_kills(app_run, pool, chunks(list(records), kills + 1), rng)
         drained, restarted = _wait_drained(app_run, pool, drain_timeout, notes)
-        restarts += restarted
         for worker in pool:
             worker.stop()
     finally:
@@ -172,13 +166,13 @@ def run(app_run: AppRun, records: Sequence[tuple[bytes | None, bytes | None]], i
     return AppResult(
         problems=invariant(inputs, outputs), inputs=len(inputs),
         outputs={topic: len(found) for topic, found in outputs.items()}, kills=killed,
-        restarts=restarts, drained=drained, seconds=time.monotonic() - started, notes=notes,
+        restarts=killed + restarted, drained=drained, seconds=time.monotonic() - started, notes=notes,
     )
 
 
-def _run_random_kills(app_run: AppRun, pool: list[FaustWorker], parts: list[list], rng: random.Random) -> None:
+def _run_random_kills(app_run: AppRun, pool: list[FaustWorker], parts: list[list], rng: random.Random) -> int:
     """Each chunk but the last goes in, then a worker is SIGKILLed at a random moment and
-    restarted; then the last chunk."""
+    restarted; then the last chunk. Returns the kills."""
     for worker in pool:
         worker.start()
     for worker in pool:
@@ -191,6 +185,7 @@ def _run_random_kills(app_run: AppRun, pool: list[FaustWorker], parts: list[list
         victim.start()
         victim.wait_ready()
     asyncio.run(_produce(app_run, parts[-1]))
+    return len(parts) - 1
 
 
 def _run_crash_points(app_run: AppRun, pool: list[FaustWorker], records: Sequence[Any], point: str,

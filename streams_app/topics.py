@@ -61,7 +61,12 @@ def event_partition(event_id: str) -> int:
     a record keyed by the id's UTF-8 bytes, as `faust produce`, the payment API and the
     lab key raw records. Every copy of an id is deduplicated in this one partition: a
     raw record found anywhere else is moved here through ``{prefix}.events``."""
-    return (murmur2(event_id.encode()) & 0x7FFFFFFF) % PARTITIONS
+    return _default_partition(event_id.encode())
+
+
+def _default_partition(key: bytes) -> int:
+    """Kafka's default partitioner (murmur2) over this pipeline's partitions."""
+    return (murmur2(key) & 0x7FFFFFFF) % PARTITIONS
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -70,7 +75,7 @@ def key_partition(key: bytes) -> int:
     key) in a pipeline topic, as :func:`event_partition` computes it. aiokafka hashes every
     keyed record in pure Python (murmur2: 5 % of a worker's time, py-spy); account keys
     repeat, so the stages pass this cached answer as the record's partition."""
-    return (murmur2(key) & 0x7FFFFFFF) % PARTITIONS
+    return _default_partition(key)
 
 
 raw_payments = _bytes_topic("raw")
