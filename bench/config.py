@@ -24,13 +24,22 @@ COMMIT_INTERVAL_CURVE = ("0.05", "0.1", "0.25", "1", "2.8")
 FAUST_RAISED_BUFFER = "131072"
 
 
+#: The stages (env STAGES) of a Faust run. The dedup stage alone does the work every other
+#: system does (validate, dedup by event id in a changelogged table, forward): the headline
+#: comparison. The whole pipeline adds apply (a second changelogged table, a second hop) and
+#: the sink: the latency targets (produce to ``{prefix}.applied``) and the commit-interval curve.
+SAME_WORK = "dedup"
+PIPELINE = "all"
+
+
 @dataclass(frozen=True)
 class FaustVariant:
-    """One Faust configuration: the env values of BROKER_COMMIT_INTERVAL (empty: the
+    """One Faust configuration: the env values of STAGES, BROKER_COMMIT_INTERVAL (empty: the
     pipeline's default) and STREAM_BUFFER_MAXSIZE."""
 
     commit_interval: str = APP_DEFAULT
     buffer_maxsize: str = FAUST_DEFAULT_BUFFER
+    stages: str = SAME_WORK
 
     @property
     def is_default(self) -> bool:
@@ -38,8 +47,8 @@ class FaustVariant:
 
     @property
     def suffix(self) -> str:
-        """'' for the defaults, else e.g. '_ci0.1_buf131072'."""
-        parts = []
+        """'' for the defaults, else e.g. '_pipeline_ci0.1' or '_buf131072'."""
+        parts = ["pipeline"] if self.stages == PIPELINE else []
         if self.commit_interval != APP_DEFAULT:
             parts.append(f"ci{self.commit_interval}")
         if self.buffer_maxsize != FAUST_DEFAULT_BUFFER:
@@ -49,7 +58,8 @@ class FaustVariant:
 
 FAUST_GRID = (
     FaustVariant(),
-    *(FaustVariant(ci) for ci in COMMIT_INTERVAL_CURVE),
+    FaustVariant(stages=PIPELINE),
+    *(FaustVariant(ci, stages=PIPELINE) for ci in COMMIT_INTERVAL_CURVE),
     FaustVariant(buffer_maxsize=FAUST_RAISED_BUFFER),
 )
 

@@ -2,7 +2,7 @@
 look while working on speed (nothing is written to reports/).
 
 Each SYSTEM is a report key without a variant (``faust_alo``, ``faust_eos``, ``quix_alo``,
-``raw_eos``, ``faust_min_alo``...), or ``faust_eos@0.1`` for a commit interval. The same throughput run as ``bench run`` (same backlog
+``raw_eos``, ``faust_min_alo``, ``faust_alo_pipeline``...), or ``faust_eos@0.1`` for a commit interval. The same throughput run as ``bench run`` (same backlog
 generator, pinning, steady window, exactness check); ``--profile`` also samples the
 first system with py-spy for ``--profile`` seconds and prints the summary.
 """
@@ -15,23 +15,26 @@ import uuid
 from collections.abc import Callable
 
 from .affinity import pinned
-from .config import GUARANTEES, SHORT, BenchConfig, FaustVariant
+from .config import APP_DEFAULT, GUARANTEES, PIPELINE, SAME_WORK, SHORT, BenchConfig, FaustVariant
 from streams_app.admin import delete_topics_containing
 from .runs import Backlog, Context, preload, profile_run, throughput_run
 from .systems import SystemSpec
 
 
 def spec_for(key: str) -> SystemSpec:
-    """``faust_min_eos`` -> SystemSpec("faust_min", "exactly_once"); ``faust_eos@0.1``: the
-    pipeline at commit interval 0.1 s."""
+    """``faust_min_eos`` -> SystemSpec("faust_min", "exactly_once"); ``faust_eos``: the dedup
+    stage (the same work as the others), ``faust_eos_pipeline`` the whole pipeline;
+    ``faust_eos@0.1``: at commit interval 0.1 s."""
     key, _, interval = key.partition("@")
+    stages = SAME_WORK
+    if key.endswith("_pipeline") and key.startswith("faust_"):
+        key, stages = key.removesuffix("_pipeline"), PIPELINE
     kind, _, short = key.rpartition("_")
     by_short = {v: k for k, v in SHORT.items()}
     if short not in by_short or kind not in ("raw", "quix", "faust", "faust_min"):
         raise SystemExit(f"unknown system {key!r}: use e.g. faust_alo, quix_eos, raw_alo, faust_min_eos")
-    if interval:
-        return SystemSpec(kind, by_short[short], FaustVariant(commit_interval=interval))  # type: ignore[arg-type]
-    return SystemSpec(kind, by_short[short])  # type: ignore[arg-type]
+    variant = FaustVariant(commit_interval=interval or APP_DEFAULT, stages=stages)
+    return SystemSpec(kind, by_short[short], variant)  # type: ignore[arg-type]
 
 
 def run_one(config: BenchConfig, keys: list[str], partitions: int, profile_s: int,

@@ -28,7 +28,7 @@ from streams_app.traffic import generate
 
 from . import broker_perf, latency, machine, profile, state
 from .affinity import Pinning, pinned
-from .config import FAUST_DEFAULT_BUFFER, GUARANTEES, BenchConfig
+from .config import FAUST_DEFAULT_BUFFER, GUARANTEES, PIPELINE, BenchConfig, FaustVariant
 from .kafka_io import create_topics
 from .metrics import Spread
 from .runs import (
@@ -160,12 +160,18 @@ def _throughput_phase(ctx: Context, results: Results, advance: Callable[[], None
         asyncio.run(delete_topics_containing(config.bootstrap, f"{ctx.run_id}-p{partitions}"))
 
 
+def _on_curve(variant: FaustVariant) -> bool:
+    """The whole pipeline at its default stream buffer: the latency targets and the
+    commit-interval curve (produce to a read_committed read of {prefix}.applied)."""
+    return variant.stages == PIPELINE and variant.buffer_maxsize == FAUST_DEFAULT_BUFFER
+
+
 def _latency_phase(ctx: Context, results: Results, advance: Callable[[], None]) -> None:
     config = ctx.config
     share = config.duplicate_rate  # input records per output event = 1 / (1 - share)
-    # The headline six, and the pipeline at each commit interval of the curve.
-    curve = [SystemSpec("faust", g, v) for g in GUARANTEES for v in config.faust_variants
-             if v.commit_interval and v.buffer_maxsize == FAUST_DEFAULT_BUFFER]
+    # The headline six, and the whole pipeline at its default and at each commit interval of
+    # the curve.
+    curve = [SystemSpec("faust", g, v) for g in GUARANTEES for v in config.faust_variants if _on_curve(v)]
     for run in range(config.runs):
         for spec in headline_systems() + curve:
             spread = results.throughput(spec.key)
@@ -230,7 +236,7 @@ def _profile_phase(ctx: Context, results: Results) -> None:
 
 def planned_steps(config: BenchConfig) -> int:
     throughput = sum(len(systems_for(config, p)) * config.runs_at(p) for p in config.partition_counts)
-    curve = sum(1 for v in config.faust_variants if v.commit_interval and v.buffer_maxsize == FAUST_DEFAULT_BUFFER)
+    curve = sum(1 for v in config.faust_variants if _on_curve(v))
     return throughput + (len(headline_systems()) + len(GUARANTEES) * curve) * config.runs
 
 

@@ -10,15 +10,15 @@ its graceful shutdown (final commit) exactly as in production.
 - ``quix``: :mod:`bench.quix_pipeline`, reading the shared backlog topic.
 - ``faust_min``: :mod:`bench.faust_minimal`, one stock Faust agent, reading its
   own copy of the backlog's first ``faust_records`` records.
-- ``faust``: the real pipeline, ``faust -A streams_app worker`` started by
+- ``faust``: this project's worker, ``faust -A streams_app worker`` started by
   :class:`lab.workers.WorkerProcess` exactly as the lab and the tests start it,
   with a fresh APP_ID and TOPIC_PREFIX. Its input is ``{prefix}.raw``, so the
   benchmark copies the backlog (its first ``faust_records``) into it before the
-  worker starts. The worker runs
-  the whole pipeline (ingest -> dedup -> apply -> sink); its throughput is read
-  on ``{prefix}.unique``, the output of the ingest and dedup stages, which do the
-  work the raw loop and Quix do. Apply and the SQLite sink run in the same
-  process and event loop and are part of its CPU and memory figures.
+  worker starts. By default it runs the dedup stage only (``STAGES=dedup``: the
+  work the raw loop and Quix do: validate, dedup by event id in a changelogged
+  table, forward), read on ``{prefix}.unique``; the ``_pipeline`` variants run
+  the whole pipeline (dedup -> apply -> sink, one process and event loop),
+  read on ``{prefix}.applied``.
 """
 
 from __future__ import annotations
@@ -37,12 +37,12 @@ from typing import ClassVar, Literal
 from lab.workers import REPO, PipelineConfig, WorkerProcess
 
 from .affinity import Pinning
-from .config import APP_DEFAULT, FAUST_DEFAULT_COMMIT_INTERVAL, SHORT, FaustVariant, Guarantee
+from .config import APP_DEFAULT, FAUST_DEFAULT_COMMIT_INTERVAL, PIPELINE, SHORT, FaustVariant, Guarantee
 from .kafka_io import create_topics
 from .raw_loop import DEFAULT_BATCH, changelog_topic
 
 Kind = Literal["raw", "quix", "faust", "faust_min"]
-KIND_LABEL = {"raw": "raw aiokafka loop", "quix": "Quix Streams", "faust": "Faust pipeline",
+KIND_LABEL = {"raw": "raw aiokafka loop", "quix": "Quix Streams", "faust": "Faust, this project's",
               "faust_min": "minimal Faust agent (stock Faust, one hop)"}
 STOP_TIMEOUT_S = 45.0
 #: What discard_state keeps: worker logs and py-spy profiles.
@@ -66,6 +66,7 @@ class SystemSpec:
     def label(self) -> str:
         text = f"{KIND_LABEL[self.kind]}, {self.guarantee}"
         if self.kind == "faust":
+            text += " whole pipeline" if self.variant.stages == PIPELINE else " dedup stage"
             text += (f" (commit interval {self.commit_interval_s:g} s, "
                      f"stream buffer {self.variant.buffer_maxsize})")
         return text
@@ -90,7 +91,8 @@ class SystemSpec:
         """The knobs that matter for this system's figures, for the report."""
         if self.kind == "faust":
             return {"broker_commit_interval_s": self.commit_interval_s,
-                    "stream_buffer_maxsize": int(self.variant.buffer_maxsize)}
+                    "stream_buffer_maxsize": int(self.variant.buffer_maxsize),
+                    "stages": "dedup -> apply -> sink" if self.variant.stages == PIPELINE else "dedup"}
         if self.kind in ("quix", "faust_min"):
             return {"commit_interval_s": float(FAUST_DEFAULT_COMMIT_INTERVAL)}
         return {"commit": f"per batch of up to {DEFAULT_BATCH} records"}
@@ -247,6 +249,7 @@ class FaustDeployment(Deployment):
         env = {
             "STREAM_BUFFER_MAXSIZE": spec.variant.buffer_maxsize,
             "STORE_URL": "rocksdb://",
+            "STAGES": spec.variant.stages,
         }
         if spec.variant.commit_interval != APP_DEFAULT:
             env["BROKER_COMMIT_INTERVAL"] = spec.variant.commit_interval
@@ -257,9 +260,10 @@ class FaustDeployment(Deployment):
         self.worker = WorkerProcess(self.config)
         self.owns_input = True
         self.input_topic = self.config.topic("raw")
-        # The pipeline's Kafka output: validated, deduplicated AND applied to the balances.
-        self.output_topic = self.config.topic("applied")
+        # The dedup stage's output (validated, deduplicated), or the whole pipeline's (also
+        # applied to the balances).
         self.first_hop_topic = self.config.topic("unique")
+        self.output_topic = self.config.topic("applied" if spec.variant.stages == PIPELINE else "unique")
         self.group = self.config.app_id
 
     @property

@@ -3,7 +3,7 @@
 ``faust -A streams_app worker`` asks this package for :data:`app`; the first time
 anything does, the app is built from the environment's settings
 (:func:`streams_app.application.current_app`) and then, in dependency order, its
-topic registry, tables, agents, web views and commands are declared on it. Importing
+topic registry, tables, the agents of its stages, web views and commands are declared on it. Importing
 a plain module of the package (settings, admin, traffic, models...) builds nothing:
 the lab and the benchmark read what they need without an app, or a patched Faust.
 """
@@ -30,8 +30,10 @@ def _build() -> None:
     from .application import current_app
 
     app = current_app()
-    # The composition root: every layer's declarations, up to the lab's commands.
-    for module in ("streams_app.topics", "tables", "agents", "views.web", "streams_app.commands",
+    # The composition root: every layer's declarations, up to the lab's commands; of the
+    # agents, only the stages this worker runs (STAGES).
+    stages = tuple(f"agents.{stage}" for stage in app.settings.stages)
+    for module in ("streams_app.topics", "tables", *stages, "views.web", "streams_app.commands",
                    "lab.commands"):
         importlib.import_module(module)
     _BUILT.update(app=app, settings=app.settings)

@@ -186,6 +186,21 @@ def _fix_list(text: str) -> tuple[str, ...]:
     return names
 
 
+#: The pipeline's stages, in the order records flow through them (agents/, one module each).
+STAGES: Final = ("dedup", "apply", "sink")
+
+
+def _stage_list(text: str) -> tuple[str, ...]:
+    value = text.strip().lower()
+    if value in {"all", ""}:
+        return STAGES
+    names = {n.strip() for n in value.split(",") if n.strip()}
+    unknown = sorted(names - set(STAGES))
+    if unknown:
+        raise ValueError(f"unknown stage {', '.join(unknown)}; use all or a comma list of: {', '.join(STAGES)}")
+    return tuple(stage for stage in STAGES if stage in names)
+
+
 def _setting(env: str, default: Any, parse: Callable[[str], Any], doc: str) -> Any:
     return field(default=default, metadata={"env": env, "parse": parse, "doc": doc})
 
@@ -268,6 +283,13 @@ class Settings:
         "BATCH_MAX", 1000, _positive_int,
         "Most records a stage takes in one batch: what is already fetched, never waited "
         "for (one ack wait, one table write per key and one commit-gate pass per batch).",
+    )
+    stages: tuple[str, ...] = _setting(
+        "STAGES", STAGES, _stage_list,
+        "The stages this worker runs: all (default) or a comma list of dedup, apply, sink. "
+        "Every worker of one APP_ID (one consumer group) must run the same stages; run stages "
+        "apart as separate apps (another APP_ID, the same TOPIC_PREFIX), e.g. the CPU-bound "
+        "dedup and apply apart from the I/O-bound sink.",
     )
     max_record_bytes: int = _setting(
         "MAX_RECORD_BYTES", 16 * 1024, _positive_int,

@@ -22,12 +22,12 @@ import heapq
 import logging
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from aiohttp import web
 from faust.web import Request, Response, View
 
-from agents.sink import charge_stats, effect_target, ledger
 from tables.balances import balances
 from tables.counters import totals
 from tables.seen_events import seen_events
@@ -75,11 +75,24 @@ def top_balances(n: int = TOP_BALANCES) -> list[dict[str, Any]]:
             for a, c, v in heapq.nlargest(n, entries, key=lambda e: e[2])]
 
 
+def _sink() -> ModuleType | None:
+    """The sink stage (its clients of the external system) when this worker runs it, else
+    None: importing agents.sink declares its agent, which a worker without the stage must not."""
+    if "sink" not in settings.stages:
+        return None
+    import agents.sink
+
+    return agents.sink
+
+
 async def _charges() -> tuple[ChargeStats | None, str | None]:
     """The external system's own counts, or why it cannot say (an outage must not take the
     dashboard down with it: the other stages go on, and the page says what is unknown)."""
+    sink = _sink()
+    if sink is None:
+        return None, f"the sink stage does not run on this worker (STAGES={','.join(settings.stages)})"
     try:
-        return await charge_stats(), None
+        return await sink.charge_stats(), None
     except Exception as exc:  # noqa: BLE001 - any failure to ask: unavailable, with the reason
         return None, f"{settings.sink_target} unavailable: {type(exc).__name__}"
 
@@ -177,8 +190,9 @@ class AccountBalance(View):
 class Charges(View):
     async def get(self, request: Request) -> Response:
         charges, unavailable = await _charges()
+        sink = _sink()
         body = {
-            "target": effect_target(),  # never echoes credentials
+            "target": sink.effect_target() if sink else None,  # never echoes credentials
             "sink_target": settings.sink_target,
             "sink_mode": settings.sink_mode,
         }
@@ -220,11 +234,14 @@ async def _refresh_metrics() -> None:
     and the stores. An external system that does not answer leaves its last values."""
     metrics.set_lag(stream_positions(app), exactly_once=EXACTLY_ONCE, fetched=_fetched)
     metrics.set_dedup_keys(getattr(seen_events.data, "_dbs", None), lambda: len(seen_events))
+    sink = _sink()
+    if sink is None:
+        return
     if settings.sink_target == "database":
-        metrics.sync_counter(metrics.SINK_RETRIES, ("database",), ledger.retries, _ledger_retries_seen)
-        metrics.SINK_OUTAGE.labels("database").set(int(ledger.outage))
+        metrics.sync_counter(metrics.SINK_RETRIES, ("database",), sink.ledger.retries, _ledger_retries_seen)
+        metrics.SINK_OUTAGE.labels("database").set(int(sink.ledger.outage))
     try:
-        charges = await charge_stats()
+        charges = await sink.charge_stats()
     except Exception as exc:  # noqa: BLE001 - an outage must not fail the scrape
         log.warning("metrics: charges not refreshed: %s", exc)
     else:

@@ -197,13 +197,13 @@ def test_an_internal_record_that_is_not_a_payment_is_dead_lettered_with_its_byte
                                                                                    agent_name, value):
     """Stock Faust decoded internal topics itself and dropped what it could not decode;
     now the stage decodes it and the DLQ gets the original bytes (a null stays null)."""
-    import agents
     import agents.processing
 
     agents.processing.memory.clear()  # each case's offset 0 is new
+    agent_of = {"dedup_payments": dedup_payments, "apply_payments": apply_payments}
 
     async def scenario():
-        async with getattr(agents, agent_name).test_context() as agent:
+        async with agent_of[agent_name].test_context() as agent:
             await agent.put(value, key=b'"k"', wait=False)
             await asyncio.sleep(0.2)
     run(scenario())

@@ -205,3 +205,46 @@ def test_the_commit_interval_follows_the_guarantee_unless_set():
 def test_commit_interval_and_batch_size_must_be_positive(env, text):
     with pytest.raises(SettingsError, match=f"{env}='{text}' is invalid"):
         Settings.from_env({env: text})
+
+
+def test_stages_are_all_by_default_and_kept_in_pipeline_order():
+    assert Settings.from_env({}).stages == ("dedup", "apply", "sink")
+    assert Settings.from_env({"STAGES": "all"}).stages == ("dedup", "apply", "sink")
+    assert Settings.from_env({"STAGES": " sink, dedup "}).stages == ("dedup", "sink")
+
+
+def test_an_unknown_stage_is_named_with_the_stages_allowed():
+    with pytest.raises(SettingsError, match="STAGES='dedup,ingest' is invalid: unknown stage ingest; "
+                                            "use all or a comma list of: dedup, apply, sink"):
+        Settings.from_env({"STAGES": "dedup,ingest"})
+
+
+def test_a_worker_declares_the_agents_of_its_stages_only(tmp_path):
+    """STAGES=dedup: the app has the dedup agent only, not the sink's start check (the API
+    sink's key retention), and its dashboard says the charges are not counted here (the app is
+    built once per process: a subprocess)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import asyncio, json, streams_app\n"
+        "from views import web\n"
+        "app = streams_app.app\n"
+        "print(json.dumps([sorted(a.split('.')[-1] for a in app.agents), sorted(c.__qualname__ for c in app.start_checks),"
+        " asyncio.run(web._charges())[1]]))\n"
+    )
+    env = {**os.environ, "STAGES": "dedup", "SINK_TARGET": "api", "APP_DATADIR": str(tmp_path / "data")}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    agents, start_checks, charges = json.loads(out.stdout.strip().splitlines()[-1])
+    assert agents == ["dedup_payments"]
+    assert start_checks == ["_check_partition_counts"]
+    assert charges == "the sink stage does not run on this worker (STAGES=dedup)"
+    env["STAGES"] = "all"
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    agents, start_checks, _ = json.loads(out.stdout.strip().splitlines()[-1])
+    assert agents == ["apply_payments", "charge_payments", "dedup_payments"]
+    assert start_checks == ["KeyRetentionGuard.at_start", "_check_partition_counts"]
