@@ -37,7 +37,7 @@ import functools
 import logging
 from typing import Any
 
-from aiokafka.partitioner import murmur2
+from common.murmur2 import murmur2
 
 from streams_app.application import current_app
 

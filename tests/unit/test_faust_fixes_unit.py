@@ -31,6 +31,7 @@ from faust_guarantees.fixes import (
     commit_gate,
     exact_gaps,
     livelock_position,
+    persisted_offsets,
     recovery_highwater,
     recovery_idle_wait,
     seek_uncommitted_partitions,
@@ -711,3 +712,30 @@ def test_lso_consistency_check_is_switched_off_for_the_app_only():
     app, other = faust.App("lso-1", autodiscover=False), faust.App("lso-2", autodiscover=False)
     lso_consistency_check.install(Guarantees(app))
     assert app.conf.recovery_consistency_check is False and other.conf.recovery_consistency_check is True
+
+
+@pytest.mark.parametrize("fixed", [False, True], ids=["stock", "fixed"])
+def test_at_least_once_persists_the_changelog_offset_at_the_commit_not_per_record(fixed):
+    """Stock Faust under at_least_once: a RocksDB put of the persisted offset for every
+    changelog record acknowledged. Fixed: the latest one is kept and written once, when the
+    source partition with its number commits."""
+    from faust.tables.base import Collection
+    from faust.tables.manager import TableManager
+
+    puts = []
+    store = SimpleNamespace(set_persisted_offset=lambda tp, offset: puts.append((tp, offset)))
+    manager = _fixed(persisted_offsets, TableManager).__new__(_fixed(persisted_offsets, TableManager))
+    manager._pending_persisted_offsets = {}
+    table = SimpleNamespace(data=store, app=SimpleNamespace(in_transaction=False, tables=manager))
+    sent = _fixed(persisted_offsets, Collection, "_on_changelog_sent") if fixed else Collection._on_changelog_sent
+    changelog, other = TP("app-seen-events-changelog", 2), TP("app-seen-events-changelog", 3)
+    for tp, offset in ((changelog, 10), (changelog, 11), (other, 5), (changelog, 12)):
+        sent(table, SimpleNamespace(result=lambda tp=tp, offset=offset: SimpleNamespace(topic_partition=tp, offset=offset)))
+    if not fixed:
+        assert puts == [(changelog, 10), (changelog, 11), (other, 5), (changelog, 12)]
+        return
+    assert puts == []
+    manager.on_commit({TP("payments.raw", 2): 100, TP("payments.events", 2): 7})
+    assert puts == [(changelog, 12)]
+    manager.on_commit({TP("payments.raw", 3): 40})
+    assert puts == [(changelog, 12), (other, 5)]
