@@ -10,6 +10,7 @@ and commands declared on it.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections.abc import Awaitable, Callable, Mapping
@@ -58,12 +59,32 @@ class PaymentsApp(faust.App):
         self.health.agent_crashed(agent.name, exc)
         await super()._on_agent_error(agent, exc)
 
+    async def on_started(self) -> None:
+        await super().on_started()
+        if self.settings.gc_tuning:
+            tune_gc()
+
     async def on_first_start(self) -> None:
         await super().on_first_start()
         metrics.install(self, guarantee=self.settings.processing_guarantee)
         for check in self.start_checks:
             await check()
         drop_ttl_stores(Path(self.conf.tabledir))
+
+
+#: gc thresholds once started: a young generation of 50,000 allocations (Python's default 700
+#: collected ~100 times a second at 7,000 events/s), the older ones as Python's.
+GC_THRESHOLDS = (50_000, 10, 10)
+
+
+def tune_gc() -> None:
+    """Freeze what start-up built (modules, Faust's app and services: the bulk of the heap,
+    which every full collection would scan again) and collect the young generation less
+    often. Measured on the dedup stage (bench one faust_alo, 80,000 records, gc callbacks
+    timed after start-up): the collector's share of CPU 9.5 % -> 0.5 %."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def durable_topic_class(configs: dict[str, str]) -> type[faust.Topic]:

@@ -248,3 +248,20 @@ def test_a_worker_declares_the_agents_of_its_stages_only(tmp_path):
     agents, start_checks, _ = json.loads(out.stdout.strip().splitlines()[-1])
     assert agents == ["apply_payments", "charge_payments", "dedup_payments"]
     assert start_checks == ["KeyRetentionGuard.at_start", "_check_partition_counts"]
+
+
+def test_gc_tuning_freezes_start_up_and_raises_the_young_threshold():
+    import gc
+
+    from streams_app.application import GC_THRESHOLDS, tune_gc
+
+    assert Settings.from_env({}).gc_tuning is True
+    assert Settings.from_env({"GC_TUNING": "false"}).gc_tuning is False
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
