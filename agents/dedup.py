@@ -111,7 +111,7 @@ async def dedup_payments(stream: Any) -> None:
             if MARK_BEFORE_FORWARDING and first:
                 for event, payment in first:
                     as_current(event)
-                    mark_seen(payment.event_id)
+                    await mark_seen(payment.event_id)
                 await app.producer.flush()  # the seen-rows are in Kafka before the outputs leave
             sends = []
             for event, payment in first:
@@ -126,5 +126,5 @@ async def dedup_payments(stream: Any) -> None:
             for event in forwarded:
                 as_current(event)
                 if not MARK_BEFORE_FORWARDING:
-                    mark_seen(ids[id(event)])
+                    await mark_seen(ids[id(event)])
                 count("dedup.unique")

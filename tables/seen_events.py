@@ -38,6 +38,7 @@ from typing import Any
 
 import rocksdict
 
+from faust_guarantees.processing import set_row
 from streams_app import metrics
 from streams_app.application import current_app
 
@@ -72,14 +73,17 @@ def expired(first_seen: float, now: float, horizon: float | None = None) -> bool
 
 
 def is_duplicate(event_id: str, now: float | None = None) -> bool:
-    """True when ``event_id`` was forwarded within the dedup horizon."""
-    first_seen = seen_events.get(event_id)
+    """True when ``event_id`` was forwarded within the dedup horizon. (Read from the store
+    itself: the table's own lookup adds a sensor call and a KeyError per new id.)"""
+    first_seen = seen_events.data.get(event_id)
     return first_seen is not None and not expired(first_seen, time.time() if now is None else now)
 
 
-def mark_seen(event_id: str, now: float | None = None) -> None:
-    """Remember ``event_id``; call only once its output can no longer be lost."""
-    seen_events[event_id] = time.time() if now is None else now
+async def mark_seen(event_id: str, now: float | None = None) -> None:
+    """Remember ``event_id`` in the current event's partition (``as_current``); call only
+    once its output can no longer be lost. The changelog record goes straight to the
+    producer (faust_guarantees.processing.set_row)."""
+    await set_row(app, seen_events, event_id, time.time() if now is None else now)
 
 
 log = logging.getLogger(__name__)
