@@ -27,7 +27,7 @@ from faust.types import EventT
 from streams_app.application import current_app
 from streams_app.faults import crashpoint
 from streams_app.models import AppliedPayment, json_key, parse_payment
-from agents.processing import as_current, batches, processing_batch, publish
+from agents.processing import as_current, batches, processing_batch, record_batches
 from streams_app.topics import applied_payments, key_partition, unique_payments
 from tables.balances import balance_of, set_balance
 from tables.counters import count
@@ -52,7 +52,7 @@ async def apply_payments(stream: Any) -> None:
         async with processing_batch(stream, batch, stage="apply") as work:
             # account -> (its balance after the batch so far, an event of its partition)
             changed: dict[str, tuple[dict[str, int], EventT]] = {}
-            sends = []
+            outputs, queued = record_batches(), []
             applied_ok: dict[int, Any] = {}
             for event in batch:
                 with work.record(event):
@@ -67,10 +67,12 @@ async def apply_payments(stream: Any) -> None:
                         balance_after=after[payment.currency],
                     )
                     key = json_key(payment.account)
-                    sent = await publish(applied_payments, key=key, value=applied.to_json(), partition=key_partition(key))
-                    changed[payment.account] = (after, event)  # only once its output is handed over
-                    sends.append((event, sent))
+                    queued.append((event, outputs.publish(applied_payments, key=key, value=applied.to_json(),
+                                                          partition=key_partition(key))))
+                    changed[payment.account] = (after, event)
                     applied_ok[id(event)] = payment
+            await outputs.flush()  # a failure here fails the batch: no balance is written
+            sends = [(event, q.future) for event, q in queued]
             if AWAIT_OUTPUTS and sends:
                 delivered = {id(e) for e in await work.acknowledged(sends)}
                 for event, _ in sends:
@@ -79,9 +81,11 @@ async def apply_payments(stream: Any) -> None:
                         balance = dict(changed[lost.account][0])
                         balance[lost.currency] -= lost.amount
                         changed[lost.account] = (balance, changed[lost.account][1])
+            rows = record_batches()
             for account, (balance, event) in changed.items():
                 as_current(event)
-                set_balance(account, balance)
+                set_balance(rows, account, balance)
+            await rows.flush()
             for event in batch:
                 if id(event) in applied_ok:
                     as_current(event)

@@ -19,7 +19,9 @@ Guarantee: every raw record produces exactly one outcome, forwarded, dropped as
 a duplicate, moved, or dead-lettered with the rule it broke (an unexpected error
 too: code ``processing_error``); nothing is dropped silently
 (agents/processing.py). Records are taken in batches of what is already
-fetched (``BATCH_MAX``): one wait for the broker's acks per batch, not per event.
+fetched (``BATCH_MAX``): one wait for the broker's acks per batch, not per event,
+and a batch's outputs and seen-rows go to Kafka as one record batch per partition
+(faust_guarantees/batching.py).
 
 Order matters under at_least_once: an id is marked seen only AFTER its output
 is acknowledged by the broker. Marking first would let a crash between the two
@@ -57,7 +59,7 @@ from faust.types import EventT, Message
 from streams_app.application import current_app
 from streams_app.faults import crashpoint
 from streams_app.models import Payment, json_key, parse_payment
-from agents.processing import as_current, batches, processing_batch, publish
+from agents.processing import as_current, batches, processing_batch, publish, record_batches
 from streams_app.topics import dedup_sources, event_partition, key_partition, payment_events, unique_payments
 from tables.counters import count
 from tables.seen_events import is_duplicate, mark_seen
@@ -109,22 +111,28 @@ async def dedup_payments(stream: Any) -> None:
                     in_batch.add(payment.event_id)
                     first.append((event, payment))
             if MARK_BEFORE_FORWARDING and first:
+                rows = record_batches()
                 for event, payment in first:
                     as_current(event)
-                    await mark_seen(payment.event_id)
+                    mark_seen(rows, payment.event_id)
+                await rows.flush()
                 await app.producer.flush()  # the seen-rows are in Kafka before the outputs leave
-            sends = []
+            outputs, queued = record_batches(), []
             for event, payment in first:
                 with work.record(event):
                     key = json_key(payment.account)
-                    sent = await publish(unique_payments, key=key, value=payment.to_json(), partition=key_partition(key))
-                    sends.append((event, sent))
+                    queued.append((event, outputs.publish(unique_payments, key=key, value=payment.to_json(),
+                                                          partition=key_partition(key))))
+            await outputs.flush()
+            sends = [(event, q.future) for event, q in queued]
             forwarded = await work.acknowledged(sends) if AWAIT_OUTPUT_BEFORE_MARKING else [e for e, _ in sends]
             for event in forwarded:
                 crashpoint("dedup.after_forward")
             ids = {id(event): payment.event_id for event, payment in first}
+            rows = record_batches()
             for event in forwarded:
                 as_current(event)
                 if not MARK_BEFORE_FORWARDING:
-                    await mark_seen(ids[id(event)])
+                    mark_seen(rows, ids[id(event)])
                 count("dedup.unique")
+            await rows.flush()

@@ -28,6 +28,7 @@ from faust.types import EventT, Message, StreamT
 
 from common.redact import mask_url
 from faust_guarantees.processing import Batch, Processing, as_current
+from faust_guarantees.batching import RecordBatches
 from faust_guarantees.processing import publish as _publish
 from tables.counters import batched_counts, count, write_counts
 
@@ -42,7 +43,7 @@ guarantees = app.guarantees
 settings = app.settings
 
 __all__ = ["Batch", "as_current", "batches", "discipline", "first_deliveries", "processing",
-           "processing_batch", "publish"]
+           "processing_batch", "publish", "record_batches"]
 
 
 def _redact(text: str) -> str:
@@ -80,6 +81,11 @@ async def processing_batch(stream: StreamT, events: list[EventT], *,
         async with discipline.processing_batch(stream, events, stage=stage,
                                                before_ack=lambda: write_counts(pending)) as work:
             yield work
+
+
+def record_batches() -> RecordBatches:
+    """Records of a batch for this app's producer, sent together (faust_guarantees/batching.py)."""
+    return RecordBatches(app)
 
 
 async def publish(topic: Any, *, key: bytes | None, value: bytes | None, partition: int | None = None,

@@ -114,41 +114,6 @@ async def publish(app: Any, topic: Any, *, key: bytes | None, value: bytes | Non
     return await producer.send(name, key, value, partition, None, headers)
 
 
-async def set_row(app: Any, table: Any, key: Any, value: Any) -> None:
-    """``table[key] = value`` for the current event (:func:`as_current`), with the changelog
-    record handed straight to the producer as :func:`publish` hands an output.
-
-    Faust's ``Table.__setitem__`` sends the changelog record through its ProducerBuffer: a
-    FutureMessage, a queue, a background task and a callback per row, 11-13 % of the dedup
-    stage's time (py-spy, session 13). Here the store row and the changelog record are the
-    same bytes (the store's own encoding: Faust's changelog topic encodes with the same
-    serializers), in the same partition (the event's: tables are co-partitioned with their
-    streams) and, under exactly_once, in the same transaction (the source partition's); the
-    ack goes to the table's own ``_on_changelog_sent``, which keeps the persisted offset.
-    Tables whose store does not encode (``memory://``) or that partition by key take Faust's
-    path. The ack is not awaited: a commit flushes the producer first.
-    """
-    from faust.stores.base import SerializedStore
-
-    store = table.data
-    ref = _current_event.get(None)
-    event = ref() if ref is not None else None
-    if event is None or table.use_partitioner or not isinstance(store, SerializedStore):
-        table[key] = value
-        return
-    message = event.message
-    table._verify_source_topic_partitions(message.topic)
-    key_bytes, value_bytes = store._encode_key(key), store._encode_value(value)
-    store._set(key_bytes, value_bytes)
-    ack = await publish(app, table.changelog_topic, key=key_bytes, value=value_bytes, partition=message.partition)
-    ack.add_done_callback(lambda fut: _changelog_acked(table, fut))  # type: ignore[attr-defined]
-
-
-def _changelog_acked(table: Any, fut: Any) -> None:
-    if not fut.cancelled() and fut.exception() is None:
-        table._on_changelog_sent(fut)
-
-
 #: Told of every dead letter sent: (message, stage, code, sent as a reference).
 DeadLetterListener = Callable[[Message, str, str, bool], None]
 

@@ -11,8 +11,8 @@ event again on restart: the lab counts exactly that as a balance mismatch.
 
 from __future__ import annotations
 
+from faust_guarantees.batching import RecordBatches
 from streams_app.application import current_app
-
 
 app = current_app()
 settings = app.settings
@@ -33,8 +33,9 @@ def balance_of(account: str) -> dict[str, int]:
     return balances[account]
 
 
-def set_balance(account: str, balance: dict[str, int]) -> None:
-    """Store ``balance`` (a new dict: Faust writes the changelog only on assignment,
-    never on an in-place change of a mutable value)."""
-    balances[account] = balance
+def set_balance(rows: RecordBatches, account: str, balance: dict[str, int]) -> None:
+    """Store ``balance`` in the current event's partition; its changelog record goes with
+    ``rows`` (faust_guarantees/batching.py). A new dict: an in-place change of a mutable
+    value would never reach the changelog."""
+    rows.set_row(balances, account, balance)
 

@@ -38,7 +38,7 @@ from typing import Any
 
 import rocksdict
 
-from faust_guarantees.processing import set_row
+from faust_guarantees.batching import RecordBatches
 from streams_app import metrics
 from streams_app.application import current_app
 
@@ -79,11 +79,11 @@ def is_duplicate(event_id: str, now: float | None = None) -> bool:
     return first_seen is not None and not expired(first_seen, time.time() if now is None else now)
 
 
-async def mark_seen(event_id: str, now: float | None = None) -> None:
+def mark_seen(rows: RecordBatches, event_id: str, now: float | None = None) -> None:
     """Remember ``event_id`` in the current event's partition (``as_current``); call only
-    once its output can no longer be lost. The changelog record goes straight to the
-    producer (faust_guarantees.processing.set_row)."""
-    await set_row(app, seen_events, event_id, time.time() if now is None else now)
+    once its output can no longer be lost. The row is in the store at once; its changelog
+    record goes to Kafka with ``rows`` (faust_guarantees/batching.py)."""
+    rows.set_row(seen_events, event_id, time.time() if now is None else now)
 
 
 log = logging.getLogger(__name__)
