@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--no-pin", action="store_true", help="do not pin broker and systems to CPUs")
     one = commands.add_parser("one", help="a quick look at a few systems (nothing written to reports/)")
     one.add_argument("systems", nargs="+", help="report keys: faust_alo, faust_eos, quix_alo, raw_eos, ...")
-    one.add_argument("--records", type=int, default=20_000, help="backlog size (Faust reads all of it)")
+    one.add_argument("--records", type=int, default=80_000, help="backlog size (Faust reads all of it)")
     one.add_argument("--partitions", type=int, default=4)
     one.add_argument("--profile", type=int, default=0, metavar="SECONDS", help="py-spy the first system")
     one.add_argument("--bootstrap", help="Kafka bootstrap host:port (default 127.0.0.1:9092)")

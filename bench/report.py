@@ -271,10 +271,10 @@ METHOD = {
     "correctness": "after each run a read_committed reader counts the output records and "
                    "distinct event ids; a drained run must output exactly its input's unique "
                    "events, and no run may contain a duplicate",
-    "input": "raw loop and Quix drain the whole backlog topic; a Faust run (pipeline or minimal "
-             "agent) drains a copy of its first faust_records records in its own input topic (same "
-             "records, same partitions), a smaller input because Faust is an order of magnitude "
-             "slower; events_in is what the group committed on its input topic",
+    "input": "raw loop and Quix drain the whole backlog topic; a Faust run (this project's worker "
+             "or the minimal agent) drains a copy of it (or of its first faust_records records when "
+             "set) in its own input topic (same records, same partitions); events_in is what the "
+             "group committed on its input topic",
 }
 
 

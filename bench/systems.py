@@ -82,8 +82,8 @@ class SystemSpec:
 
     @property
     def reads_backlog(self) -> bool:
-        """Whether it reads the shared backlog topic; the Faust systems, an order of
-        magnitude slower, get their own copy of its first ``faust_records`` records."""
+        """Whether it reads the shared backlog topic; the Faust systems get their own copy
+        of it (its first ``faust_records`` records when set): their input topic is their own."""
         return self.kind in ("raw", "quix")
 
     @property
