@@ -163,8 +163,10 @@ def _resolve(app: Any, producer: Any, group: _Group, *, exactly_once: bool) -> N
     source = group.event.message.tp
     tid = f"{app.conf.id}-{app.assignor.group_for_topic(source.topic)}-{source.partition}"
     group.producer = producer._transaction_producers.get(tid)
-    if group.producer is None:
-        raise LookupError(f"No transaction producer found for : {tid}")
+    if group.producer is None:  # as Faust's own send says it (faust_guarantees.fencing reads it)
+        from faust.exceptions import ProducerSendError
+
+        raise ProducerSendError(f"No transaction producer found for : {tid}")
     group.lock = producer._trn_locks[tid]
 
 

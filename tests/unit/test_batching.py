@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
+import pytest
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import RecordMetadata, TopicPartition
 
@@ -78,3 +79,20 @@ def test_a_record_batch_is_closed_before_it_is_sent():
 
     asyncio.run(scenario())
     assert seen == [True]
+
+
+def test_a_record_of_a_partition_without_its_transaction_says_so_as_faust_does():
+    """A partition revoked (or a worker fenced) between the add and the flush: its producer is
+    gone; the error is Faust's own, which the processing discipline reads as a fence."""
+    from faust.exceptions import ProducerSendError
+
+    from faust_guarantees.batching import _resolve
+    from faust_guarantees.fencing import is_fenced
+
+    event = SimpleNamespace(message=SimpleNamespace(tp=SimpleNamespace(topic="orders", partition=3)))
+    app = SimpleNamespace(conf=SimpleNamespace(id="app"), assignor=SimpleNamespace(group_for_topic=lambda t: 1))
+    producer = SimpleNamespace(_transaction_producers={}, _trn_locks={})
+    group = _Group(event, "out", 0, None)
+    with pytest.raises(ProducerSendError, match="No transaction producer found for : app-1-3") as raised:
+        _resolve(app, producer, group, exactly_once=True)
+    assert is_fenced(raised.value)
