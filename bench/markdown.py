@@ -187,11 +187,10 @@ def _limits_section(doc: Doc) -> list[str]:
                 f"(bench/faust_minimal.py: one hop, one table, no fixes), reaches {floor:.0%} of the raw "
                 f"loop under at_least_once (it awaits each output's acknowledgement, as the pipeline's "
                 f"dedup stage must){_eos_floor(ratios)} and spends {stock_ms:.2f} ms of CPU per event "
-                f"against the raw loop's {raw_ms:.2f} ms. So no pipeline on faust-streaming's per-record path reaches 50 % "
-                "of the raw loop, or Quix, on this machine. Where the time goes: Faust hands every record "
-                "to its agent through several asyncio tasks, a queue and per-record sensor calls, and "
-                "sends each output and each table changelog record through its own publish path (see "
-                "the profiles below). Upstream reports the same order of magnitude: "
+                f"against the raw loop's {raw_ms:.2f} ms: faust-streaming's per-record path hands every "
+                "record to its agent through several asyncio tasks, a queue and per-record sensor calls, "
+                "and sends each output and each table changelog record through its own publish path. "
+                "Upstream reports the same order of magnitude: "
                 + "; ".join(FAUST_SPEED_REPORTS) + ".")
         for guarantee, short in (("at_least_once", "alo"), ("exactly_once", "eos")):
             share = ratios.get(f"faust_{short}_over_faust_min_{short}")
@@ -209,12 +208,12 @@ def _limits_section(doc: Doc) -> list[str]:
                 text += f"; py-spy found its worker busy {busy:.0%} of the wall time"
             lines.append(text + ".")
         lines.append(
-            "- **Next step.** The stages already take records in batches below Faust's per-record "
-            "iterator, wait once per batch for the broker's acks and write counters and balances once "
-            "per batch (agents/, agents/processing.py). What is left per event is in the profiles "
-            "below: aiokafka's pure-Python producer and consumer paths (Quix and the raw loop's "
-            "librdkafka or batch paths do that in C or per batch), Faust's conductor per message, and "
-            "one dedup-table write with its changelog record per event id.")
+            "- **Next step.** The stages take records in batches below Faust's per-record iterator, "
+            "wait once per batch for the broker's acks and hand a batch's outputs and table rows to "
+            "aiokafka as one record batch per partition (agents/, faust_guarantees/batching.py). "
+            "What is left per event: Faust's conductor and Event per message and aiokafka's "
+            "pure-Python fetch path (Quix and the raw loop use librdkafka or per-batch paths), the "
+            "stage's per-record bookkeeping; in the whole pipeline, the second hop and the sink.")
     restore = doc["state"].get("restore")
     if any("restored in" in t for t in missed) and restore and restore.get("restore_s"):
         lines.append(

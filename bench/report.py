@@ -137,7 +137,7 @@ def _split(ratios: Doc, stock: str, pipeline: str) -> str:
     if ratios.get(stock) is not None:
         parts.append(f"Faust itself (one stock agent, one hop): {ratios[stock]:.0%}")
     if ratios.get(pipeline) is not None:
-        parts.append(f"the pipeline: {ratios[pipeline]:.0%} of that agent")
+        parts.append(f"this project's stage: {ratios[pipeline]:.0%} of that agent")
     return "; ".join(parts)
 
 

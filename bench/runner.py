@@ -45,7 +45,7 @@ from .systems import FaustDeployment, SystemSpec
 
 T = TypeVar("T")
 #: An upper bound of the Faust worker's input rate, to size the profiling input.
-PROFILE_RECORDS_PER_S = 2_000
+PROFILE_RECORDS_PER_S = 15_000
 
 
 def headline_systems() -> list[SystemSpec]:

@@ -23,9 +23,9 @@ def test_a_missed_throughput_target_is_split_into_faust_itself_and_the_pipeline(
     targets = _by_name(RATIOS)
     raw = targets["Faust at_least_once >= 50 % of the raw loop"]
     assert raw["met"] is False and round(raw["margin"], 2) == -0.96
-    assert raw["detail"] == "Faust itself (one stock agent, one hop): 3%; the pipeline: 63% of that agent"
+    assert raw["detail"] == "Faust itself (one stock agent, one hop): 3%; this project's stage: 63% of that agent"
     assert targets["Faust >= Quix Streams, exactly_once"]["detail"].startswith(
-        "Faust itself (one stock agent, one hop): 11%; the pipeline: 47%")
+        "Faust itself (one stock agent, one hop): 11%; this project's stage: 47%")
     assert targets["Faust exactly_once >= 80 % of Faust at_least_once (default commit interval)"]["detail"] == \
         "the whole pipeline at commit interval 0.1 s: 78%"
 
