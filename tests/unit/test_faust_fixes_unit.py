@@ -30,6 +30,7 @@ from faust_guarantees.fixes import (
     changelog_metadata,
     commit_gate,
     exact_gaps,
+    fenced_restart,
     livelock_position,
     persisted_offsets,
     recovery_highwater,
@@ -739,3 +740,50 @@ def test_at_least_once_persists_the_changelog_offset_at_the_commit_not_per_recor
     assert puts == [(changelog, 12)]
     manager.on_commit({TP("payments.raw", 3): 40})
     assert puts == [(changelog, 12), (other, 5)]
+
+
+@pytest.mark.parametrize("fixed", [False, True], ids=["stock", "fixed"])
+def test_a_commit_failing_after_the_sender_died_of_a_fence_stops_the_worker_as_fenced(fixed):
+    """CI on a913dd7: the zombie worker's sender met the fence first (aiokafka's transaction
+    manager went fatal with ProducerFenced); the commit then failed with an AssertionError
+    ('Invalid state transition'), and the worker crashed without saying it was fenced: a
+    clean-marked stop. Fixed: the commit reads the fence behind the error and stops the worker
+    as fenced (unclean, restored from the changelog at the restart)."""
+    from aiokafka.errors import ProducerFenced
+    from aiokafka.producer.transaction_manager import TransactionManager as AioTransactions
+    from faust.transport.consumer import TransactionManager
+
+    import faust
+
+    async def scenario():
+        app = faust.App(f"fence-behind-{fixed}", autodiscover=False)
+        app.assignor.group_for_topic = lambda topic: 0
+        crashed: list[BaseException] = []
+
+        async def crash(error: BaseException) -> None:
+            crashed.append(error)
+
+        app.crash = crash
+        manager = AioTransactions("fence-behind-0-2", 60000)
+        manager.set_pid_and_epoch(7, 0)
+        manager.begin_transaction()
+        manager.fatal_error(ProducerFenced())  # the sender's produce response said fenced
+
+        class Producer:
+            _transaction_producers = {"fence-behind-%s-0-2" % fixed: SimpleNamespace(_txn_manager=manager)}
+
+            async def commit_transactions(self, by_id, group_id, start_new_transaction=True):
+                manager.committing_transaction()  # what aiokafka's commit_transaction does first
+
+        transactions = TransactionManager.__new__(_fixed(fenced_restart, TransactionManager) if fixed
+                                                  else TransactionManager)
+        transactions.app, transactions.producer = app, Producer()
+        outcome = await transactions.commit({TP("fence-behind.raw", 2): 10})
+        return outcome, crashed, faust_guarantees.fenced(app)
+
+    if not fixed:
+        with pytest.raises(AssertionError, match="Invalid state transition"):
+            asyncio.run(scenario())
+        return
+    outcome, crashed, was_fenced = asyncio.run(scenario())
+    assert outcome is False and was_fenced and len(crashed) == 1 and isinstance(crashed[0], ProducerFenced)
