@@ -24,7 +24,10 @@ import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from faust.exceptions import ProducerSendError
+from faust.stores.base import SerializedStore
 from faust.streams import _current_event
+from faust.transport.drivers.aiokafka import Producer
 
 from .processing import publish
 from .state import of
@@ -101,8 +104,6 @@ class RecordBatches:
         encoding, in the event's partition), the changelog record with the batch (the same
         bytes: Faust's changelog topic encodes with the same serializers). A store that does
         not encode (``memory://``) or a table partitioned by key takes Faust's path."""
-        from faust.stores.base import SerializedStore
-
         store = table.data
         event = _event()
         if event is None or table.use_partitioner or not isinstance(store, SerializedStore):
@@ -128,8 +129,6 @@ class RecordBatches:
 
     async def flush(self) -> None:
         """Hand every queued record to its producer (not awaiting the broker's acks)."""
-        from faust.transport.drivers.aiokafka import Producer
-
         groups, self._groups = self._groups, {}
         if not groups:
             return
@@ -164,8 +163,6 @@ def _resolve(app: Any, producer: Any, group: _Group, *, exactly_once: bool) -> N
     tid = f"{app.conf.id}-{app.assignor.group_for_topic(source.topic)}-{source.partition}"
     group.producer = producer._transaction_producers.get(tid)
     if group.producer is None:  # as Faust's own send says it (faust_guarantees.fencing reads it)
-        from faust.exceptions import ProducerSendError
-
         raise ProducerSendError(f"No transaction producer found for : {tid}")
     group.lock = producer._trn_locks[tid]
 
