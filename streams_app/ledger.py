@@ -101,6 +101,13 @@ CHECKOUT_TIMEOUT_S = 5.0
 #: long lets the next checkout start a fresh one, so a database that is back is
 #: found within seconds however long it was down.
 RECONNECT_TIMEOUT_S = 5.0
+#: The server ends a session idle this long inside a transaction, releasing its locks.
+#: The ledger's transactions never wait on anything but their own statements, so only a
+#: worker that stopped mid-transaction (SIGSTOP, a long GC or VM pause, a zombie after a
+#: rebalance) is idle in one; without this limit its row locks would hold every worker
+#: that charges the same keys (and the rebalance that waits for them) until it resumed.
+IDLE_IN_TRANSACTION_TIMEOUT_MS = 10_000
+_SESSION_OPTIONS = f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}"
 #: How long SQLite waits for another writer's lock before "database is locked".
 SQLITE_BUSY_TIMEOUT_S = 30.0
 #: stats() serves the dashboard: it must answer, so it gives up after this long.
@@ -322,8 +329,8 @@ class _PostgresBackend:
                 pool = AsyncConnectionPool(
                     self._url, min_size=self._min_size, max_size=self._max_size, open=False,
                     name="ledger", check=AsyncConnectionPool.check_connection,
-                    kwargs={"connect_timeout": CONNECT_TIMEOUT_S}, timeout=self._checkout_timeout,
-                    reconnect_timeout=RECONNECT_TIMEOUT_S,
+                    kwargs={"connect_timeout": CONNECT_TIMEOUT_S, "options": _SESSION_OPTIONS},
+                    timeout=self._checkout_timeout, reconnect_timeout=RECONNECT_TIMEOUT_S,
                 )
                 await pool.open(wait=False)  # connects in the background; an outage is fine
                 self._pool = pool

@@ -34,12 +34,14 @@ from . import (
     shutdown_commit,
     source_partition_transactions,
     stalled_partition_heal,
+    whole_transactions,
     wipe_unclean_state,
 )
 
 MODULES: tuple[ModuleType, ...] = (
     stalled_partition_heal,
     commit_at_revocation,
+    whole_transactions,
     recovery_idle_wait,
     exact_gaps,
     bulk_restore,

@@ -34,6 +34,7 @@ import logging
 from typing import Any
 
 from .. import state
+from ..holes import first_hole
 from ..probe import bootstrap, first_committed_record
 from ..seeking import seek_back
 from ..state import Guarantees
@@ -88,18 +89,17 @@ def _heal_stalled_partitions_for(guarantees: Guarantees) -> Any:
                     empty[tp] = (committed, behind)
                 continue
             idle_since.pop(tp, None)
-            # Faust's own guard stalls only from a hole of two; with exact-gaps, from one.
-            tolerated = 0 if getattr(consumer._new_offset, "_fixed", False) else 1
-            if committed is None or min(acked) - committed <= tolerated:
+            hole = _hole(consumer, tp, acked, committed)
+            if hole is None:
                 stalled_since.pop(tp, None)
                 continue
-            seen_at, checks = stalled_since.get(tp, (committed, 0))
-            checks = checks + 1 if seen_at == committed else 1
-            stalled_since[tp] = (committed, checks)
+            seen_at, checks = stalled_since.get(tp, (hole, 0))
+            checks = checks + 1 if seen_at == hole else 1
+            stalled_since[tp] = (hole, checks)
             if checks < 3:
                 continue
             stalled_since.pop(tp, None)
-            await _heal(app, consumer, tp, committed, min(acked))
+            await _heal(app, consumer, tp, committed, hole[1], start=hole[0])
 
     return heal_stalled_partitions
 
@@ -134,23 +134,35 @@ def _idle_behind(app: Any, consumer: Any, tp: Any, committed: int | None, idle: 
     return highwater
 
 
+def _hole(consumer: Any, tp: Any, acked: Any, committed: int | None) -> tuple[int, int] | None:
+    """The first hole below ``tp``'s acked offsets: [start, end) neither acked nor a gap."""
+    if committed is None:
+        return None
+    if getattr(consumer._new_offset, "_fixed", False):  # exact-gaps: any hole, head or not
+        return first_hole(acked, consumer._gap.get(tp), committed)
+    # Faust's own commit passes a one-offset hole at the head and commits up to the others.
+    first_acked = min(acked)
+    return (committed, first_acked) if first_acked - committed > 1 else None
+
+
 async def _heal(app: Any, consumer: Any, tp: Any, committed: int, first_acked: int,
-                tail: bool = False) -> str | None:
-    """Probe [committed, first_acked) with a read_committed reader: register it as a gap
-    ("gap") if it holds no committed record, else seek back to deliver it again ("seek").
-    ``tail``: the range ends at the high watermark (nothing acked after it), not at an
-    acked offset."""
+                tail: bool = False, start: int | None = None) -> str | None:
+    """Probe [start, first_acked) (``start``: the committed offset unless given) with a
+    read_committed reader: register it as a gap ("gap") if it holds no committed record,
+    else seek back to the committed offset to deliver it again ("seek"). ``tail``: the
+    range ends at the high watermark (nothing acked after it), not at an acked offset."""
+    start = committed if start is None else start
     try:
-        record = await first_committed_record(bootstrap(app), tp, committed, first_acked)
+        record = await first_committed_record(bootstrap(app), tp, start, first_acked)
     except TimeoutError:  # an open transaction holds the range back: ask again later
         return None
     if record is None or record >= first_acked:
         log.info(
             "stalled-partition-heal: %s offsets %d-%d hold no committed record (transaction "
             "markers or aborted data); registering them as a gap so commits go on",
-            tp, committed, first_acked - 1,
+            tp, start, first_acked - 1,
         )
-        await consumer._add_gap(tp, committed, first_acked - 1)
+        await consumer._add_gap(tp, start, first_acked - 1)
         state.of(app).intervened(NAME, "gap")
         return "gap"
     if tail:

@@ -24,23 +24,34 @@ from tests.fixtures.kafka import wait_for
 pytestmark = pytest.mark.integration
 
 
-def test_a_worker_fenced_after_a_long_pause_restarts_from_the_committed_state(pipeline_factory):
-    pipeline = pipeline_factory("exactly_once")
+def test_a_worker_fenced_after_a_long_pause_restarts_from_the_committed_state(pipeline_factory, fresh_db):
+    # The sink charges into PostgreSQL: a worker paused inside a ledger transaction holds
+    # its row locks until the server ends the idle transaction (the ledger's session
+    # timeout); with a shared SQLite file the paused worker held the file lock, the other
+    # worker's sink waited for it and its revocation with it, and the takeover came only
+    # after the pause (CI on f894b32: 25 s).
+    pipeline = pipeline_factory("exactly_once", sink_db=fresh_db)
     w1 = pipeline.worker("w1")
     w2 = pipeline.worker("w2")
     config = pipeline.config
-    traffic = generate(6500, duplicate_rate=0.2, seed=30, id_prefix=config.run_id)
-    first, middle, last = traffic.records[:300], traffic.records[300:6300], traffic.records[6300:]
+    traffic = generate(30_500, duplicate_rate=0.2, seed=30, id_prefix=config.run_id)
+    first, middle, last = traffic.records[:300], traffic.records[300:30_300], traffic.records[30_300:]
     pipeline.send(_part(first))
     pipeline.drain()
 
     pipeline.send(_part(middle))
-    # w1 is in the middle of transactions with outputs in them: 6,000 records take the two
-    # workers seconds (1,000 were done in under 0.5 s once the stages took batches, and a
-    # w1 stopped with nothing in flight is not fenced: it simply rejoins).
+    # w1 is in the middle of transactions with outputs in them: 30,000 records take the two
+    # workers seconds. A w1 stopped with nothing in flight is not fenced: it simply rejoins
+    # (1,000 records were done in under 0.5 s once the stages took batches; 6,000 in under a
+    # second once they sent record batches: 2 of 10 local runs had w1 idle at the pause).
     time.sleep(0.3)
     os.killpg(w1.process.pid, signal.SIGSTOP)  # past BROKER_SESSION_TIMEOUT (10 s in tests)
-    time.sleep(25)
+    time.sleep(15)
+    # Paused until w2 owns every stream partition (4 source topics): its InitProducerId for
+    # them has fenced w1's producers. A fixed 25 s pause sometimes ended before the takeover
+    # completed, and w1 simply rejoined, never fenced (2 of 16 local runs, session 13).
+    wait_for(lambda: _owns(w2, 4 * config.partitions), 60, lambda: "expected w2 to take over every partition")
+    time.sleep(3)
     os.killpg(w1.process.pid, signal.SIGCONT)
     wait_for(lambda: not w1.running, 60, lambda: f"expected the fenced worker to stop:\n{w1.log_tail(30)}")
     log = w1.log_path.read_text()
@@ -59,6 +70,15 @@ def test_a_worker_fenced_after_a_long_pause_restarts_from_the_committed_state(pi
     assert counts.output_duplicates == 0 and counts.output_missing == 0
     assert counts.balance_mismatches == 0, counts.mismatch_examples
     assert counts.open_transactions == 0
+
+
+def _owns(worker, count: int) -> bool:
+    """``worker`` holds ``count`` stream partitions (its dashboard's lag rows); a worker busy
+    in the rebalance may not answer in time: ask again."""
+    try:
+        return len(worker.stats()["lag"]) >= count
+    except OSError:
+        return False
 
 
 def _part(records):

@@ -30,6 +30,7 @@ class StubConsumer:
         self._acked = {PARTITION: list(acked)}
         self._acked_index = {PARTITION: set(acked)}
         self._committed_offset = {PARTITION: 864}
+        self._gap: dict = {}
         self._commit_fut = asyncio.get_running_loop().create_future() if commit_in_flight else None
         self._new_offset = SimpleNamespace(_fixed=True)  # exact-gaps installed: no tolerance
         self.flow_active = True
@@ -116,3 +117,12 @@ def test_an_idle_partition_that_ends_on_a_transaction_marker_is_probed_once(monk
     probes: list = []
     seeks = asyncio.run(_heal_ticks(monkeypatch, ticks=5, acked=(), highwater=865, markers_only=True, probes=probes))
     assert seeks == [] and probes == [(PARTITION, 864, 865)]
+
+
+def test_a_hole_in_the_middle_is_probed_too(monkeypatch):
+    """Under exactly_once a partition with a hole commits nothing (whole-transactions), so
+    a hole past the committed offset never becomes a head gap by itself: it is healed too."""
+    probes: list = []
+    seeks = asyncio.run(_heal_ticks(monkeypatch, ticks=3, probes=probes, markers_only=True,
+                                    acked=(864, 865, 866, 880, 881)))
+    assert probes == [(PARTITION, 867, 880)] and seeks == []
