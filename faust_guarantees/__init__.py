@@ -47,6 +47,7 @@ __all__ = [
 def install(
     app: Any, fixes: Iterable[str] | None = None, *, guarantee: str | None = None,
     producer_idempotence: bool = True, on_unverified: str = "fail", stop_timeout: float = 15.0,
+    after_fence: str = "rejoin",
 ) -> Guarantees:
     """Install the fixes into ``app`` (before its worker starts); return its :class:`Guarantees`.
 
@@ -59,11 +60,16 @@ def install(
     installed faust-streaming or aiokafka is not the code the fixes were verified on, naming
     the fixes to re-verify, before anything is changed; ``"warn"`` logs it and goes on.
     ``stop_timeout``: how long a stop waits for the records in progress (bounded-stop).
+    ``after_fence``: what a worker fenced under exactly_once does once it stopped (unclean):
+    ``"rejoin"`` (default) starts it again in the same process (same command line, pid and
+    output), ``"exit"`` leaves the restart to its supervisor (fenced-restart).
     """
     enabled = tuple(FIXES) if fixes is None else tuple(fixes)
     unknown = [name for name in enabled if name not in BY_NAME]
     if unknown:
         raise ValueError(f"unknown fix {', '.join(unknown)}; the fixes are: {', '.join(FIXES)}")
+    if after_fence not in {"rejoin", "exit"}:
+        raise ValueError(f"after_fence must be 'rejoin' or 'exit', not {after_fence!r}")
     if on_unverified not in {"fail", "warn"}:
         raise ValueError(f"on_unverified must be 'fail' or 'warn', not {on_unverified!r}")
     if guarantee is None:
@@ -77,7 +83,7 @@ def install(
     guarantees = state.attach(Guarantees(
         app, enabled, exactly_once=guarantee == "exactly_once", at_most_once=guarantee == "at_most_once",
         producer_idempotence=producer_idempotence, stop_timeout=stop_timeout,
-        classes=classes.build(app),
+        classes=classes.build(app), after_fence=after_fence,
     ))
     producer.install(guarantees)
 

@@ -6,7 +6,11 @@ does then and what the kit does instead.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import sys
+import time
 from typing import Any
 
 from . import state
@@ -17,6 +21,13 @@ log = logging.getLogger(__name__)
 #: stopped producer only as ProducerSendError text, and aiokafka refuses a send to a
 #: producer whose transaction the fence aborted (IllegalOperation; a send never meets a
 #: producer between commit and begin: both run under Faust's per-producer lock).
+#: The environment variable in which a rejoined process finds when its predecessors rejoined.
+REJOINS_ENV = "FAUST_GUARANTEES_REJOINS"
+#: At most this many rejoins within REJOIN_WINDOW_S; then the worker exits (a process
+#: fenced at every start, e.g. two workers sharing a static member id, needs a person).
+MAX_REJOINS = 5
+REJOIN_WINDOW_S = 600.0
+
 FENCED_TEXTS = ("No transaction producer found", "Can't send messages while not in transaction")
 
 
@@ -40,12 +51,52 @@ def fenced(app: Any) -> bool:
 
 async def on_fenced(app: Any, error: BaseException) -> None:
     """This worker was fenced (``error`` says so): stop it with its stop marked unclean,
-    before anything it acked is committed. Once is enough."""
-    if not state.of(app).mark_fenced(str(error)):
+    before anything it acked is committed; with ``after_fence="rejoin"`` (the default) the
+    process then starts again as a new worker. Once is enough."""
+    guarantees = state.of(app)
+    if not guarantees.mark_fenced(str(error)):
         return
+    # Only a worker process rejoins (Faust's Worker sets in_worker); not an app in a test.
+    rejoin = guarantees.after_fence == "rejoin" and getattr(app, "in_worker", False)
+    if rejoin and len(recent_rejoins()) >= MAX_REJOINS:
+        log.error("fenced-restart: fenced %d times within %.0f s: not rejoining again; exiting "
+                  "(is another worker running with this worker's static member id?)",
+                  MAX_REJOINS + 1, REJOIN_WINDOW_S)
+        rejoin = False
     log.warning(
         "fenced-restart: this worker was fenced (%s): another worker owns its partitions now and "
-        "the broker aborts its open transactions. Stopping; the restart deletes the local table "
-        "state (it may hold rows of those transactions) and restores it from the changelog.", error,
+        "the broker aborts its open transactions. Stopping; %s deletes the local table state (it "
+        "may hold rows of those transactions) and restores it from the changelog.", error,
+        "then this process starts again as a new worker (rejoin), which" if rejoin else "the restart",
     )
+    if rejoin:
+        atexit.register(restart_process)
     await app.crash(error)
+
+
+def restart_process() -> None:
+    """Replace this process with a new run of its own command line (same pid, environment
+    and output): Kafka Streams' "task migrated" rejoin, without a supervisor. Registered
+    with atexit, so it runs once the worker's shutdown is complete: every service stopped,
+    the event loop closed, the consumer thread joined; files and sockets close on exec."""
+    command = list(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])
+    os.environ[REJOINS_ENV] = ",".join(f"{t:.0f}" for t in [*recent_rejoins(), time.time()])
+    log.warning("fenced-restart: rejoining: starting this worker again (%s)", " ".join(command))
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os.execv(sys.executable, command)
+
+
+def recent_rejoins(now: float | None = None) -> list[float]:
+    """When this worker's predecessors rejoined, within :data:`REJOIN_WINDOW_S`."""
+    now = time.time() if now is None else now
+    found = []
+    for text in os.environ.get(REJOINS_ENV, "").split(","):
+        try:
+            found.append(float(text))
+        except ValueError:
+            continue
+    return [t for t in found if now - t <= REJOIN_WINDOW_S]

@@ -26,7 +26,8 @@ class Guarantees:
 
     def __init__(self, app: Any, fixes: tuple[str, ...] = (), *, exactly_once: bool = False,
                  at_most_once: bool = False, producer_idempotence: bool = False,
-                 stop_timeout: float = 15.0, classes: AppClasses | None = None) -> None:
+                 stop_timeout: float = 15.0, classes: AppClasses | None = None,
+                 after_fence: str = "rejoin") -> None:
         self.app = app
         #: The app's own subclasses of the Faust classes the fixes change (classes.py);
         #: for no app (unit tests), subclasses no app uses.
@@ -38,6 +39,9 @@ class Guarantees:
         self.producer_idempotence = producer_idempotence
         #: How long a stop waits for the records in progress (bounded-stop).
         self.stop_timeout = stop_timeout
+        #: What a fenced worker does once stopped: "rejoin" (start again in this process)
+        #: or "exit" (its supervisor restarts it). See fencing.py.
+        self.after_fence = after_fence
         #: Why this worker's stop was not clean (records left in progress), if it was not.
         self.unclean_stop: str | None = None
         self.gate = CommitGate()

@@ -11,11 +11,14 @@ the stop clean: the restart keeps local table rows written by the aborted transa
 that fails on a fence (ProducerFenced, or any error once a producer of the commit died of
 one) is not retried, events in progress are neither acked as done nor dead-lettered
 (faust_guarantees/processing.py), /health says 'fenced', and the worker stops with its stop
-marked unclean, so the supervisor's restart wipes the local state and restores it from
-the committed changelog (wipe-unclean-state). Rejoining in the same process (Kafka
-Streams' 'task migrated') was tried: after an in-process wipe and recovery the restored
-balances came out short (19-24 output duplicates, balances off) for reasons not yet
-found; a restart is exact.
+marked unclean; then, as Kafka Streams rejoins after 'task migrated', the process starts
+again as a new worker (faust_guarantees/fencing.py restart_process: the same command line,
+pid and output, once Faust's shutdown is complete), which wipes the local state and
+restores it from the committed changelog (wipe-unclean-state). With
+install(after_fence="exit") the worker exits instead and its supervisor restarts it.
+Rejoining without a new process (wiping and recovering tables inside the running app) was
+tried: the restored balances came out short (19-24 output duplicates) for reasons not
+found; a fresh process is exact.
 
 Regression test: test_fenced_worker.py (SIGSTOP past the session timeout mid-stream with
 a second worker, SIGCONT, restart: exact).

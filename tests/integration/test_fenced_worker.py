@@ -4,8 +4,9 @@ takes its partitions: when it wakes up it is a zombie, fenced by the broker.
 Stock Faust crashes on the fenced commit (ProducerFenced, exit 1) and marks its
 stop clean, so the restart keeps local table rows written by the transactions
 the broker aborted. With ``fenced-restart`` the worker stops with its stop marked
-unclean: the supervisor's restart (here the test) wipes the local state and
-restores it from the committed changelog, and the output is exact.
+unclean and starts again in the same process (Kafka Streams' rejoin: no supervisor
+needed): the new worker wipes the local state and restores it from the committed
+changelog, and the output is exact.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from tests.fixtures.kafka import wait_for
 pytestmark = pytest.mark.integration
 
 
-def test_a_worker_fenced_after_a_long_pause_restarts_from_the_committed_state(pipeline_factory, fresh_db):
+def test_a_worker_fenced_after_a_long_pause_rejoins_from_the_committed_state(pipeline_factory, fresh_db):
     # The sink charges into PostgreSQL: a worker paused inside a ledger transaction holds
     # its row locks until the server ends the idle transaction (the ledger's session
     # timeout); with a shared SQLite file the paused worker held the file lock, the other
@@ -53,14 +54,19 @@ def test_a_worker_fenced_after_a_long_pause_restarts_from_the_committed_state(pi
     wait_for(lambda: _owns(w2, 4 * config.partitions), 60, lambda: "expected w2 to take over every partition")
     time.sleep(3)
     os.killpg(w1.process.pid, signal.SIGCONT)
-    wait_for(lambda: not w1.running, 60, lambda: f"expected the fenced worker to stop:\n{w1.log_tail(30)}")
+    pid = w1.process.pid
+
+    def rejoined() -> bool:
+        log = w1.log_path.read_text()
+        return "fenced-restart: rejoining" in log and log.rsplit("fenced-restart: rejoining", 1)[1].count(
+            "[^Worker]: Ready") > 0
+
+    wait_for(rejoined, 90, lambda: f"expected the fenced worker to rejoin:\n{w1.log_tail(40)}")
     log = w1.log_path.read_text()
     assert "fenced-restart: this worker was fenced" in log, w1.log_tail(60)
-
-    w1.start()  # what its supervisor does
-    w1.wait_ready()
-    restart = w1.log_path.read_text().rsplit("==== start", 1)[1]
-    assert "did not stop cleanly: deleting local table state" in restart
+    assert w1.running and w1.process.pid == pid, "the same process, no supervisor restart"
+    rejoin = log.rsplit("fenced-restart: rejoining", 1)[1]
+    assert "did not stop cleanly: deleting local table state" in rejoin
     pipeline.send(_part(last))
     pipeline.drain()
     assert w1.running and w2.running

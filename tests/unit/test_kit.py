@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -84,7 +85,7 @@ def test_interventions_are_counted_per_app_and_told_to_listeners():
 
 def test_a_fence_is_recorded_once_and_told_to_listeners():
     app = faust.App("kit-fence", autodiscover=False)
-    guarantees = state.attach(state.Guarantees(app))
+    guarantees = state.attach(state.Guarantees(app, after_fence="exit"))
     told: list[str] = []
     guarantees.on_fence(told.append)
     crashed: list[BaseException] = []
@@ -96,6 +97,48 @@ def test_a_fence_is_recorded_once_and_told_to_listeners():
     asyncio.run(faust_guarantees.on_fenced(app, RuntimeError("ProducerFenced")))
     asyncio.run(faust_guarantees.on_fenced(app, RuntimeError("again")))
     assert faust_guarantees.fenced(app) and told == ["ProducerFenced"] and len(crashed) == 1
+
+
+def test_a_fenced_worker_rejoins_by_starting_its_own_command_again_once_stopped(monkeypatch):
+    """after_fence="rejoin" (the default): after Faust's shutdown (atexit) the process runs its
+    own command line again; the new worker wipes and restores its tables. The exec is
+    captured here; tests/integration/test_fenced_worker.py runs the real one."""
+    from faust_guarantees import fencing
+
+    app = faust.App("kit-rejoin", autodiscover=False)
+    app.in_worker = True  # what Faust's Worker sets: only a worker process rejoins
+    state.attach(state.Guarantees(app))
+    at_exit: list = []
+    monkeypatch.setattr(fencing.atexit, "register", at_exit.append)
+
+    async def crash(error: BaseException) -> None:
+        pass
+
+    app.crash = crash
+    asyncio.run(faust_guarantees.on_fenced(app, RuntimeError("ProducerFenced")))
+    assert at_exit == [fencing.restart_process]
+    execs: list = []
+    monkeypatch.setattr(fencing.sys, "orig_argv", ["python", "-m", "faust", "-A", "streams_app", "worker"])
+    monkeypatch.setattr(fencing.os, "execv", lambda path, argv: execs.append((path, argv)))
+    monkeypatch.delenv(fencing.REJOINS_ENV, raising=False)
+    fencing.restart_process()
+    assert execs == [(sys.executable, ["python", "-m", "faust", "-A", "streams_app", "worker"])]
+    assert len(fencing.recent_rejoins()) == 1  # what the next process is told
+
+    # fenced at every start: after MAX_REJOINS within the window it exits instead
+    now = time.time()
+    monkeypatch.setenv(fencing.REJOINS_ENV, ",".join(str(now - n) for n in range(fencing.MAX_REJOINS)))
+    again = faust.App("kit-rejoin-again", autodiscover=False)
+    again.in_worker = True
+    state.attach(state.Guarantees(again))
+    again.crash = crash
+    at_exit.clear()
+    asyncio.run(faust_guarantees.on_fenced(again, RuntimeError("ProducerFenced")))
+    assert at_exit == []
+    monkeypatch.setenv(fencing.REJOINS_ENV, f"{now - 2 * fencing.REJOIN_WINDOW_S},junk")
+    assert fencing.recent_rejoins() == []
+    with pytest.raises(ValueError, match="after_fence"):
+        faust_guarantees.install(faust.App("kit-bad-fence", autodiscover=False), after_fence="retry")
 
 
 def test_an_app_the_kit_was_not_installed_into_gets_empty_state():
