@@ -53,6 +53,15 @@ async def on_fenced(app: Any, error: BaseException) -> None:
     """This worker was fenced (``error`` says so): stop it with its stop marked unclean,
     before anything it acked is committed; with ``after_fence="rejoin"`` (the default) the
     process then starts again as a new worker. Once is enough."""
+    await stop_uncommitted(app, error, f"this worker was fenced ({error}): another worker owns its "
+                                       "partitions now and the broker aborts its open transactions")
+
+
+async def stop_uncommitted(app: Any, error: BaseException, why: str) -> None:
+    """Stop this worker because transactions it wrote end uncommitted (``why``, logged): its
+    local table state may hold their rows, so the stop is marked unclean and the next worker
+    (this process again with ``after_fence="rejoin"``) restores the tables from the
+    changelog. A fence, or transactions that cannot commit whole (whole-transactions)."""
     guarantees = state.of(app)
     if not guarantees.mark_fenced(str(error)):
         return
@@ -64,9 +73,8 @@ async def on_fenced(app: Any, error: BaseException) -> None:
                   MAX_REJOINS + 1, REJOIN_WINDOW_S)
         rejoin = False
     log.warning(
-        "fenced-restart: this worker was fenced (%s): another worker owns its partitions now and "
-        "the broker aborts its open transactions. Stopping; %s deletes the local table state (it "
-        "may hold rows of those transactions) and restores it from the changelog.", error,
+        "fenced-restart: %s. Stopping; %s deletes the local table state (it may hold rows of "
+        "those transactions) and restores it from the changelog.", why,
         "then this process starts again as a new worker (rejoin), which" if rejoin else "the restart",
     )
     if rejoin:

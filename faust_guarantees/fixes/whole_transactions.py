@@ -19,8 +19,9 @@ then commits whole. Where a transaction must end (a revocation, a stop), each ho
 probed first with a read_committed reader: one that holds no committed record is a gap
 and the commit goes on. A transaction that still cannot commit whole is left to be
 aborted (the next owner's producer, or the broker's transaction timeout, aborts it);
-its rows are in the local store already, so the stop is marked unclean (the restart
-restores the tables from the changelog), and at a revocation the worker stops so.
+its rows are in the local store already, so the stop is marked unclean, and at a
+revocation the worker stops as a fenced one does (fenced-restart: it rejoins, its tables
+restored from the changelog).
 
 Regression tests: tests/unit/test_whole_transactions.py (a hole holds its transaction and
 no other, the probe at a revocation, the unclean stop), stock and fixed;
@@ -34,6 +35,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+from ..fencing import stop_uncommitted
 from ..holes import first_hole, held_partitions
 from ..probe import bootstrap, first_committed_record
 from ..state import Guarantees
@@ -123,6 +125,4 @@ async def _unfinished(guarantees: Guarantees, app: Any, held: dict[str, dict[Any
     if app.should_stop:
         log.warning("%s: they are left to be aborted; the stop is marked unclean", reason)
         return
-    log.warning("%s: they are left to be aborted; stopping, the restart restores the tables from "
-                "the changelog", reason)
-    await app.crash(RuntimeError(reason))
+    await stop_uncommitted(app, RuntimeError(reason), f"{reason}: they are left to be aborted")

@@ -20,24 +20,26 @@ from intervaltree import IntervalTree
 
 from faust_guarantees.fixes import exact_gaps, whole_transactions
 from faust_guarantees.holes import first_hole
+from faust_guarantees import state
 from faust_guarantees.state import Guarantees
 
 RAW_0, UNIQUE_0, RAW_1 = TP("t.raw", 0), TP("t.unique", 0), TP("t.raw", 1)
 
 
 def _consumer(fixed: bool, should_stop: bool = False):
-    guarantees = Guarantees(SimpleNamespace())
-    exact_gaps._patch_consumer(guarantees.classes)
-    if fixed:
-        whole_transactions.install(guarantees)
-    consumer = Consumer.__new__(guarantees.classes.of(Consumer))
     crashed: list[BaseException] = []
 
     async def crash(error: BaseException) -> None:
         crashed.append(error)
 
-    consumer.app = SimpleNamespace(conf=SimpleNamespace(id="t", broker=[]), should_stop=should_stop,
-                                   assignor=SimpleNamespace(group_for_topic=lambda topic: 1), crash=crash)
+    app = SimpleNamespace(conf=SimpleNamespace(id="t", broker=[]), should_stop=should_stop,
+                          assignor=SimpleNamespace(group_for_topic=lambda topic: 1), crash=crash)
+    guarantees = state.attach(Guarantees(app, exactly_once=True))
+    exact_gaps._patch_consumer(guarantees.classes)
+    if fixed:
+        whole_transactions.install(guarantees)
+    consumer = Consumer.__new__(guarantees.classes.of(Consumer))
+    consumer.app = app
     # raw[0] and raw[1] processed in one run from their committed offsets; unique[0] (the
     # transaction of partition 0 too) processed 524-530 while 520-523 never came.
     consumer._acked = {RAW_0: [10, 11, 12, 13, 14], UNIQUE_0: [524, 525, 526, 527, 528, 529, 530],
@@ -103,6 +105,7 @@ def test_a_transaction_that_cannot_end_whole_is_left_to_abort_and_the_stop_is_un
     assert commits == [{RAW_1: 8}]
     assert guarantees.unclean_stop and "t.unique[0] 520-523" in guarantees.unclean_stop
     assert len(crashed) == (0 if should_stop else 1), "a revocation stops the worker; a stop goes on"
+    assert guarantees.fenced == (not should_stop), "stopped as a fenced worker is (it rejoins)"
 
 
 def test_first_hole():
