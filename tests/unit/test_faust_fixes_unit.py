@@ -787,3 +787,24 @@ def test_a_commit_failing_after_the_sender_died_of_a_fence_stops_the_worker_as_f
         return
     outcome, crashed, was_fenced = asyncio.run(scenario())
     assert outcome is False and was_fenced and len(crashed) == 1 and isinstance(crashed[0], ProducerFenced)
+
+
+@pytest.mark.parametrize("threaded", [False, True], ids=["pending", "threaded"])
+def test_the_buffer_count_without_settings_lookups_is_faust_s_size(threaded):
+    """direct-delivery counts the producer buffer per message without Faust's settings
+    lookup; it must count what ProducerBuffer.size counts."""
+    from faust.transport.producer import ProducerBuffer
+
+    from faust_guarantees.fixes.direct_delivery import buffered
+
+    async def scenario():
+        buffer = ProducerBuffer()
+        buffer.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=threaded))
+        if threaded:
+            buffer.queue = asyncio.Queue()
+        for n in range(3):
+            (buffer.queue if threaded else buffer.pending).put_nowait(n)
+        return buffer.size, buffered(buffer)
+
+    size, count = asyncio.run(scenario())
+    assert size == count == 3
