@@ -54,6 +54,8 @@ def fingerprint(target: str) -> str:
         obj = getattr(obj, part)
     while getattr(obj, "_stock", None) is not None:
         obj = obj._stock
+    if isinstance(obj, property):  # a property's source is its getter's
+        obj = obj.fget
     try:
         source = inspect.getsource(obj)
     except (OSError, TypeError):

@@ -54,6 +54,14 @@ class PaymentsApp(faust.App):
         #: The kit installed into this app (set by create_app).
         self.guarantees: faust_guarantees.Guarantees | None = None
 
+    def create_event(self, key: Any, value: Any, headers: Any, message: Any) -> Any:
+        # Faust's, with the Event class looked up once: its settings resolve each attribute
+        # through a registry, on every record (decision 0042's profile: ~2 % of a stage).
+        event_class = self.__dict__.get("_event_class")
+        if event_class is None:
+            event_class = self.__dict__["_event_class"] = self.conf.Event
+        return event_class(self, key, value, headers, message)
+
     async def _on_agent_error(self, agent: Any, exc: BaseException) -> None:
         # Faust's hook for an agent that raised out of its loop (docs: agent-errors).
         self.health.agent_crashed(agent.name, exc)

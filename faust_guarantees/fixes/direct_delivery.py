@@ -11,7 +11,9 @@ worker's time and halved a one-hop agent's throughput
 suspended, flow control is active, the producer buffer is below its limit, the index
 lock is free and every stream queue of the partition has room), the message is delivered
 with a plain await; otherwise exactly as stock. Copies Faust 0.15's _drain_messages:
-installed on faust-streaming 0.15 only.
+installed on faust-streaming 0.15 only. Both per-message checks of the producer buffer
+(this one and the conductor's ProducerBuffer.wait_until_ebb) count its queue directly:
+ProducerBuffer.size looked up a setting on every call, 5 % of a stage's time.
 
 No test of its own: every broker test and lab cell runs through it (a delivery that can
 block takes the stock path, exercised by the sink-outage tests).
@@ -33,12 +35,26 @@ ONLY = None
 #: The upstream code it replaces or relies on, with the fingerprint of the verified source.
 UPSTREAM = {
     "faust.transport.consumer:Consumer._drain_messages": "44a2500309e8",
+    "faust.transport.producer:ProducerBuffer.wait_until_ebb": "758dd5744044",
+    "faust.transport.producer:ProducerBuffer.size": "b543a978fdec",
 }
+
+
+def buffered(buffer: Any) -> int:
+    """ProducerBuffer.size without its settings lookup on every call (Faust's Settings
+    resolve each attribute through a registry: 5 % of a stage's time, read twice per
+    message, by the conductor's wait_until_ebb and by :func:`blocks`)."""
+    threaded = buffer.__dict__.get("_threaded")
+    if threaded is None:
+        threaded = buffer.__dict__["_threaded"] = bool(buffer.app.conf.producer_threaded)
+    queue = buffer.queue if threaded else buffer.pending
+    return len(queue._queue) if queue else 0
 
 
 def install(guarantees: Guarantees) -> None:
     import faust
     from faust.transport.consumer import CONSUMER_FETCHING, Consumer
+    from faust.transport.producer import ProducerBuffer
 
     if not faust.__version__.startswith("0.15."):
         log.warning("direct-delivery: written for faust-streaming 0.15, found %s: not installed",
@@ -51,13 +67,19 @@ def install(guarantees: Guarantees) -> None:
         if consumer.suspend_flow.is_set() or not app.flow_control.is_active():
             return True
         buffer = app.producer.buffer
-        if buffer.size > buffer.max_messages:
+        if buffered(buffer) > buffer.max_messages:
             return True
         conductor = app.topics
         if conductor._tp_to_callback_lock.locked():
             return True
         channels = conductor._tp_index.get(message.tp)
         return channels is None or any(chan.queue.full() for chan in channels)
+
+    stock_wait_until_ebb = ProducerBuffer.wait_until_ebb
+
+    async def wait_until_ebb(self: ProducerBuffer) -> None:
+        if buffered(self) > self.max_messages:  # else stock does nothing
+            await stock_wait_until_ebb(self)
 
     async def _drain_messages(self: Consumer, fetcher: Any) -> None:  # pragma: no cover
         # Faust 0.15.3's Consumer._drain_messages, but for the delivery (marked).
@@ -125,3 +147,4 @@ def install(guarantees: Guarantees) -> None:
             unset_flag(CONSUMER_FETCHING)
 
     guarantees.classes.replace(Consumer, "_drain_messages", _drain_messages)
+    guarantees.classes.replace(ProducerBuffer, "wait_until_ebb", wait_until_ebb)

@@ -35,6 +35,7 @@ from faust_guarantees.fixes import (
     persisted_offsets,
     recovery_highwater,
     recovery_idle_wait,
+    revoked_producers,
     seek_uncommitted_partitions,
     shutdown_commit,
     source_partition_transactions,
@@ -787,3 +788,56 @@ def test_a_commit_failing_after_the_sender_died_of_a_fence_stops_the_worker_as_f
         return
     outcome, crashed, was_fenced = asyncio.run(scenario())
     assert outcome is False and was_fenced and len(crashed) == 1 and isinstance(crashed[0], ProducerFenced)
+
+
+@pytest.mark.parametrize("threaded", [False, True], ids=["pending", "threaded"])
+def test_the_buffer_count_without_settings_lookups_is_faust_s_size(threaded):
+    """direct-delivery counts the producer buffer per message without Faust's settings
+    lookup; it must count what ProducerBuffer.size counts."""
+    from faust.transport.producer import ProducerBuffer
+
+    from faust_guarantees.fixes.direct_delivery import buffered
+
+    async def scenario():
+        buffer = ProducerBuffer()
+        buffer.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=threaded))
+        if threaded:
+            buffer.queue = asyncio.Queue()
+        for n in range(3):
+            (buffer.queue if threaded else buffer.pending).put_nowait(n)
+        return buffer.size, buffered(buffer)
+
+    size, count = asyncio.run(scenario())
+    assert size == count == 3
+
+
+@pytest.mark.parametrize("fixed", [False, True], ids=["stock", "fixed"])
+def test_the_producer_of_a_partition_lost_to_a_standby_is_stopped(fixed):
+    """A worker loses partition 0 of its source topic and keeps it as a standby (the new
+    assignment): stock Faust maps revoked partitions to producers skipping standbys, so the
+    producer of partition 0 stays; when partition 0 comes back after another worker used
+    it, that producer's epoch is stale and the worker is fenced for nothing."""
+    from faust.transport.consumer import TransactionManager
+
+    raw_0, raw_1 = TP("rp.raw", 0), TP("rp.raw", 1)
+    stopped: list[str] = []
+
+    class Producer:
+        _transaction_producers = {"rp-1-0": object(), "rp-1-1": object()}
+
+        async def stop_transaction(self, tid):
+            stopped.append(tid)
+            self._transaction_producers.pop(tid, None)
+
+        async def maybe_begin_transaction(self, tid):
+            pass
+
+    manager = TransactionManager.__new__(_fixed(revoked_producers, TransactionManager) if fixed
+                                         else TransactionManager)
+    manager.app = SimpleNamespace(conf=SimpleNamespace(id="rp"), assignor=SimpleNamespace(
+        group_for_topic=lambda topic: 1, is_standby=lambda tp: tp == raw_0))
+    manager.producer = Producer()
+    manager.log = logging.getLogger("test")
+    manager.transactional_id_format = "{group_id}-{tpg.group}-{tpg.partition}"
+    asyncio.run(manager.on_rebalance({raw_1}, {raw_0}, set()))
+    assert stopped == (["rp-1-0"] if fixed else [])
