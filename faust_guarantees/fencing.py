@@ -6,12 +6,12 @@ does then and what the kit does instead.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import logging
 import os
 import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -29,8 +29,9 @@ REJOINS_ENV = "FAUST_GUARANTEES_REJOINS"
 #: fenced at every start, e.g. two workers sharing a static member id, needs a person).
 MAX_REJOINS = 5
 REJOIN_WINDOW_S = 600.0
-#: How long after its app crashed a fenced worker may take to begin its stop.
+#: How long after its app crashed a fenced worker may take to begin its stop, and to end.
 STOP_GRACE_S = 10.0
+STOP_DEADLINE_S = 40.0
 
 FENCED_TEXTS = ("No transaction producer found", "Can't send messages while not in transaction")
 
@@ -85,18 +86,36 @@ async def stop_uncommitted(app: Any, error: BaseException, why: str) -> None:
         atexit.register(restart_process)
     await app.crash(error)
     if getattr(app, "in_worker", False):
-        asyncio.get_running_loop().call_later(STOP_GRACE_S, _stop_if_still_running, app)
+        threading.Thread(target=_watch_the_stop, args=(app, rejoin), name="fenced-stop-watchdog",
+                         daemon=True).start()
 
 
-def _stop_if_still_running(app: Any) -> None:
-    """Faust's worker stops once its app crashed; one whose app crashed from an agent in the
-    middle of a rebalance was seen running 60 s later, rejoining the group (session 13, 1 of
-    5 fence-test runs). It is then told to stop as a supervisor would (SIGTERM: Faust's
-    graceful stop, still marked unclean)."""
+def _watch_the_stop(app: Any, rejoin: bool, grace: float = STOP_GRACE_S, deadline: float = STOP_DEADLINE_S,
+                    end: Any = None, terminate: Any = None) -> None:
+    """A thread, not the event loop: the loop may be closed while the process still runs.
+
+    Faust's worker stops once its app crashed, and the process ends (or, with the rejoin,
+    execs itself again from atexit). Two ways that did not happen were seen: an app crashed
+    from an agent in the middle of a rebalance kept running and rejoined the group (session
+    13); and a worker whose consumer thread was in a rebalance when the event loop closed
+    never exited (CI on d4c0cec: "Setting newly assigned partitions" after "Closing event
+    loop"; the interpreter waits for that thread before it runs atexit). So: ``grace``
+    seconds after the crash a worker that has not begun its stop is sent SIGTERM (Faust's
+    graceful stop); ``deadline`` seconds after it, a process still here is ended
+    (``end``: by default the rejoin's exec, or exit status 1). Its stop is marked unclean
+    either way: the RUNNING marker stays and the next start wipes and restores."""
+    end = end or (restart_process if rejoin else (lambda: os._exit(1)))
+    terminate = terminate or (lambda: os.kill(os.getpid(), signal.SIGTERM))
+    time.sleep(grace)
     if not app._stopped.is_set():
         log.warning("fenced-restart: the worker did not stop %.0f s after its app crashed; "
-                    "sending itself SIGTERM", STOP_GRACE_S)
-        os.kill(os.getpid(), signal.SIGTERM)
+                    "sending itself SIGTERM", grace)
+        terminate()
+    time.sleep(max(deadline - grace, 0.0))
+    log.warning("fenced-restart: the process is still running %.0f s after its app crashed "
+                "(a thread that does not end); %s", deadline,
+                "rejoining now" if rejoin else "exiting now (status 1)")
+    end()
 
 
 def restart_process() -> None:

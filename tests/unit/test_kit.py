@@ -287,3 +287,22 @@ def test_a_stop_waits_for_records_in_progress_only_so_long_and_then_skips_the_la
     asyncio.run(asyncio.wait_for(app._consumer_wait_empty(consumer, SimpleNamespace(info=lambda *a: None)), 5))
     assert guarantees.unclean_stop and consumer.commits >= 1
     assert guarantees.interventions[("bounded-stop", "stop-without-last-commit")] == 1
+
+
+@pytest.mark.parametrize("stopped", [False, True], ids=["not-stopping", "stopping"])
+def test_a_fenced_worker_whose_process_does_not_end_is_ended_by_the_watchdog(stopped):
+    """CI on d4c0cec: the fenced worker's event loop closed while its consumer thread was in
+    a rebalance; the interpreter waited for that thread and never ran the rejoin. The
+    watchdog thread SIGTERMs a worker that has not begun its stop, then ends the process."""
+    import asyncio as _asyncio
+    from types import SimpleNamespace as _NS
+
+    from faust_guarantees import fencing
+
+    event = _asyncio.Event()
+    if stopped:
+        event.set()
+    calls: list[str] = []
+    fencing._watch_the_stop(_NS(_stopped=event), rejoin=True, grace=0.01, deadline=0.02,
+                            end=lambda: calls.append("end"), terminate=lambda: calls.append("sigterm"))
+    assert calls == (["end"] if stopped else ["sigterm", "end"])
