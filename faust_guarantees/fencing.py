@@ -86,8 +86,13 @@ async def stop_uncommitted(app: Any, error: BaseException, why: str) -> None:
         atexit.register(restart_process)
     await app.crash(error)
     if getattr(app, "in_worker", False):
-        threading.Thread(target=_watch_the_stop, args=(app, rejoin), name="fenced-stop-watchdog",
-                         daemon=True).start()
+        _watch(app, rejoin)
+
+
+def _watch(app: Any, rejoin: bool) -> None:
+    """Start the stop's watchdog (:func:`_watch_the_stop`) in a daemon thread."""
+    threading.Thread(target=_watch_the_stop, args=(app, rejoin), name="fenced-stop-watchdog",
+                     daemon=True).start()
 
 
 def _watch_the_stop(app: Any, rejoin: bool, grace: float = STOP_GRACE_S, deadline: float = STOP_DEADLINE_S,

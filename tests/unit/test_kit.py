@@ -110,6 +110,10 @@ def test_a_fenced_worker_rejoins_by_starting_its_own_command_again_once_stopped(
     state.attach(state.Guarantees(app))
     at_exit: list = []
     monkeypatch.setattr(fencing.atexit, "register", at_exit.append)
+    # Its stop watchdog would SIGTERM (then exec) the test process 10 s later: a thread the
+    # test must not start (CI on b5f667e: pytest terminated in the unit tests).
+    watchdogs: list = []
+    monkeypatch.setattr(fencing, "_watch", lambda *args: watchdogs.append(args))
 
     async def crash(error: BaseException) -> None:
         pass
@@ -117,6 +121,7 @@ def test_a_fenced_worker_rejoins_by_starting_its_own_command_again_once_stopped(
     app.crash = crash
     asyncio.run(faust_guarantees.on_fenced(app, RuntimeError("ProducerFenced")))
     assert at_exit == [fencing.restart_process]
+    assert len(watchdogs) == 1, "a worker's fenced stop is watched"
     execs: list = []
     monkeypatch.setattr(fencing.sys, "orig_argv", ["python", "-m", "faust", "-A", "streams_app", "worker"])
     monkeypatch.setattr(fencing.os, "execv", lambda path, argv: execs.append((path, argv)))
