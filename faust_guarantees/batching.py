@@ -31,6 +31,7 @@ from faust.transport.drivers.aiokafka import Producer
 
 from .processing import publish
 from .state import of
+from .transactions import transactional_id
 
 
 class _Acked(NamedTuple):
@@ -160,7 +161,7 @@ def _resolve(app: Any, producer: Any, group: _Group, *, exactly_once: bool) -> N
         return
     assert group.event is not None, "under exactly_once a record belongs to the current event's transaction"
     source = group.event.message.tp
-    tid = f"{app.conf.id}-{app.assignor.group_for_topic(source.topic)}-{source.partition}"
+    tid = transactional_id(app, source)
     group.producer = producer._transaction_producers.get(tid)
     if group.producer is None:  # as Faust's own send says it (faust_guarantees.fencing reads it)
         raise ProducerSendError(f"No transaction producer found for : {tid}")

@@ -32,6 +32,7 @@ from typing import Any
 
 from ..fencing import fenced, is_fenced, on_fenced
 from ..state import Guarantees
+from ..transactions import transactional_id
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,8 @@ def fence_behind(producer: Any, transactional_ids: Iterable[str]) -> BaseExcepti
     AssertionError "Invalid state transition" from committing_transaction), not with
     ProducerFenced. Seen in CI on a913dd7: the fenced worker crashed without saying it was
     fenced (test_fenced_worker.py)."""
-    for transactional_id in transactional_ids:
-        aio = producer._transaction_producers.get(transactional_id)
+    for tid in transactional_ids:
+        aio = producer._transaction_producers.get(tid)
         manager = getattr(aio, "_txn_manager", None)
         if manager is None or not manager.is_fatal_error():
             continue
@@ -94,6 +95,5 @@ def _by_transactional_id(app: Any, offsets: Mapping[Any, int]) -> dict[str, dict
     """Offsets grouped by the transactional producer that commits them (as stock)."""
     grouped: dict[str, dict[Any, int]] = {}
     for tp, offset in offsets.items():
-        group = app.assignor.group_for_topic(tp.topic)
-        grouped.setdefault(f"{app.conf.id}-{group}-{tp.partition}", {})[tp] = offset
+        grouped.setdefault(transactional_id(app, tp), {})[tp] = offset
     return grouped

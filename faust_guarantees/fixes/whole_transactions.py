@@ -39,6 +39,7 @@ from ..fencing import stop_uncommitted
 from ..holes import first_hole, held_partitions
 from ..probe import bootstrap, first_committed_record
 from ..state import Guarantees
+from ..transactions import transactional_id
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +53,6 @@ UPSTREAM = {
 
 #: How long the holes of the partitions whose transactions end may take to probe.
 SETTLE_TIMEOUT_S = 5.0
-
-
-def transactional_id(app: Any, tp: Any) -> str:
-    """The transactional producer that commits ``tp``'s offsets (Faust's naming: one per
-    topic group and partition number)."""
-    return f"{app.conf.id}-{app.assignor.group_for_topic(tp.topic)}-{tp.partition}"
 
 
 def held_transactions(consumer: Any) -> dict[str, dict[Any, tuple[int, int]]]:
