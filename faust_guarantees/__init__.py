@@ -30,6 +30,7 @@ from typing import Any
 from . import classes, producer, state
 from .fencing import fenced, is_fenced, on_fenced
 from .fixes import BY_NAME, MODULES, description
+from .sensors import BatchSensor
 from .guard import VERIFIED_VERSIONS, UnverifiedUpstream, current_fingerprints, fingerprint, unverified
 from .state import Guarantees
 
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 FIXES: dict[str, str] = {module.NAME: description(module) for module in MODULES}
 
 __all__ = [
-    "FIXES", "Guarantees", "UnverifiedUpstream", "VERIFIED_VERSIONS", "current_fingerprints", "fenced",
+    "FIXES", "BatchSensor", "Guarantees", "UnverifiedUpstream", "VERIFIED_VERSIONS", "current_fingerprints", "fenced",
     "fingerprint", "install", "is_fenced", "on_fenced", "unverified",
 ]
 

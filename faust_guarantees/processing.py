@@ -53,6 +53,7 @@ from faust.types import TP, ChannelT, EventT, Message, StreamT
 
 from .dead_letters import letter_for, send_dead_letter
 from .fencing import fenced, is_fenced, on_fenced
+from .sensors import ack_all, batch_in
 from .state import Guarantees
 
 log = logging.getLogger(__name__)
@@ -205,12 +206,21 @@ class Processing:
                 taken.add(place_)
                 batch.append(event)
 
+        app = stream.app
         try:
             while True:
                 await keep(await events.__anext__())
-                while len(batch) < limit and queue is not None and queue.qsize() and not queue._errors:
-                    event = take()
-                    if event is not None:
+                if queue is not None and queue.qsize():
+                    # Taken together, the sensors told once (faust_guarantees/sensors.py).
+                    more: list[EventT] = []
+                    tracked: list[Message] = []
+                    room = limit - len(batch)
+                    while len(more) < room and queue.qsize() and not queue._errors:
+                        event = take(tracked)
+                        if event is not None:
+                            more.append(event)
+                    batch_in(app, stream, tracked, more)
+                    for event in more:
                         await keep(event)
                 if batch:
                     yield batch
@@ -291,8 +301,7 @@ class Processing:
         work = Batch(self, events, stage_of)
         async with self.gate.processing() if self.gated else nullcontext():
             if self.commit_first:
-                for event in events:
-                    await stream.ack(event)
+                ack_all(stream, events)
                 offsets: dict[TP, int] = {}
                 for event in events:
                     tp, offset = event.message.tp, event.message.offset
@@ -329,16 +338,14 @@ class Processing:
                             stage_of(events[0].message), len(events))
                 await self._stop_fenced(exc)
                 if not self.commit_first:
-                    for event in events:
-                        await stream.ack(event)
+                    ack_all(stream, events)
                 return
             remember = self.memory.remember
             for event in events:
                 message = event.message
                 remember(message.tp, message.offset)
             if not self.commit_first:
-                for event in events:
-                    await stream.ack(event)
+                ack_all(stream, events)
 
     # -- dead letters, fences, commits -----------------------------------------------------
 
@@ -449,25 +456,24 @@ class Batch:
         return done
 
 
-def _queue_taker(stream: StreamT) -> tuple[Any, Callable[[], EventT | None]]:
+def _queue_taker(stream: StreamT) -> tuple[Any, Callable[[list[Message]], EventT | None]]:
     """The stream's queue, and a function taking its next event as Faust's stream iterator
     would hand it over (faust/_cython/streams.pyx ``_prepare_event``, 0.15): an event from
-    before a rebalance is dropped untracked; a new one is tracked as unacked and reported to
-    the sensors. No queue on any other Faust version or channel: every event then comes
-    through the iterator."""
+    before a rebalance is dropped untracked; a new one is tracked as unacked (and appended
+    to the list passed, for the sensors: :func:`faust_guarantees.sensors.batch_in`). No
+    queue on any other Faust version or channel: every event then comes through the
+    iterator."""
     channel = stream.channel
     if not faust.__version__.startswith("0.15.") or not isinstance(channel, ChannelT):
-        return None, lambda: None
+        return None, lambda _tracked: None
     app = stream.app
     queue = channel.queue
     get = queue.get_nowait
     acking = app.topics._acking_topics
     add_unacked = app.consumer._unacked_messages.add
-    on_message_in = stream._on_message_in
-    on_event_in = stream._on_stream_event_in
     flow_active = app.flow_control.is_active
 
-    def take() -> EventT | None:
+    def take(tracked: list[Message]) -> EventT | None:
         event = get()
         if not isinstance(event, EventT):
             return None  # a topic's channel holds events only
@@ -477,8 +483,7 @@ def _queue_taker(stream: StreamT) -> tuple[Any, Callable[[], EventT | None]]:
         if message.topic in acking and not message.tracked:
             message.tracked = True
             add_unacked(message)
-            on_message_in(message.tp, message.offset, message)
-        on_event_in(message.tp, message.offset, stream, event)
+            tracked.append(message)
         return event
 
     return queue, take

@@ -33,13 +33,16 @@ events instead).
 
 from __future__ import annotations
 
+import collections
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from faust.sensors import Monitor, Sensor
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from faust_guarantees.sensors import BatchSensor
 
 #: The content type of Prometheus' text format (what ``generate_latest`` writes).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -202,10 +205,11 @@ class _Children:
         return child
 
 
-class LeanPrometheusMonitor(PrometheusMonitor):
+class LeanPrometheusMonitor(BatchSensor, PrometheusMonitor):
     """Faust's PrometheusMonitor, same metrics, with the per-record label lookups cached
-    (:class:`_Children`, and each stream's label once) and the per-record updates tallied
-    (:class:`Tally`)."""
+    (:class:`_Children`, and each stream's label once), the per-record updates tallied
+    (:class:`Tally`), and a batch of the kit's counted at once (the batch hooks of
+    faust_guarantees/sensors.py: the same figures as Faust's per-record hooks)."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -242,6 +246,57 @@ class LeanPrometheusMonitor(PrometheusMonitor):
         Monitor.on_message_out(self, tp, offset, message)
         TALLY.add(self._metrics.active_messages, -1)
 
+    def on_batch_in(self, stream: Any, messages: Sequence[Any], events: Sequence[Any]) -> None:
+        m, child = self._metrics, self._child
+        if messages:
+            n, now, last = len(messages), self.time(), {}
+            self.messages_received_total += n
+            self.messages_active += n
+            for message in messages:
+                message.time_in = now
+                last[message.tp] = message.offset
+            self.tp_read_offsets.update(last)
+            for tp, offset in last.items():
+                TALLY.set(child(m.messages_received_per_topics_partition, tp.topic, tp.partition), offset)
+            for topic, k in collections.Counter(message.topic for message in messages).items():
+                self.messages_received_by_topic[topic] += k
+                TALLY.add(child(m.messages_received_per_topics, topic), k)
+            TALLY.add(m.messages_received, n)
+            TALLY.add(m.active_messages, n)
+        n = len(events)
+        self.events_total += n
+        self.events_active += n
+        inbound = time.monotonic()
+        for tp in {event.message.tp for event in events}:
+            self.stream_inbound_time[tp] = inbound
+        key = self.stream_lookup.get(stream)
+        if key is None:
+            key = self.stream_lookup[stream] = str(stream)
+        self.events_by_stream[key] += n
+        task = self.task_lookup.get(stream.task_owner)
+        if task is None:
+            task = self.task_lookup[stream.task_owner] = str(stream.task_owner)
+        self.events_by_task[task] += n
+        TALLY.add(m.total_events, n)
+        TALLY.add(m.total_active_events, n)
+        stream_child = self._stream_events.get(stream)
+        if stream_child is None:
+            stream_child = self._stream_events[stream] = child(
+                m.total_events_per_stream, f"stream.{self._stream_label(stream)}.events")
+        TALLY.add(stream_child, n)
+
+    def on_batch_out(self, stream: Any, events: Sequence[Any], acked: Sequence[Any]) -> None:
+        # Monitor.on_stream_event_out does nothing without a state, and Stream.ack passes none.
+        TALLY.add(self._metrics.total_active_events, -len(events))
+        if acked:
+            now = self.time()
+            self.messages_active -= len(acked)
+            for message in acked:
+                message.time_out = now
+                if message.time_in is not None:
+                    message.time_total = now - message.time_in
+            TALLY.add(self._metrics.active_messages, -len(acked))
+
     def on_table_get(self, table: Any, key: Any) -> None:
         Monitor.on_table_get(self, table, key)
         TALLY.add(self._child(self._metrics.table_operations, f"table.{table.name}", self.KEYS_RETRIEVED))
@@ -273,7 +328,7 @@ def faust_monitor() -> PrometheusMonitor:
     return LeanPrometheusMonitor(metrics=FAUST)
 
 
-class PipelineSensor(Sensor):
+class PipelineSensor(BatchSensor, Sensor):
     """Faust's sensor hooks, counted in the pipeline's metrics."""
 
     def __init__(self, *, guarantee: str, **kwargs: Any) -> None:
@@ -286,6 +341,14 @@ class PipelineSensor(Sensor):
 
     def on_message_out(self, tp: Any, offset: int, message: Any) -> None:
         TALLY.add(self._child(RECORDS_ACKED, tp.topic))
+
+    def on_batch_in(self, stream: Any, messages: Sequence[Any], events: Sequence[Any]) -> None:
+        for topic, n in collections.Counter(message.topic for message in messages).items():
+            TALLY.add(self._child(RECORDS_CONSUMED, topic), n)
+
+    def on_batch_out(self, stream: Any, events: Sequence[Any], acked: Sequence[Any]) -> None:
+        for topic, n in collections.Counter(message.topic for message in acked).items():
+            TALLY.add(self._child(RECORDS_ACKED, topic), n)
 
     def on_commit_initiated(self, consumer: Any) -> Any:
         return time.monotonic()
