@@ -25,7 +25,7 @@ from . import faults, logs, metrics
 from .exceptions import SettingsError, UnverifiedUpstream
 from .health import HealthMonitor
 from .settings import Settings
-from .stores import drop_ttl_stores
+from .stores import Table, drop_ttl_stores
 
 
 def load_settings() -> Settings:
@@ -133,6 +133,8 @@ def create_app(settings: Settings) -> PaymentsApp:
         # for every topic the app creates, changelogs included.
         topic_replication_factor=settings.replication_factor,
         Topic=durable_topic_class(settings.topic_configs),
+        # RocksDB stores written without their write-ahead log: the changelog is the log.
+        Table=Table,
         # Faust binds 0.0.0.0 by default; a dashboard of table state stays local
         # unless the operator asks for more.
         web_bind=settings.web_bind,

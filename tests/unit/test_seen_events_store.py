@@ -89,3 +89,48 @@ def test_the_sweep_deletes_the_expired_ids_in_one_write(tmp_path):
     delete_keys(db, [])
     assert list(db.keys()) == [b'"b"']
     db.close()
+
+
+_WRITE_AND_DIE = """
+import os, sys
+from faust.stores.rocksdb import RocksDBOptions
+from streams_app.stores import UnloggedRocksDBOptions
+options = UnloggedRocksDBOptions() if sys.argv[2] == "unlogged" else RocksDBOptions()
+db = options.open(sys.argv[1])
+db.put(b"closed", b"1")
+del db  # a store Faust drops (Store.stop) is closed: RocksDB flushes it
+db = options.open(sys.argv[1])
+db.put(b"killed", b"1")
+os._exit(9)  # as SIGKILL: no close
+"""
+
+
+def _after_a_crash(path: Path, kind: str) -> dict[bytes, bytes]:
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", _WRITE_AND_DIE, str(path), kind], check=False)
+    db = RocksDBOptions().open(path)
+    rows = dict(db.items())
+    db.close()
+    return rows
+
+
+def test_the_app_s_stores_skip_the_write_ahead_log_so_a_crash_loses_the_unflushed_rows(tmp_path):
+    """The app's tables open their stores without RocksDB's WAL (streams_app/stores.py): a
+    closed store keeps its rows, a crashed one loses those written since the last flush,
+    offsets and rows alike (the changelog restores them). Faust's own stores keep both."""
+    assert _after_a_crash(tmp_path / "stock", "stock") == {b"closed": b"1", b"killed": b"1"}
+    assert _after_a_crash(tmp_path / "unlogged", "unlogged") == {b"closed": b"1"}
+
+
+def test_the_app_builds_its_tables_from_the_unlogged_table_class():
+    from streams_app.application import current_app
+    from streams_app.stores import Table, UnloggedRocksDBOptions
+
+    app = current_app()
+    assert issubclass(app.conf.Table, Table)
+    from tables.seen_events import seen_events
+
+    store = seen_events._new_store_by_url("rocksdb://")  # the tests' own tables are in memory
+    assert isinstance(store.rocksdb_options, UnloggedRocksDBOptions)
