@@ -110,11 +110,24 @@ class RecordBatches:
         if event is None or table.use_partitioner or not isinstance(store, SerializedStore):
             table[key] = value
             return
+        self._set_encoded(table, store, event, store._encode_key(key), store._encode_value(value))
+
+    def set_encoded(self, table: Any, key: bytes, value: bytes) -> bool:
+        """:meth:`set_row` for a row already encoded as the table's store encodes it (a
+        table with its own fast codec); False, doing nothing, where :meth:`set_row` would
+        take Faust's path (the caller then calls it)."""
+        store = table.data
+        event = _event()
+        if event is None or table.use_partitioner or not isinstance(store, SerializedStore):
+            return False
+        self._set_encoded(table, store, event, key, value)
+        return True
+
+    def _set_encoded(self, table: Any, store: Any, event: Any, key: bytes, value: bytes) -> None:
         message = event.message
         table._verify_source_topic_partitions(message.topic)
-        key_bytes, value_bytes = store._encode_key(key), store._encode_value(value)
-        store._set(key_bytes, value_bytes)
-        self._add(table.changelog_topic.get_topic_name(), message.partition, key_bytes, value_bytes, [],
+        store._set(key, value)
+        self._add(table.changelog_topic.get_topic_name(), message.partition, key, value, [],
                   lambda tp, base, count: _changelog_sent(table, tp, base, count))
 
     def _add(self, topic: str, partition: int, key: bytes | None, value: bytes | None, headers: list[Any],

@@ -134,3 +134,24 @@ def test_the_app_builds_its_tables_from_the_unlogged_table_class():
 
     store = seen_events._new_store_by_url("rocksdb://")  # the tests' own tables are in memory
     assert isinstance(store.rocksdb_options, UnloggedRocksDBOptions)
+
+
+def test_the_fast_codec_writes_the_bytes_faust_s_store_writes():
+    """tables.seen_events.encode stands in for the store's own encoding of the table's
+    keys (str) and values (float): the changelog and other readers must see the same bytes."""
+    from hypothesis import given, settings as hsettings, strategies as st
+
+    from streams_app.application import current_app
+    from tables.seen_events import encode, seen_events
+
+    current_app()
+    store = seen_events._new_store_by_url("rocksdb://")
+
+    @hsettings(max_examples=300, deadline=None)
+    @given(st.text(), st.floats(allow_nan=False, allow_infinity=False))
+    def same(event_id: str, first_seen: float) -> None:
+        assert encode(event_id) == store._encode_key(event_id)
+        assert encode(first_seen) == store._encode_value(first_seen)
+        assert store._decode_value(encode(first_seen)) == first_seen
+
+    same()
