@@ -15,6 +15,21 @@ installed on faust-streaming 0.15 only. Both per-message checks of the producer 
 (this one and the conductor's ProducerBuffer.wait_until_ebb) count its queue directly:
 ProducerBuffer.size looked up a setting on every call, 5 % of a stage's time.
 
+Second: a partition whose stream queue is 80 % full is left out of the fetch
+(Consumer.on_buffer_full takes it out of the set of active partitions) until the queue is
+down to 40 % (on_buffer_drop puts it back). A fetch already waiting in the consumer thread
+(aiokafka's Fetcher.fetched_records, for up to a second) does not see it come back: it
+filtered the partition's prefetched records out and wakes only for new records of the
+others. On a backlog one fetch brings up to a megabyte per partition, the queues pass 80 %
+at once, and every such fetch then ran its full second while the agents emptied their
+queues and waited: the dedup stage waited for records 20-35 % of the time, and every other
+fetch call took 1.0 s and returned nothing while the backlog's next records sat in the
+client (bench one faust_alo, 160,000 records, session 15). And when every partition is
+out, Faust's Consumer._wait_next_records sleeps a second. Fix: on_buffer_drop wakes a
+fetch waiting in the consumer thread, which then returns the resumed partition's
+records; with every partition out, the delivery loop waits for a resume (at most the
+same second) instead of that sleep.
+
 No test of its own: every broker test and lab cell runs through it (a delivery that can
 block takes the stock path, exercised by the sink-outage tests).
 """
@@ -37,6 +52,11 @@ UPSTREAM = {
     "faust.transport.consumer:Consumer._drain_messages": "44a2500309e8",
     "faust.transport.producer:ProducerBuffer.wait_until_ebb": "758dd5744044",
     "faust.transport.producer:ProducerBuffer.size": "b543a978fdec",
+    "faust.transport.consumer:Consumer._wait_next_records": "6218e1969a63",
+    "faust.transport.consumer:Consumer.on_buffer_drop": "4b57e8a418d5",
+    "faust.transport.consumer:Consumer._get_active_partitions": "b24897f3c7af",
+    "aiokafka.consumer.fetcher:Fetcher.fetched_records": "be4348896b9b",
+    "aiokafka.consumer.fetcher:Fetcher._create_fetch_waiter": "61d840568746",
 }
 
 
@@ -49,6 +69,49 @@ def buffered(buffer: Any) -> int:
         threaded = buffer.__dict__["_threaded"] = bool(buffer.app.conf.producer_threaded)
     queue = buffer.queue if threaded else buffer.pending
     return len(queue._queue) if queue else 0
+
+
+def _resumed(consumer: Any) -> asyncio.Event:
+    event = consumer.__dict__.get("_kit_resumed")
+    if event is None:
+        event = consumer.__dict__["_kit_resumed"] = asyncio.Event()
+    return event
+
+
+def _wake_fetch(consumer: Any) -> None:
+    """Wake a fetch waiting in the consumer thread for new records (aiokafka's
+    Fetcher.fetched_records): it looks at the active partitions again."""
+    thread = getattr(consumer, "_thread", None)
+    client = getattr(thread, "_consumer", None)
+    fetcher = getattr(client, "_fetcher", None)
+    loop = getattr(thread, "thread_loop", None)
+    if fetcher is not None and loop is not None and not loop.is_closed():
+        loop.call_soon_threadsafe(_wake_waiters, fetcher)
+
+
+def _wake_waiters(fetcher: Any) -> None:
+    for waiter in list(fetcher._fetch_waiters):
+        if not waiter.done():
+            waiter.set_result(None)
+
+
+def all_paused_by_full_queues(consumer: Any) -> bool:
+    """No partition is active, and some are paused because their stream queue is full
+    (where Faust's _wait_next_records would sleep a second)."""
+    if consumer.app.client_only or not consumer._buffered_partitions:
+        return False
+    return not consumer._get_active_partitions()
+
+
+async def wait_for_a_resume(consumer: Any, timeout: float = 1.0) -> None:
+    """Wait until a partition paused by a full queue resumes (Consumer.on_buffer_drop, as
+    fixed here), or ``timeout``."""
+    event = _resumed(consumer)
+    event.clear()
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except asyncio.TimeoutError:
+        pass
 
 
 def install(guarantees: Guarantees) -> None:
@@ -76,6 +139,12 @@ def install(guarantees: Guarantees) -> None:
         return channels is None or any(chan.queue.full() for chan in channels)
 
     stock_wait_until_ebb = ProducerBuffer.wait_until_ebb
+    stock_on_buffer_drop = Consumer.on_buffer_drop
+
+    def on_buffer_drop(self: Consumer, tp: Any) -> None:
+        stock_on_buffer_drop(self, tp)
+        _resumed(self).set()
+        _wake_fetch(self)
 
     async def wait_until_ebb(self: ProducerBuffer) -> None:
         if buffered(self) > self.max_messages:  # else stock does nothing
@@ -99,6 +168,9 @@ def install(guarantees: Guarantees) -> None:
         sleep = asyncio.sleep
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
+                if self.flow_active and all_paused_by_full_queues(self):  # fixed: no 1 s sleep
+                    await wait_for_a_resume(self)
+                    continue
                 set_flag(CONSUMER_FETCHING)
                 ait = getmany(timeout=1.0)
                 await self.sleep(0)
@@ -148,3 +220,4 @@ def install(guarantees: Guarantees) -> None:
 
     guarantees.classes.replace(Consumer, "_drain_messages", _drain_messages)
     guarantees.classes.replace(ProducerBuffer, "wait_until_ebb", wait_until_ebb)
+    guarantees.classes.replace(Consumer, "on_buffer_drop", on_buffer_drop)

@@ -311,3 +311,45 @@ def test_a_fenced_worker_whose_process_does_not_end_is_ended_by_the_watchdog(sto
     fencing._watch_the_stop(_NS(_stopped=event), rejoin=True, grace=0.01, deadline=0.02,
                             end=lambda: calls.append("end"), terminate=lambda: calls.append("sigterm"))
     assert calls == (["end"] if stopped else ["sigterm", "end"])
+
+
+def test_a_worker_whose_partitions_all_wait_for_queue_room_resumes_as_soon_as_one_drains():
+    """direct-delivery: stock Faust sleeps a second in _wait_next_records once every
+    partition is paused by a full stream queue, however soon a queue drains; with the fix
+    the delivery loop waits for Consumer.on_buffer_drop instead."""
+    import asyncio
+
+    from faust.types import TP
+
+    from faust_guarantees.fixes.direct_delivery import all_paused_by_full_queues, wait_for_a_resume
+
+    async def scenario() -> None:
+        tp = TP("kit-resume.raw", 0)
+        stock = faust.App("kit-resume-stock", autodiscover=False).consumer
+        stock._set_active_tps({tp})
+        stock.on_buffer_full(tp)
+        slept: list[float] = []
+
+        async def sleep(seconds: float) -> None:
+            slept.append(seconds)
+
+        stock.sleep = sleep
+        stock.not_waiting_next_records = asyncio.Event()
+        assert await stock._wait_next_records(5.0) == ({}, set())
+        assert slept == [1], "stock: sleeps a second, with records perhaps waiting"
+
+        app = faust.App("kit-resume", autodiscover=False)
+        faust_guarantees.install(app, ["direct-delivery"])
+        consumer = app.consumer
+        consumer._set_active_tps({tp})
+        assert not all_paused_by_full_queues(consumer)
+        consumer.on_buffer_full(tp)
+        assert all_paused_by_full_queues(consumer)
+        waiting = asyncio.ensure_future(wait_for_a_resume(consumer, timeout=60.0))
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        consumer.on_buffer_drop(tp)
+        await asyncio.wait_for(waiting, 5.0)  # woken by the drop, long before its 60 s
+        assert not all_paused_by_full_queues(consumer)
+
+    asyncio.run(scenario())
