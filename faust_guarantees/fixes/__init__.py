@@ -35,6 +35,7 @@ from . import (
     shutdown_commit,
     source_partition_transactions,
     stalled_partition_heal,
+    verified_restore_end,
     whole_transactions,
     wipe_unclean_state,
 )
@@ -44,6 +45,7 @@ MODULES: tuple[ModuleType, ...] = (
     commit_at_revocation,
     whole_transactions,
     recovery_idle_wait,
+    verified_restore_end,
     exact_gaps,
     bulk_restore,
     changelog_metadata,

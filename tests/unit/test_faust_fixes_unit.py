@@ -841,3 +841,53 @@ def test_the_producer_of_a_partition_lost_to_a_standby_is_stopped(fixed):
     manager.transactional_id_format = "{group_id}-{tpg.group}-{tpg.partition}"
     asyncio.run(manager.on_rebalance({raw_1}, {raw_0}, set()))
     assert stopped == (["rp-1-0"] if fixed else [])
+
+
+def test_recovery_waits_for_a_changelog_record_still_on_its_way():
+    """verified-restore-end: Faust's end-of-restore check (tables/recovery.py
+    detect_aborted_tx) declares a partition done once the client's position reaches the
+    high watermark, even while a record the client handed over is still on its way to the
+    recovery. The fixed position stays short of the high watermark while the broker holds
+    a committed record the recovery has not applied; markers only: done as stock."""
+    import faust
+
+    from faust_guarantees.fixes import verified_restore_end as fix
+
+    app = faust.App("kit-restore-end", autodiscover=False, processing_guarantee="exactly_once")
+    faust_guarantees.install(app)
+    balances, seen = TP("app-balances-changelog", 0), TP("app-seen-changelog", 1)
+    # Faust keeps high watermarks as the last offset (the end-of-changelog commit marker).
+    recovery = SimpleNamespace(in_recovery=True, active_highwaters={balances: 10, seen: 20},
+                               active_offsets={balances: 5, seen: 19})
+    probes: list[dict] = []
+
+    def broker(first):
+        async def probe(_bootstrap, ranges):
+            probes.append(dict(ranges))
+            return {tp: first.get(tp) for tp in ranges}
+        return probe
+
+    def position(tp, found, probe):
+        return asyncio.run(fix.verified_position(app, recovery, tp, found, probe=probe))
+
+    # Stock decides "done" from the position alone: 11 >= 10.
+    on_its_way = broker({balances: 8})  # offset 8 is committed; the recovery applied through 5
+    assert position(balances, 11, on_its_way) == 9, "short of the high watermark: the check waits"
+    assert probes == [{balances: (6, 11), seen: (20, 21)}], "one probe for every partition in the check"
+    assert position(seen, 21, on_its_way) == 21, "seen: markers only, from the same probe"
+    assert len(probes) == 1
+    assert position(balances, 7, on_its_way) == 7, "a position short of it is left alone"
+
+    recovery.active_offsets[balances] = 8
+    markers_only = broker({})
+    assert position(balances, 11, markers_only) == 11, "nothing committed left: done, as stock"
+    assert probes[-1] == {balances: (9, 11), seen: (20, 21)}
+
+    async def unreadable(_bootstrap, _ranges):
+        raise TimeoutError("an open transaction")
+
+    recovery.__dict__.pop("_kit_restore_verdicts")
+    assert position(balances, 11, unreadable) == 9, "not verified: not done"
+    recovery.in_recovery = False
+    assert position(balances, 11, unreadable) == 11, "outside recovery: the client's position"
+    assert type(app.consumer).position._fixed
