@@ -110,7 +110,7 @@ async def wait_for_a_resume(consumer: Any, timeout: float = 1.0) -> None:
     event.clear()
     try:
         await asyncio.wait_for(event.wait(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
 
 

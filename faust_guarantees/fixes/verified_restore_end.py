@@ -89,7 +89,7 @@ async def verified_position(app: Any, recovery: Any, tp: Any, position: int | No
     if known is None or known[:2] != ranges[tp] or time.monotonic() - verdicts.at > VERDICTS_FOR_S:
         try:
             found = await probe(bootstrap(app), ranges)
-        except Exception as exc:  # TimeoutError (an open transaction), a broker error
+        except Exception as exc:  # noqa: BLE001 -- TimeoutError (an open transaction), a broker error
             log.warning("restore of %s: could not verify the end of the changelog (%r); reading on", tp, exc)
             found = {other: _Verdicts.unreadable for other in ranges}
         verdicts.at = time.monotonic()
