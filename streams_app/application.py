@@ -166,6 +166,7 @@ def create_app(settings: Settings) -> PaymentsApp:
     guarantees.on_intervention(metrics.fix_intervened)
     app.guarantees = guarantees
     faults.install_seek_backs(app)
+    faults.install_slow_restore(app)
     return app
 
 

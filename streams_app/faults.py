@@ -1,4 +1,4 @@
-"""The payments pipeline's named crash points and seek-back fault, for the semantics lab.
+"""The payments pipeline's named crash points, seek-back and slow-restore faults, for the semantics lab.
 
 A crash point is a line in an agent such as ``crashpoint("sink.after_effect")``; the lab
 arms one with ``FAULT_CRASH_AT=sink.after_effect:25`` and the worker SIGKILLs itself on
@@ -75,3 +75,43 @@ def install_seek_backs(app) -> None:
             return
         log.info("FAULT: seeking %s[%d] back to %d", tp.topic, tp.partition, committed)
         await seek_back(consumer, tp, committed)
+
+
+# -- a slow restore ------------------------------------------------------------------
+#
+#     FAULT_SLOW_RESTORE_S=4
+#
+# holds the first changelog records a table restore fetches for that many seconds between
+# the consumer thread (whose position has moved past them) and the recovery: what a loaded
+# machine does now and then. The restore must wait for them (verified-restore-end).
+
+
+def install_slow_restore(app) -> None:
+    """Arm the slow-restore fault on ``app`` when FAULT_SLOW_RESTORE_S is set."""
+    import asyncio
+
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    spec = os.environ.get("FAULT_SLOW_RESTORE_S", "")
+    if not spec:
+        return
+    try:
+        delay = float(spec)
+    except ValueError:
+        delay = 0.0
+    if not delay > 0:
+        raise SystemExit(f"FAULT_SLOW_RESTORE_S={spec!r}: expected a positive number of seconds")
+    thread_class = app._kit_classes.of(AIOKafkaConsumerThread)  # the app's own class, not Faust's
+    stock_getmany = thread_class.getmany
+    held: list[int] = []
+
+    async def getmany(self, active_partitions, timeout):
+        records = await stock_getmany(self, active_partitions, timeout)
+        changelog = sum(len(batch) for tp, batch in (records or {}).items() if tp.topic.endswith("-changelog"))
+        if changelog and not held and app.in_recovery:
+            held.append(changelog)
+            log.info("FAULT: holding %d changelog records for %s s on their way to the recovery", changelog, delay)
+            await asyncio.sleep(delay)
+        return records
+
+    thread_class.getmany = getmany
