@@ -87,6 +87,8 @@ class RecordBatches:
     def __init__(self, app: Any) -> None:
         self.app = app
         self._groups: dict[tuple[Any, str, int], _Group] = {}
+        #: (table, source topic) -> the table's changelog topic, once verified in this batch
+        self._verified: dict[tuple[Any, str], str] = {}
         guarantees = of(app)
         self._exactly_once = guarantees.exactly_once
         #: Without the routing fix every record goes through ``publish`` (Faust's routing).
@@ -125,9 +127,12 @@ class RecordBatches:
 
     def _set_encoded(self, table: Any, store: Any, event: Any, key: bytes, value: bytes) -> None:
         message = event.message
-        table._verify_source_topic_partitions(message.topic)
+        verified = (table, message.topic)
+        if verified not in self._verified:  # once per table and source topic in a batch
+            table._verify_source_topic_partitions(message.topic)
+            self._verified[verified] = table.changelog_topic.get_topic_name()
         store._set(key, value)
-        self._add(table.changelog_topic.get_topic_name(), message.partition, key, value, [],
+        self._add(self._verified[verified], message.partition, key, value, [],
                   lambda tp, base, count: _changelog_sent(table, tp, base, count))
 
     def _add(self, topic: str, partition: int, key: bytes | None, value: bytes | None, headers: list[Any],

@@ -319,6 +319,10 @@ class LeanPrometheusMonitor(BatchSensor, PrometheusMonitor):
         TALLY.observe(self._metrics.producer_send_latency, self.ms_since(state))
 
     def track_tp_end_offset(self, tp: Any, offset: int) -> None:
+        # Faust calls this for every record it fetches, with the partition's high watermark:
+        # the same value for a whole fetched batch (2 % of the dedup stage, py-spy).
+        if self.tp_end_offsets.get(tp) == offset:
+            return
         Monitor.track_tp_end_offset(self, tp, offset)
         TALLY.set(self._child(self._metrics.topic_partition_end_offset, tp.topic, tp.partition), offset)
 
