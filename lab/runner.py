@@ -319,7 +319,7 @@ def _producer_retry(run: _Run) -> list[WorkerProcess]:
         )
     run.proxy = FaultProxy(
         listen_port=info.proxied_advertised_port, target_port=info.proxied_listener_port,
-        drop_rate=0.15, max_drops=max(3, run.kills * 3), seed=run.rng.randrange(1 << 30),
+        drop_rate=0.0, max_drops=max(3, run.kills * 3), seed=run.rng.randrange(1 << 30),
     ).start()
     # A short request timeout notices a lost answer in seconds, not Faust's 20 minutes.
     run.config.extra_env.update({
@@ -328,6 +328,10 @@ def _producer_retry(run: _Run) -> list[WorkerProcess]:
     worker = run.worker()
     worker.start()
     worker.wait_ready()
+    # Answers are lost only from now on: the drops go to the traffic's produce requests, not
+    # to start-up's (the full matrix on dfbb7b9 had a run whose 6 drops all missed the outputs:
+    # 0 duplicates; rerun: 143).
+    run.proxy.drop_rate = 0.15
     run.send(run.traffic.records)
     return [worker]
 
