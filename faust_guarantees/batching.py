@@ -108,11 +108,10 @@ class RecordBatches:
         bytes: Faust's changelog topic encodes with the same serializers). A store that does
         not encode (``memory://``) or a table partitioned by key takes Faust's path."""
         store = table.data
-        event = _event()
-        if event is None or table.use_partitioner or not isinstance(store, SerializedStore):
+        encoded = isinstance(store, SerializedStore) and self.set_encoded(
+            table, store._encode_key(key), store._encode_value(value))
+        if not encoded:
             table[key] = value
-            return
-        self._set_encoded(table, store, event, store._encode_key(key), store._encode_value(value))
 
     def set_encoded(self, table: Any, key: bytes, value: bytes) -> bool:
         """:meth:`set_row` for a row already encoded as the table's store encodes it (a

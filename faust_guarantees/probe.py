@@ -16,31 +16,11 @@ async def first_committed_record(bootstrap: str, tp: Any, start: int, end: int,
     there is none (only transaction markers or aborted records). Read with a fresh
     read_committed consumer outside any group. Raises TimeoutError while an open
     transaction keeps the range from being read."""
-    import time
-
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                isolation_level="read_committed")
-    await consumer.start()
-    try:
-        partition = TopicPartition(tp.topic, tp.partition)
-        consumer.assign([partition])
-        consumer.seek(partition, start)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            records = (await consumer.getmany(partition, timeout_ms=500, max_records=1)).get(partition)
-            if records:
-                return records[0].offset if records[0].offset < end else None
-            if await consumer.position(partition) >= end:
-                return None
-        raise TimeoutError(f"{tp}: [{start}, {end}) not readable with read_committed in {timeout} s")
-    finally:
-        await consumer.stop()
+    return (await first_committed_records(bootstrap, {tp: (start, end)}, timeout=timeout))[tp]
 
 
 async def first_committed_records(bootstrap: str, ranges: dict[Any, tuple[int, int]],
-                                  timeout: float = 5.0) -> dict[Any, int | None]:
+                                  timeout: float = 10.0) -> dict[Any, int | None]:
     """:func:`first_committed_record` for several partitions at once (one client): for each
     ``tp`` of ``ranges``, the offset of its first committed record in ``[start, end)``, or
     None. Raises TimeoutError while any range cannot be read."""

@@ -56,26 +56,25 @@ class BatchSensor:
 
 def batch_in(app: Any, stream: StreamT, messages: Sequence[Message], events: Sequence[EventT]) -> None:
     """Tell every sensor of ``app`` that ``stream`` took ``events`` (see :class:`BatchSensor`)."""
-    if not events:
-        return
-    for sensor in app.sensors:
-        hook = getattr(sensor, "on_batch_in", None)
-        if hook is not None:
-            hook(stream, messages, events)
-        else:
-            BatchSensor.on_batch_in(sensor, stream, messages, events)  # type: ignore[arg-type]
+    if events:
+        _tell(app, "on_batch_in", stream, messages, events)
 
 
 def batch_out(app: Any, stream: StreamT, events: Sequence[EventT], acked: Sequence[Message]) -> None:
     """Tell every sensor of ``app`` that ``stream`` acked ``events`` (see :class:`BatchSensor`)."""
-    if not events:
-        return
+    if events:
+        _tell(app, "on_batch_out", stream, events, acked)
+
+
+def _tell(app: Any, hook: str, *args: Any) -> None:
+    """Call ``hook`` of each sensor, or :class:`BatchSensor`'s per-record default where it has none."""
+    default = getattr(BatchSensor, hook)
     for sensor in app.sensors:
-        hook = getattr(sensor, "on_batch_out", None)
-        if hook is not None:
-            hook(stream, events, acked)
+        own = getattr(sensor, hook, None)
+        if own is not None:
+            own(*args)
         else:
-            BatchSensor.on_batch_out(sensor, stream, events, acked)  # type: ignore[arg-type]
+            default(sensor, *args)
 
 
 def ack_all(stream: StreamT, events: Sequence[EventT]) -> None:

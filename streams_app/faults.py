@@ -44,14 +44,15 @@ crashpoint = crashpoints.from_environment(known=CRASH_POINTS)
 # again and must be skipped as already processed: nothing lost, nothing repeated.
 
 
-def _seek_back_interval(spec: str) -> float:
+def _positive_seconds(name: str, spec: str) -> float:
+    """A fault's ``name=spec`` setting as seconds; the worker stops at start-up otherwise."""
     try:
-        interval = float(spec)
+        seconds = float(spec)
     except ValueError:
-        interval = 0.0
-    if not interval > 0:
-        raise SystemExit(f"FAULT_SEEK_BACK_EVERY={spec!r}: expected a positive number of seconds")
-    return interval
+        seconds = 0.0
+    if not seconds > 0:
+        raise SystemExit(f"{name}={spec!r}: expected a positive number of seconds")
+    return seconds
 
 
 def install_seek_backs(app) -> None:
@@ -59,7 +60,7 @@ def install_seek_backs(app) -> None:
     spec = os.environ.get("FAULT_SEEK_BACK_EVERY", "")
     if not spec:
         return
-    interval = _seek_back_interval(spec)
+    interval = _positive_seconds("FAULT_SEEK_BACK_EVERY", spec)
     turns = Counter()
 
     @app.timer(interval)
@@ -95,12 +96,7 @@ def install_slow_restore(app) -> None:
     spec = os.environ.get("FAULT_SLOW_RESTORE_S", "")
     if not spec:
         return
-    try:
-        delay = float(spec)
-    except ValueError:
-        delay = 0.0
-    if not delay > 0:
-        raise SystemExit(f"FAULT_SLOW_RESTORE_S={spec!r}: expected a positive number of seconds")
+    delay = _positive_seconds("FAULT_SLOW_RESTORE_S", spec)
     thread_class = app._kit_classes.of(AIOKafkaConsumerThread)  # the app's own class, not Faust's
     stock_getmany = thread_class.getmany
     held: list[int] = []

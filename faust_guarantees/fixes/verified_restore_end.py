@@ -32,6 +32,7 @@ test_faust_fixes_unit.py::test_recovery_waits_for_a_changelog_record_still_on_it
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import Any
@@ -78,8 +79,13 @@ def ranges_to_verify(recovery: Any) -> dict[Any, tuple[int, int]]:
     return ranges
 
 
+#: How long the broker is asked before a range counts as unreadable (the check asks again).
+PROBE_TIMEOUT_S = 5.0
+_PROBE = functools.partial(first_committed_records, timeout=PROBE_TIMEOUT_S)
+
+
 async def verified_position(app: Any, recovery: Any, tp: Any, position: int | None,
-                            probe: Any = first_committed_records) -> int | None:
+                            probe: Any = _PROBE) -> int | None:
     """``position`` as Faust's check should see it (see the module's docstring)."""
     highwater = recovery.active_highwaters.get(tp)
     if position is None or highwater is None or position < highwater or not recovery.in_recovery:

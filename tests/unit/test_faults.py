@@ -18,11 +18,11 @@ def test_a_crash_point_is_a_known_name_and_a_pass_number():
 @pytest.mark.parametrize("spec", ["0", "-1", "often", "nan"])
 def test_the_seek_back_interval_must_be_a_positive_number_of_seconds(spec):
     with pytest.raises(SystemExit, match="FAULT_SEEK_BACK_EVERY"):
-        faults._seek_back_interval(spec)
+        faults._positive_seconds("FAULT_SEEK_BACK_EVERY", spec)
 
 
 def test_a_seek_back_interval_in_seconds():
-    assert faults._seek_back_interval("0.2") == 0.2
+    assert faults._positive_seconds("FAULT_SEEK_BACK_EVERY", "0.2") == 0.2
 
 
 def test_without_the_switch_no_timer_is_added(monkeypatch):
