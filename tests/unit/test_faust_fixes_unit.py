@@ -18,6 +18,7 @@ import logging
 from collections import defaultdict
 from types import SimpleNamespace
 
+import faust
 import pytest
 from aiokafka.errors import IllegalOperation
 from faust.transport.consumer import Consumer
@@ -891,3 +892,77 @@ def test_recovery_waits_for_a_changelog_record_still_on_its_way():
     recovery.in_recovery = False
     assert position(balances, 11, unreadable) == 11, "outside recovery: the client's position"
     assert type(app.consumer).position._fixed
+
+
+def _raw_message(key, value, headers):
+    from faust.types import Message
+
+    return Message(topic="rd.raw", partition=2, offset=41, timestamp=1.0, timestamp_type=0,
+                   headers=headers, key=key, value=value, checksum=None)
+
+
+@pytest.mark.parametrize(("key", "value", "headers"),
+                         [(b"k", b"{\"a\": 1}", [("h", b"1")]), (None, None, []), (b"", b"\xff\x00", [])],
+                         ids=["bytes", "nulls", "not-utf8"])
+def test_a_raw_bytes_delivery_puts_the_event_the_conductor_would(key, value, headers):
+    """direct-delivery puts a raw-bytes stream's events in its queue without the conductor's
+    decode: the event must be the one the conductor's decode makes (key, value, headers,
+    message) and the message referenced once, as the conductor's incref(1)."""
+    from faust_guarantees.fixes.direct_delivery import RawDelivery, takes_raw_bytes
+
+    async def scenario():
+        app = faust.App("rd-test", broker="kafka://127.0.0.1:1")
+        topic = app.topic("rd.raw", key_type=bytes, value_type=bytes, key_serializer="raw",
+                          value_serializer="raw")
+        assert takes_raw_bytes(topic)
+        stock = await topic.decode(_raw_message(key, value, headers), propagate=True)
+        message = _raw_message(key, value, headers)
+        delivery = RawDelivery(app)
+        assert delivery.channel({topic}) is topic
+        delivery.put(topic, message)
+        return stock, topic.queue.get_nowait(), message
+
+    stock, event, message = asyncio.run(scenario())
+    assert (event.key, event.value, event.headers) == (stock.key, stock.value, stock.headers)
+    assert event.message is message and message.refcount == 1
+
+
+def test_a_raw_bytes_delivery_tells_the_consumer_of_pressure_with_faust_s_tp():
+    """The queue's pressure callbacks take the partition out of the fetch and back: the
+    consumer wants Faust's TP (a message carries aiokafka's TopicPartition, which
+    Consumer._get_active_partitions refuses: the first run of this path crashed the agent)."""
+    from aiokafka.structs import TopicPartition
+
+    from faust_guarantees.fixes.direct_delivery import RawDelivery
+
+    told: list[tuple[str, object]] = []
+
+    class Consumer:
+        def on_buffer_full(self, tp):
+            told.append(("full", tp))
+
+        def on_buffer_drop(self, tp):
+            told.append(("drop", tp))
+
+    app = SimpleNamespace(create_event=None, consumer=Consumer(),
+                          sensors=SimpleNamespace(on_topic_buffer_full=lambda tp: None))
+    high, drop = RawDelivery(app)._callbacks(TopicPartition("rd.raw", 2))
+    high()
+    drop()
+    assert told == [("full", TP("rd.raw", 2)), ("drop", TP("rd.raw", 2))]
+    assert all(type(tp) is TP for _, tp in told)
+
+
+def test_a_stream_that_decodes_its_records_takes_the_conductor_s_delivery():
+    """Only raw bytes skip the decode: typed keys or values, another serializer, or a
+    partition read by two streams go through the conductor."""
+    from faust_guarantees.fixes.direct_delivery import RawDelivery, takes_raw_bytes
+
+    app = faust.App("rd-test-2", broker="kafka://127.0.0.1:1")
+    raw = app.topic("a", key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+    assert not takes_raw_bytes(app.topic("b", key_type=str, value_type=bytes, value_serializer="raw"))
+    assert not takes_raw_bytes(app.topic("c", key_type=bytes, value_type=bytes, key_serializer="raw",
+                                         value_serializer="json"))
+    assert not takes_raw_bytes(app.topic("d"))
+    twin = app.topic("a", key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+    assert RawDelivery(app).channel({raw, twin}) is None
