@@ -59,10 +59,10 @@ from faust.types import EventT, Message
 from streams_app.application import current_app
 from streams_app.faults import crashpoint
 from streams_app.models import Payment, json_key, parse_payment
-from agents.processing import as_current, batches, processing_batch, publish, record_batches
+from agents.processing import batches, processing_batch, publish, record_batches
 from streams_app.topics import dedup_sources, event_partition, key_partition, payment_events, unique_payments
-from tables.counters import count
-from tables.seen_events import is_duplicate, mark_seen
+from tables.counters import count, count_each
+from tables.seen_events import is_duplicate, mark_all_seen
 
 
 app = current_app()
@@ -112,9 +112,7 @@ async def dedup_payments(stream: Any) -> None:
                     first.append((event, payment))
             if MARK_BEFORE_FORWARDING and first:
                 rows = record_batches()
-                for event, payment in first:
-                    as_current(event)
-                    mark_seen(rows, payment.event_id)
+                mark_all_seen(rows, [(event, payment.event_id) for event, payment in first])
                 await rows.flush()
                 await app.producer.flush()  # the seen-rows are in Kafka before the outputs leave
             outputs, queued = record_batches(), []
@@ -128,11 +126,9 @@ async def dedup_payments(stream: Any) -> None:
             forwarded = await work.acknowledged(sends) if AWAIT_OUTPUT_BEFORE_MARKING else [e for e, _ in sends]
             for event in forwarded:
                 crashpoint("dedup.after_forward")
-            ids = {id(event): payment.event_id for event, payment in first}
             rows = record_batches()
-            for event in forwarded:
-                as_current(event)
-                if not MARK_BEFORE_FORWARDING:
-                    mark_seen(rows, ids[id(event)])
-                count("dedup.unique")
+            if not MARK_BEFORE_FORWARDING:
+                ids = {id(event): payment.event_id for event, payment in first}
+                mark_all_seen(rows, [(event, ids[id(event)]) for event in forwarded])
+            count_each("dedup.unique", forwarded)
             await rows.flush()

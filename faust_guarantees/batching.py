@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 
 from faust.exceptions import ProducerSendError
 from faust.stores.base import SerializedStore
+from faust.stores.rocksdb import Store as RocksStore
 from faust.streams import _current_event
 from faust.transport.drivers.aiokafka import Producer
 
@@ -87,8 +88,9 @@ class RecordBatches:
     def __init__(self, app: Any) -> None:
         self.app = app
         self._groups: dict[tuple[Any, str, int], _Group] = {}
-        #: (table, source topic) -> the table's changelog topic, once verified in this batch
-        self._verified: dict[tuple[Any, str], str] = {}
+        #: (table, source topic) -> the table's changelog topic and its ack callback, once
+        #: verified in this batch
+        self._verified: dict[tuple[Any, str], tuple[str, Callable[[Any, int, int], None]]] = {}
         guarantees = of(app)
         self._exactly_once = guarantees.exactly_once
         #: Without the routing fix every record goes through ``publish`` (Faust's routing).
@@ -124,19 +126,45 @@ class RecordBatches:
         self._set_encoded(table, store, event, key, value)
         return True
 
+    def set_encoded_rows(self, table: Any, rows: list[tuple[Any, bytes, bytes]]) -> bool:
+        """:meth:`set_encoded` for many rows, each ``(event, key, value)`` written for its
+        event (in its partition, under exactly_once in its transaction) as if that event
+        were current; False, doing nothing, where :meth:`set_row` would take Faust's path."""
+        store = table.data
+        if table.use_partitioner or not isinstance(store, SerializedStore):
+            return False
+        current = _current_event.get(None)
+        try:
+            for event, key, value in rows:
+                self._set_encoded(table, store, event, key, value)
+        finally:
+            if current is not None:
+                _current_event.set(current)
+        return True
+
     def _set_encoded(self, table: Any, store: Any, event: Any, key: bytes, value: bytes) -> None:
         message = event.message
         verified = (table, message.topic)
-        if verified not in self._verified:  # once per table and source topic in a batch
+        changelog = self._verified.get(verified)
+        if changelog is None:  # once per table and source topic in a batch
             table._verify_source_topic_partitions(message.topic)
-            self._verified[verified] = table.changelog_topic.get_topic_name()
-        store._set(key, value)
-        self._add(self._verified[verified], message.partition, key, value, [],
-                  lambda tp, base, count: _changelog_sent(table, tp, base, count))
+            changelog = self._verified[verified] = (
+                table.changelog_topic.get_topic_name(),
+                lambda tp, base, count: _changelog_sent(table, tp, base, count))
+        if type(store) is RocksStore:
+            # Store._set without its key index (an LRU cache of key -> partition for lookups
+            # without a current event, which then look in every partition: 2 % of the dedup
+            # stage's time) and without looking up the current event: it is ``event``.
+            store._db_for_partition(message.partition).put(key, value)
+        else:
+            _current_event.set(weakref.ref(event))
+            store._set(key, value)
+        self._add(changelog[0], message.partition, key, value, [], changelog[1], event)
 
     def _add(self, topic: str, partition: int, key: bytes | None, value: bytes | None, headers: list[Any],
-             on_sent: Callable[[Any, int, int], None] | None) -> Queued:
-        event = _event()
+             on_sent: Callable[[Any, int, int], None] | None, event: Any = None) -> Queued:
+        if event is None:
+            event = _event()
         # Under exactly_once the records of one source partition share a transaction.
         source = event.message.tp if self._exactly_once and event is not None else None
         group = self._groups.get((source, topic, partition))

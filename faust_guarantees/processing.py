@@ -43,8 +43,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager, nullcontext
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, nullcontext
+from types import TracebackType
 from typing import Any
 
 import faust
@@ -411,20 +412,11 @@ class Batch:
         self.failed: list[Failure] = []
         self._failed_ids: set[int] = set()
 
-    @contextmanager
-    def record(self, event: EventT) -> Iterator[None]:
-        """One record's work, with ``event`` current (see :func:`as_current`)."""
-        as_current(event)
-        try:
-            yield
-        except Unavailable:
-            raise  # not the record's fault: the batch is tried again (processing_batch)
-        except RejectedRecord as exc:
-            self.fail(event, exc.code, exc.reason, exc)
-        except Exception as exc:
-            if self._fenced(exc):
-                raise
-            self.fail_unexpectedly(event, exc)
+    def record(self, event: EventT) -> _RecordScope:
+        """One record's work (a ``with`` block), with ``event`` current (see :func:`as_current`):
+        a refused record or an unexpected error sets it aside for the DLQ; :class:`Unavailable`,
+        a fence and anything not an Exception (cancellation) go up."""
+        return _RecordScope(self, event)
 
     def fail(self, event: EventT, code: str, reason: str, error: BaseException) -> None:
         if id(event) not in self._failed_ids:
@@ -454,6 +446,31 @@ class Batch:
             else:
                 done.append(event)
         return done
+
+
+class _RecordScope:
+    """:meth:`Batch.record`'s context manager: a class, not a ``@contextmanager`` generator,
+    which cost 4 % of the dedup stage's time at two scopes per event (py-spy, session 16)."""
+
+    __slots__ = ("batch", "event")
+
+    def __init__(self, batch: Batch, event: EventT) -> None:
+        self.batch, self.event = batch, event
+
+    def __enter__(self) -> None:
+        as_current(self.event)
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> bool:
+        if exc is None or isinstance(exc, Unavailable) or not isinstance(exc, Exception):
+            return False  # Unavailable: not the record's fault, the batch is tried again
+        if isinstance(exc, RejectedRecord):
+            self.batch.fail(self.event, exc.code, exc.reason, exc)
+            return True
+        if self.batch._fenced(exc):
+            return False
+        self.batch.fail_unexpectedly(self.event, exc)
+        return True
 
 
 def _queue_taker(stream: StreamT) -> tuple[Any, Callable[[list[Message]], EventT | None]]:

@@ -61,6 +61,26 @@ def count(name: str, by: int = 1) -> None:
         entry[0] += by
 
 
+def count_each(name: str, events: list[Any]) -> None:
+    """:func:`count` once for each of ``events``, as each would count with it current: one
+    call per partition."""
+    by_partition: dict[int, list[Any]] = {}
+    for event in events:
+        entry = by_partition.get(event.message.partition)
+        if entry is None:
+            by_partition[event.message.partition] = [1, event]
+        else:
+            entry[0] += 1
+    current = _current_event.get(None)
+    try:
+        for by, event in by_partition.values():
+            _current_event.set(weakref.ref(event))
+            count(name, by)
+    finally:
+        if current is not None:
+            _current_event.set(current)
+
+
 @contextmanager
 def batched_counts() -> Iterator[dict[str, list[Any]]]:
     """Collect this task's counts until :func:`write_counts` is given them."""

@@ -39,8 +39,10 @@ from typing import Any
 import orjson
 import rocksdict
 from faust.stores.base import SerializedStore
+from faust.types import EventT
 
 from faust_guarantees.batching import RecordBatches
+from faust_guarantees.processing import as_current
 from streams_app import metrics
 from streams_app.application import current_app
 
@@ -105,6 +107,17 @@ def mark_seen(rows: RecordBatches, event_id: str, now: float | None = None) -> N
     first_seen = time.time() if now is None else now
     if not rows.set_encoded(seen_events, encode(event_id), encode(first_seen)):
         rows.set_row(seen_events, event_id, first_seen)
+
+
+def mark_all_seen(rows: RecordBatches, seen: list[tuple[EventT, str]], now: float | None = None) -> None:
+    """:func:`mark_seen` for each ``(event, event_id)`` of a batch, each in its event's
+    partition, all first seen at the same ``now`` (encoded once)."""
+    first_seen = time.time() if now is None else now
+    value = encode(first_seen)
+    if not rows.set_encoded_rows(seen_events, [(event, encode(event_id), value) for event, event_id in seen]):
+        for event, event_id in seen:
+            as_current(event)
+            rows.set_row(seen_events, event_id, first_seen)
 
 
 log = logging.getLogger(__name__)
