@@ -49,6 +49,15 @@ STOP_TIMEOUT_S = 45.0
 KEEP_SUFFIXES = (".log", ".txt")
 
 
+def _fetch_size() -> int:
+    """The pipeline's fetch size per partition (its default: the benchmark does not set it)."""
+    import dataclasses
+
+    from streams_app.settings import Settings
+
+    return int(next(f.default for f in dataclasses.fields(Settings) if f.name == "consumer_max_fetch_size"))
+
+
 @dataclass(frozen=True)
 class SystemSpec:
     """A system and its settings: one row of the report."""
@@ -68,7 +77,8 @@ class SystemSpec:
         if self.kind == "faust":
             text += " whole pipeline" if self.variant.stages == PIPELINE else " dedup stage"
             text += (f" (commit interval {self.commit_interval_s:g} s, "
-                     f"stream buffer {self.variant.buffer_maxsize})")
+                     f"stream buffer {self.variant.buffer_maxsize}, "
+                     f"fetch {_fetch_size() // 2**20:g} MiB per partition)")
         return text
 
     @property
@@ -92,6 +102,7 @@ class SystemSpec:
         if self.kind == "faust":
             return {"broker_commit_interval_s": self.commit_interval_s,
                     "stream_buffer_maxsize": int(self.variant.buffer_maxsize),
+                    "consumer_max_fetch_size": _fetch_size(),
                     "stages": "dedup -> apply -> sink" if self.variant.stages == PIPELINE else "dedup"}
         if self.kind in ("quix", "faust_min"):
             return {"commit_interval_s": float(FAUST_DEFAULT_COMMIT_INTERVAL)}

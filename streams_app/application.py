@@ -126,6 +126,7 @@ def create_app(settings: Settings) -> PaymentsApp:
         processing_guarantee=settings.faust_guarantee,
         broker_commit_interval=settings.commit_interval,
         producer_linger=settings.producer_linger,
+        consumer_max_fetch_size=settings.consumer_max_fetch_size,
         store=settings.store,
         datadir=str(settings.table_dir),
         topic_partitions=settings.partitions,
