@@ -59,7 +59,7 @@ def versions() -> dict[str, str]:
 
 
 #: The directories whose content decides what a lab run measures.
-CODE_DIRS = ("faust_guarantees", "streams_app", "agents", "tables", "lab", "payment_api", "infra", "outbox")
+CODE_DIRS = ("faust_guarantees", "streams_app", "agents", "tables", "common", "lab", "payment_api", "infra", "outbox")
 
 
 def code_version() -> str:
