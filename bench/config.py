@@ -35,11 +35,13 @@ PIPELINE = "all"
 @dataclass(frozen=True)
 class FaustVariant:
     """One Faust configuration: the env values of STAGES, BROKER_COMMIT_INTERVAL (empty: the
-    pipeline's default) and STREAM_BUFFER_MAXSIZE."""
+    pipeline's default) and STREAM_BUFFER_MAXSIZE, and how many worker processes (one
+    consumer group) share the partitions."""
 
     commit_interval: str = APP_DEFAULT
     buffer_maxsize: str = FAUST_DEFAULT_BUFFER
     stages: str = SAME_WORK
+    workers: int = 1
 
     @property
     def is_default(self) -> bool:
@@ -53,6 +55,8 @@ class FaustVariant:
             parts.append(f"ci{self.commit_interval}")
         if self.buffer_maxsize != FAUST_DEFAULT_BUFFER:
             parts.append(f"buf{self.buffer_maxsize}")
+        if self.workers != 1:
+            parts.append(f"w{self.workers}")
         return "".join(f"_{part}" for part in parts)
 
 
@@ -61,6 +65,7 @@ FAUST_GRID = (
     FaustVariant(stages=PIPELINE),
     *(FaustVariant(ci, stages=PIPELINE) for ci in COMMIT_INTERVAL_CURVE),
     FaustVariant(buffer_maxsize=FAUST_RAISED_BUFFER),
+    FaustVariant(workers=2),
 )
 
 
@@ -114,13 +119,13 @@ class BenchConfig:
 
 def preset(mode: str) -> BenchConfig:
     """``quick``: 80k records, 4 partitions, 1 run of everything.
-    ``full``: 200k records at 1, 4 and 8 partitions; 3 runs at 4 partitions
+    ``full``: 200k records at 1, 4, 8 and 16 partitions; 3 runs at 4 partitions
     (every system and variant, latency), 1 run at 1 and 8 partitions; 1M-key restore."""
     if mode == "quick":
         return BenchConfig(mode="quick")
     if mode == "full":
         return BenchConfig(
-            mode="full", records=200_000, partition_counts=(1, 4, 8), runs=3,
+            mode="full", records=200_000, partition_counts=(1, 4, 8, 16), runs=3,
             broker_records=1_000_000, restore_keys=1_000_000, restart_events=10_000,
         )
     raise ValueError(f"unknown mode {mode!r}: use quick or full")

@@ -40,18 +40,21 @@ class Sample:
 
 
 class TreeProbe:
-    """CPU time and resident memory of a process and all its descendants."""
+    """CPU time and resident memory of processes (a system's workers) and all their descendants."""
 
-    def __init__(self, pid: int) -> None:
-        self._root = psutil.Process(pid)
+    def __init__(self, *pids: int) -> None:
+        self._roots = [psutil.Process(pid) for pid in pids]
         # Last CPU time seen per process: a child that exits keeps its share.
         self._cpu_by_pid: dict[int, float] = {}
 
     def _tree(self) -> list[psutil.Process]:
-        try:
-            return [self._root, *self._root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
+        tree: list[psutil.Process] = []
+        for root in self._roots:
+            try:
+                tree += [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                continue
+        return tree
 
     def read(self) -> tuple[float, int]:
         """(CPU-seconds so far, current RSS bytes) over the tree."""

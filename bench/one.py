@@ -24,16 +24,19 @@ from .systems import SystemSpec
 def spec_for(key: str) -> SystemSpec:
     """``faust_min_eos`` -> SystemSpec("faust_min", "exactly_once"); ``faust_eos``: the dedup
     stage (the same work as the others), ``faust_eos_pipeline`` the whole pipeline;
-    ``faust_eos@0.1``: at commit interval 0.1 s."""
+    ``faust_eos@0.1``: at commit interval 0.1 s; ``faust_alo_w2``: two worker processes."""
     key, _, interval = key.partition("@")
-    stages = SAME_WORK
+    stages, workers = SAME_WORK, 1
+    if key.startswith("faust_") and key.rpartition("_w")[2].isdigit():
+        key, _, count = key.rpartition("_w")
+        workers = int(count)
     if key.endswith("_pipeline") and key.startswith("faust_"):
         key, stages = key.removesuffix("_pipeline"), PIPELINE
     kind, _, short = key.rpartition("_")
     by_short = {v: k for k, v in SHORT.items()}
     if short not in by_short or kind not in ("raw", "quix", "faust", "faust_min"):
         raise SystemExit(f"unknown system {key!r}: use e.g. faust_alo, quix_eos, raw_alo, faust_min_eos")
-    variant = FaustVariant(commit_interval=interval or APP_DEFAULT, stages=stages)
+    variant = FaustVariant(commit_interval=interval or APP_DEFAULT, stages=stages, workers=workers)
     return SystemSpec(kind, by_short[short], variant)  # type: ignore[arg-type]
 
 

@@ -40,6 +40,8 @@ RATIOS = {
     "faust_alo_pipeline_over_faust_alo": ("faust_alo_pipeline", "faust_alo"),
     "faust_eos_pipeline_over_faust_eos": ("faust_eos_pipeline", "faust_eos"),
     "faust_alo_buf131072_over_faust_alo": ("faust_alo_buf131072", "faust_alo"),
+    "faust_alo_w2_over_faust_alo": ("faust_alo_w2", "faust_alo"),
+    "faust_eos_w2_over_faust_eos": ("faust_eos_w2", "faust_eos"),
     "raw_alo_over_kafka_consumer": ("raw_alo", "kafka_consumer"),
 }
 #: The same, for CPU-seconds per million events (above 1: the numerator costs more).
@@ -260,7 +262,9 @@ METHOD = {
                    "process and event loop: apply adds each payment to its account's balance in a "
                    "second changelogged table and forwards it, the SQLite sink charges it), read on "
                    "{prefix}.applied; the latency targets and the commit-interval curve are the "
-                   "whole pipeline's",
+                   "whole pipeline's; `_w2` variants: two worker processes of one group share "
+                   "the partitions (pinned to the same CPU as one worker: with the broker on the "
+                   "other of this machine's 2 cores, a second worker adds processes, not a core)",
     "cpu": "user + system CPU-seconds of the process tree (psutil) over the same window, per "
            "million output events",
     "memory": "peak resident set size of the process tree, sampled every second",

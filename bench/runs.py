@@ -104,7 +104,7 @@ async def _sample(ctx: Context, deployment: Deployment, expected: int) -> tuple[
     moved for two samples (drained), until ``max_run_s`` or until the process exits
     by itself (not drained)."""
     config = ctx.config
-    probe = TreeProbe(deployment.pid)
+    probe = TreeProbe(*deployment.pids)
     samples: list[Sample] = []
     started = time.monotonic()
     async with Watermarks(config.bootstrap) as marks:

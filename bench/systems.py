@@ -78,7 +78,8 @@ class SystemSpec:
             text += " whole pipeline" if self.variant.stages == PIPELINE else " dedup stage"
             text += (f" (commit interval {self.commit_interval_s:g} s, "
                      f"stream buffer {self.variant.buffer_maxsize}, "
-                     f"fetch {_fetch_size() // 2**20:g} MiB per partition)")
+                     f"fetch {_fetch_size() // 2**20:g} MiB per partition"
+                     + (f", {self.variant.workers} worker processes)" if self.variant.workers > 1 else ")"))
         return text
 
     @property
@@ -103,6 +104,7 @@ class SystemSpec:
             return {"broker_commit_interval_s": self.commit_interval_s,
                     "stream_buffer_maxsize": int(self.variant.buffer_maxsize),
                     "consumer_max_fetch_size": _fetch_size(),
+                    "worker_processes": self.variant.workers,
                     "stages": "dedup -> apply -> sink" if self.variant.stages == PIPELINE else "dedup"}
         if self.kind in ("quix", "faust_min"):
             return {"commit_interval_s": float(FAUST_DEFAULT_COMMIT_INTERVAL)}
@@ -137,6 +139,8 @@ class Deployment(ABC):
         self.bootstrap = bootstrap
         self.partitions = partitions
         self._process: subprocess.Popen[bytes] | None = None
+        #: Processes of the system beyond the first (more workers of one group).
+        self._others: list[subprocess.Popen[bytes]] = []
         #: Set when the last stop was not graceful (SIGTERM ignored, killed).
         self.stop_problem: str | None = None
 
@@ -152,45 +156,64 @@ class Deployment(ABC):
     @abstractmethod
     def log_path(self) -> Path: ...
 
+    def _spawn_others(self) -> list[subprocess.Popen[bytes]]:
+        """Start the system's further processes, if it has any (more workers of one group)."""
+        return []
+
     def start(self, pinning: Pinning) -> None:
         with pinning.for_child():
             self._process = self._spawn()
+            self._others = self._spawn_others()
+
+    @property
+    def _processes(self) -> list[subprocess.Popen[bytes]]:
+        return ([] if self._process is None else [self._process]) + self._others
 
     @property
     def pid(self) -> int:
+        """The first process (the one profiled)."""
         assert self._process is not None, "not started"
         return self._process.pid
 
+    @property
+    def pids(self) -> list[int]:
+        """Every process of the system (CPU and memory are their sum)."""
+        assert self._process is not None, "not started"
+        return [process.pid for process in self._processes]
+
     def alive(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+        return self._process is not None and all(process.poll() is None for process in self._processes)
 
     @property
     def exit_code(self) -> int | None:
-        return None if self._process is None else self._process.poll()
+        """The exit code of the first process that exited; None while all run."""
+        return next((code for process in self._processes if (code := process.poll()) is not None), None)
 
     def stop(self) -> float:
-        """SIGTERM, the graceful stop; return how long it took. A process still alive
-        after STOP_TIMEOUT_S has its stacks dumped into its log and is killed."""
+        """SIGTERM, the graceful stop, to every process; return how long it took. A process
+        still alive after STOP_TIMEOUT_S has its stacks dumped into its log and is killed."""
         started = time.monotonic()
         self.stop_problem = None
-        if self._process is not None and self.alive():
-            os.killpg(self._process.pid, signal.SIGTERM)
+        running = [process for process in self._processes if process.poll() is None]
+        for process in running:
+            os.killpg(process.pid, signal.SIGTERM)
+        for process in running:
             try:
-                self._process.wait(timeout=STOP_TIMEOUT_S)
+                process.wait(timeout=max(1.0, STOP_TIMEOUT_S - (time.monotonic() - started)))
             except subprocess.TimeoutExpired:
                 try:
-                    self._dump_stacks()
+                    self._dump_stacks(process.pid)
                 finally:  # whatever the dump did, the process must not outlive the run
-                    os.killpg(self._process.pid, signal.SIGKILL)
-                    self._process.wait(timeout=30)
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait(timeout=30)
                 self.stop_problem = (f"ignored SIGTERM for {STOP_TIMEOUT_S:.0f} s and was killed "
                                      f"(py-spy dump in {self.log_path})")
         return time.monotonic() - started
 
-    def _dump_stacks(self) -> None:
+    def _dump_stacks(self, pid: int) -> None:
         py_spy = Path(sys.executable).with_name("py-spy")
         try:
-            dump = subprocess.run([str(py_spy), "dump", "--pid", str(self.pid)],
+            dump = subprocess.run([str(py_spy), "dump", "--pid", str(pid)],
                                   capture_output=True, text=True, check=False, timeout=30)
         except (OSError, subprocess.TimeoutExpired) as exc:
             dump = subprocess.CompletedProcess([], 1, "", f"py-spy dump failed: {exc!r}")
@@ -269,6 +292,8 @@ class FaustDeployment(Deployment):
             partitions=partitions, sink_db=f"sqlite:///{self.workdir / 'sink.db'}", extra_env=env,
         )
         self.worker = WorkerProcess(self.config)
+        #: More workers of the same group (the variant's worker processes beyond the first).
+        self.others = [WorkerProcess(self.config, name=f"w{n}") for n in range(2, spec.variant.workers + 1)]
         self.owns_input = True
         self.input_topic = self.config.topic("raw")
         # The dedup stage's output (validated, deduplicated), or the whole pipeline's (also
@@ -295,3 +320,11 @@ class FaustDeployment(Deployment):
         self.worker.start()
         assert self.worker.process is not None
         return self.worker.process
+
+    def _spawn_others(self) -> list[subprocess.Popen[bytes]]:
+        processes = []
+        for worker in self.others:
+            worker.start()
+            assert worker.process is not None
+            processes.append(worker.process)
+        return processes

@@ -74,3 +74,14 @@ def test_a_run_that_did_not_drain_is_never_reported_as_correct_output():
     assert "1 run(s) did not drain their input** (`faust_alo_ci0.1` p4 run 3)" in _summary(doc)
     assert "exactly its input's unique events" not in _summary(doc)
     assert any("`faust_alo_ci0.1` p4 run 3: did NOT drain" in line for line in _notes_section(doc))
+
+
+def test_a_system_key_names_its_worker_processes_and_reads_back():
+    """`faust_alo_w2` is two worker processes of one group; its key reads back to itself and
+    its label and settings say so (the scaling rows of reports/bench.md)."""
+    from bench.one import spec_for
+
+    two = spec_for("faust_alo_w2")
+    assert (two.kind, two.guarantee, two.variant.workers, two.key) == ("faust", "at_least_once", 2, "faust_alo_w2")
+    assert "2 worker processes" in two.label and two.settings["worker_processes"] == 2
+    assert spec_for("faust_eos_pipeline").variant.workers == 1
