@@ -250,7 +250,7 @@ def document(results: Results) -> Doc:
 
 
 METHOD = {
-    "throughput": "output events/s from high watermarks sampled every second, from the moment "
+    "throughput": "output events/s from high watermarks sampled every 0.25 s, from the moment "
                   "the first stage's output reaches 10 % of its final count (Faust: "
                   "{prefix}.unique, others: the output) to the moment the output reaches 90 % "
                   "(start-up and tail excluded); scaled by data records / high watermark to drop "
@@ -267,7 +267,7 @@ METHOD = {
                    "other of this machine's 2 cores, a second worker adds processes, not a core)",
     "cpu": "user + system CPU-seconds of the process tree (psutil) over the same window, per "
            "million output events",
-    "memory": "peak resident set size of the process tree, sampled every second",
+    "memory": "peak resident set size of the process tree, sampled every 0.25 s",
     "latency": "at half of the system's own median throughput, from a rate-limited producer: "
                "wall time when a read_committed consumer receives the output minus the payload's "
                "created_at stamped just before the send (not Kafka record timestamps: Quix copies "
