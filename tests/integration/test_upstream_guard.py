@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.integration.test_worker_start_checks import _stop, launch_worker
+from tests.integration.test_worker_start_checks import (
+    _stop,
+    launch_worker,
+    wait_for_line,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -49,11 +52,7 @@ def test_unverified_warn_runs_the_worker_and_says_why(tmp_path: Path) -> None:
     broker port: not this test's concern)."""
     worker, log_path = start_worker(tmp_path, FAUST_FIXES_UNVERIFIED="warn")
     try:
-        deadline = time.monotonic() + 90
-        while "[^Worker]: Starting..." not in log_path.read_text():
-            assert worker.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.2)
+        wait_for_line(worker, log_path, "[^Worker]: Starting...")
     finally:
         _stop(worker)
     log = log_path.read_text()

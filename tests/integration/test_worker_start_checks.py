@@ -90,6 +90,16 @@ def launch_worker(tmp_path: Path, command: list[str], **env: str) -> tuple[subpr
     return process, log_path
 
 
+def wait_for_line(worker: subprocess.Popen[bytes], log_path: Path, text: str, timeout: float = 90) -> None:
+    """Wait until the worker's log holds ``text``; fail (with the log) if it exits or the
+    time is up first."""
+    deadline = time.monotonic() + timeout
+    while text not in log_path.read_text():
+        assert worker.poll() is None, log_path.read_text()
+        assert time.monotonic() < deadline, log_path.read_text()
+        time.sleep(0.2)
+
+
 def start_worker(tmp_path: Path, api_url: str, **env: str) -> tuple[subprocess.Popen[bytes], Path]:
     return launch_worker(
         tmp_path, [sys.executable, "-m", "faust", "-A", "streams_app", "worker", "-l", "info"],
@@ -124,11 +134,7 @@ def test_the_worker_starts_when_the_api_keeps_keys_long_enough(tmp_path: Path) -
     with payment_api(tmp_path, "--key-retention", "7d") as api_url:
         worker, log_path = start_worker(tmp_path, api_url, DEDUP_HORIZON="7d")
         try:
-            deadline = time.monotonic() + 90
-            while "payment API keeps idempotency keys 7d >= DEDUP_HORIZON 7d" not in log_path.read_text():
-                assert worker.poll() is None, log_path.read_text()
-                assert time.monotonic() < deadline, log_path.read_text()
-                time.sleep(0.2)
+            wait_for_line(worker, log_path, "payment API keeps idempotency keys 7d >= DEDUP_HORIZON 7d")
         finally:
             _stop(worker)
     assert SECRET not in log_path.read_text()
