@@ -14,8 +14,11 @@ PREFIX = os.environ.get("ORDERS_PREFIX", "orders")
 app = faust.App(f"{PREFIX}-dedup", broker="kafka://localhost:9092", processing_guarantee="exactly_once")
 guarantees = faust_guarantees.install(app)  # first: some fixes subclass the tables' classes for this app
 discipline = Processing(guarantees, dead_letters=app.topic(f"{PREFIX}.dlq"))
-orders = app.topic(PREFIX, key_type=bytes, value_type=bytes)
-unique = app.topic(f"{PREFIX}.unique", key_type=bytes, value_type=bytes)
+# Raw bytes in and out: with value_type=bytes alone Faust decodes values with the app's JSON
+# codec, and its conductor drops (acks) a value it cannot decode. Decode in the agent instead.
+RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+orders = app.topic(PREFIX, **RAW)
+unique = app.topic(f"{PREFIX}.unique", **RAW)
 seen = app.Table(f"{PREFIX}-seen", key_type=bytes, value_type=bytes)  # changelog-backed dedup state
 
 
