@@ -20,7 +20,6 @@ persisted offset).
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -30,7 +29,7 @@ from faust.stores.rocksdb import Store as RocksStore
 from faust.streams import _current_event
 from faust.transport.drivers.aiokafka import Producer
 
-from .processing import publish
+from .processing import as_current, current_event_kept, publish
 from .state import of
 from .transactions import transactional_id
 
@@ -110,36 +109,24 @@ class RecordBatches:
         bytes: Faust's changelog topic encodes with the same serializers). A store that does
         not encode (``memory://``) or a table partitioned by key takes Faust's path."""
         store = table.data
-        encoded = isinstance(store, SerializedStore) and self.set_encoded(
-            table, store._encode_key(key), store._encode_value(value))
+        event = _event()
+        encoded = event is not None and isinstance(store, SerializedStore) and self.set_encoded_rows(
+            table, [(event, store._encode_key(key), store._encode_value(value))])
         if not encoded:
             table[key] = value
 
-    def set_encoded(self, table: Any, key: bytes, value: bytes) -> bool:
-        """:meth:`set_row` for a row already encoded as the table's store encodes it (a
-        table with its own fast codec); False, doing nothing, where :meth:`set_row` would
-        take Faust's path (the caller then calls it)."""
-        store = table.data
-        event = _event()
-        if event is None or table.use_partitioner or not isinstance(store, SerializedStore):
-            return False
-        self._set_encoded(table, store, event, key, value)
-        return True
-
     def set_encoded_rows(self, table: Any, rows: list[tuple[Any, bytes, bytes]]) -> bool:
-        """:meth:`set_encoded` for many rows, each ``(event, key, value)`` written for its
-        event (in its partition, under exactly_once in its transaction) as if that event
-        were current; False, doing nothing, where :meth:`set_row` would take Faust's path."""
+        """:meth:`set_row` for rows already encoded as the table's store encodes them (a
+        table with its own fast codec), each ``(event, key, value)`` written for its event
+        (in its partition, under exactly_once in its transaction) as if that event were
+        current; False, doing nothing, where :meth:`set_row` would take Faust's path (the
+        caller then calls it)."""
         store = table.data
         if table.use_partitioner or not isinstance(store, SerializedStore):
             return False
-        current = _current_event.get(None)
-        try:
+        with current_event_kept():
             for event, key, value in rows:
                 self._set_encoded(table, store, event, key, value)
-        finally:
-            if current is not None:
-                _current_event.set(current)
         return True
 
     def _set_encoded(self, table: Any, store: Any, event: Any, key: bytes, value: bytes) -> None:
@@ -157,7 +144,7 @@ class RecordBatches:
             # stage's time) and without looking up the current event: it is ``event``.
             store._db_for_partition(message.partition).put(key, value)
         else:
-            _current_event.set(weakref.ref(event))
+            as_current(event)
             store._set(key, value)
         self._add(changelog[0], message.partition, key, value, [], changelog[1], event)
 
@@ -181,17 +168,13 @@ class RecordBatches:
         producer = await self.app.maybe_start_producer()
         faust_producer = producer.producer if self._exactly_once else producer  # the transaction manager's
         batching = self._routed and isinstance(faust_producer, Producer)
-        current = _current_event.get(None)
-        try:
+        with current_event_kept():
             for group in groups.values():
                 if batching:
                     _resolve(self.app, faust_producer, group, exactly_once=self._exactly_once)
                     await _send(group)
                 else:
                     await _send_one_by_one(self.app, group)
-        finally:
-            if current is not None:
-                _current_event.set(current)
 
 
 def _event() -> Any:
@@ -215,7 +198,7 @@ def _resolve(app: Any, producer: Any, group: _Group, *, exactly_once: bool) -> N
 
 async def _send_one_by_one(app: Any, group: _Group) -> None:
     if group.event is not None:
-        _current_event.set(weakref.ref(group.event))
+        as_current(group.event)
     for key, value, headers in group.records:
         _track(group, await publish(app, group.topic, key=key, value=value, partition=group.partition,
                                     headers=headers or None), 1)

@@ -43,8 +43,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, nullcontext
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, nullcontext
 from types import TracebackType
 from typing import Any
 
@@ -98,6 +98,18 @@ def as_current(event: EventT) -> None:
     yields: a table write takes its partition from it, and under exactly_once an output
     goes into the transaction of its source partition (the source-partition-transactions fix)."""
     _current_event.set(weakref.ref(event))
+
+
+@contextmanager
+def current_event_kept() -> Iterator[None]:
+    """Give this task its current event back on leaving: for code that makes each event of
+    a batch current in turn (:func:`as_current`) on behalf of the one being processed."""
+    current = _current_event.get(None)
+    try:
+        yield
+    finally:
+        if current is not None:
+            _current_event.set(current)
 
 
 async def publish(app: Any, topic: Any, *, key: bytes | None, value: bytes | None,

@@ -7,6 +7,6 @@ must arrive on one partition (dedup keys by event id, balances by account).
 
 from .balances import balances
 from .counters import counters
-from .seen_events import is_duplicate, mark_seen, seen_events
+from .seen_events import is_duplicate, mark_all_seen, seen_events
 
-__all__ = ["balances", "counters", "is_duplicate", "mark_seen", "seen_events"]
+__all__ = ["balances", "counters", "is_duplicate", "mark_all_seen", "seen_events"]

@@ -12,15 +12,15 @@ again, so they count processing, not unique events.
 
 from __future__ import annotations
 
-import weakref
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-from faust.streams import _current_event, current_event
+from faust.streams import current_event
 
+from faust_guarantees.processing import as_current, current_event_kept
 from streams_app import metrics
 from streams_app.application import current_app
 
@@ -71,14 +71,10 @@ def count_each(name: str, events: list[Any]) -> None:
             by_partition[event.message.partition] = [1, event]
         else:
             entry[0] += 1
-    current = _current_event.get(None)
-    try:
+    with current_event_kept():
         for by, event in by_partition.values():
-            _current_event.set(weakref.ref(event))
+            as_current(event)
             count(name, by)
-    finally:
-        if current is not None:
-            _current_event.set(current)
 
 
 @contextmanager
@@ -95,7 +91,7 @@ def batched_counts() -> Iterator[dict[str, list[Any]]]:
 def write_counts(pending: dict[str, list[Any]]) -> None:
     """Add the collected counts to the table (each in its partition) and to /metrics."""
     for key, (by, event, name) in pending.items():
-        _current_event.set(weakref.ref(event))
+        as_current(event)
         counters[key] += by
         metrics.counted(name, by)
     pending.clear()

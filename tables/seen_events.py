@@ -100,18 +100,11 @@ def is_duplicate(event_id: str, now: float | None = None) -> bool:
     return first_seen is not None and not expired(first_seen, time.time() if now is None else now)
 
 
-def mark_seen(rows: RecordBatches, event_id: str, now: float | None = None) -> None:
-    """Remember ``event_id`` in the current event's partition (``as_current``); call only
-    once its output can no longer be lost. The row is in the store at once; its changelog
-    record goes to Kafka with ``rows`` (faust_guarantees/batching.py)."""
-    first_seen = time.time() if now is None else now
-    if not rows.set_encoded(seen_events, encode(event_id), encode(first_seen)):
-        rows.set_row(seen_events, event_id, first_seen)
-
-
 def mark_all_seen(rows: RecordBatches, seen: list[tuple[EventT, str]], now: float | None = None) -> None:
-    """:func:`mark_seen` for each ``(event, event_id)`` of a batch, each in its event's
-    partition, all first seen at the same ``now`` (encoded once)."""
+    """Remember each ``event_id`` of a batch in its event's partition, all first seen at
+    the same ``now`` (encoded once); call only once their outputs can no longer be lost.
+    The rows are in the store at once; their changelog records go to Kafka with ``rows``
+    (faust_guarantees/batching.py)."""
     first_seen = time.time() if now is None else now
     value = encode(first_seen)
     if not rows.set_encoded_rows(seen_events, [(event, encode(event_id), value) for event, event_id in seen]):

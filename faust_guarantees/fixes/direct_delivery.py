@@ -39,14 +39,17 @@ ebb, the schema's decode through the serializer registry, whose answer for raw b
 the bytes): 13 % of the dedup stage's time went to that callback (py-spy, session 16).
 The same conditions as the plain await above; any other partition takes the callback.
 
-No test of its own: every broker test and lab cell runs through it (a delivery that can
-block takes the stock path, exercised by the sink-outage tests).
+Tests: the raw delivery's event and pressure callbacks against the conductor's, and which
+schemas take it (tests/unit/test_faust_fixes_unit.py); otherwise every broker test and lab
+cell runs through it (a delivery that can block takes the stock path, exercised by the
+sink-outage tests).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from typing import Any
 
 from ..state import Guarantees
@@ -149,18 +152,19 @@ class RawDelivery:
         self.create_event = app.create_event
         #: tp -> (on_pressure_high, on_pressure_drop), as ConductorCompiler.build makes them
         self._pressure: dict[Any, tuple[Any, Any]] = {}
-        #: channel -> takes raw bytes (a channel's schema does not change once subscribed)
-        self._raw: dict[int, tuple[Any, bool]] = {}
+        #: channel -> takes raw bytes (a channel's schema does not change once subscribed;
+        #: channels compare by identity)
+        self._raw: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
     def channel(self, channels: Any) -> Any:
         """The one channel of a partition when it takes raw bytes; else None."""
         if len(channels) != 1:
             return None
         for channel in channels:
-            known = self._raw.get(id(channel))
-            if known is None or known[0] is not channel:
-                known = self._raw[id(channel)] = (channel, takes_raw_bytes(channel))
-            return channel if known[1] else None
+            raw = self._raw.get(channel)
+            if raw is None:
+                raw = self._raw[channel] = takes_raw_bytes(channel)
+            return channel if raw else None
         return None
 
     def put(self, channel: Any, message: Any) -> None:
