@@ -21,7 +21,10 @@ and gets four guarantees that stock Faust does not give:
 1. **An event is acked only when its work is done.** Faust's own loop acks in a
    ``finally`` block, even when the body raised (the event is then lost without a
    trace), and it acks an event only when the *next* one is asked for.
-2. **No record disappears, no record stops the stage.** A record the stage refuses
+2. **No record disappears, no record stops the stage.** A record the stream's schema
+   cannot decode (a topic typed with a model or a codec) is dead-lettered with its
+   original bytes in its batch, instead of Faust's conductor acking and dropping it
+   (:class:`Undecodable`). A record the stage refuses
    (:class:`RejectedRecord`) and an unexpected exception in its work both send the record
    to the dead-letter topic with its original bytes and headers saying where from and why
    (:mod:`faust_guarantees.dead_letters`; too large to copy, it is sent as a reference; a
@@ -49,6 +52,7 @@ from types import TracebackType
 from typing import Any
 
 import faust
+from faust.exceptions import KeyDecodeError, ValueDecodeError
 from faust.streams import _current_event
 from faust.types import TP, ChannelT, EventT, Message, StreamT
 
@@ -72,6 +76,59 @@ class RejectedRecord(Exception):
         self.code = code
         self.reason = reason
         super().__init__(f"{code}: {reason}")
+
+
+class Undecodable:
+    """The value of an event whose record its stream's schema could not decode.
+
+    Faust's conductor decodes each record with the schema of the topic (``value_type`` a
+    model, a codec: Faust's JSON unless the serializers are ``raw``) and, when that fails,
+    acks the record and throws the error into the stream: the record is gone (no output,
+    no dead letter, no log line by default), and an agent that catches the error has no
+    record to dead-letter. A stream read through :meth:`Processing.batches` or
+    :meth:`Processing.first_deliveries` decodes with a decode that never raises: a record
+    it cannot decode becomes an event with this value (the message keeps the original
+    bytes), which the discipline dead-letters (code ``undecodable``) and acks in its turn,
+    in the batch's transaction under exactly_once. The stage never sees one."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def __repr__(self) -> str:
+        return f"Undecodable({self.error!r})"
+
+
+#: The dead letters' ``stage`` for records the stream could not decode.
+DECODE_STAGE = "decode"
+
+
+def dead_letter_undecodable(channel: Any) -> bool:
+    """Give ``channel`` (the one Faust's conductor delivers to: a stream's own, iterating
+    channel) a decode that returns an event valued :class:`Undecodable` instead of raising
+    (see there). False, changing nothing, for a channel that does not decode records (not
+    a topic's, or not yet iterated: Faust compiles the iterating clone's decode anew)."""
+    decode = getattr(channel, "decode", None)
+    if decode is None or getattr(decode, "dead_letters_undecodable", False):
+        return decode is not None
+    if not isinstance(channel, faust.TopicT) or not channel.is_iterator:
+        return False
+    create_event = channel.app.create_event
+
+    async def decode_or_mark(message: Message, *, propagate: bool = False) -> EventT:
+        try:
+            return await decode(message, propagate=True)
+        except (KeyDecodeError, ValueDecodeError) as exc:
+            return create_event(message.key, Undecodable(exc), message.headers, message)
+
+    decode_or_mark.dead_letters_undecodable = True  # type: ignore[attr-defined]
+    channel.decode = decode_or_mark
+    return True
+
+
+def undecodable(event: EventT) -> bool:
+    return type(event.value) is Undecodable
 
 
 class Unavailable(Exception):
@@ -145,7 +202,7 @@ class Processing:
 
     def __init__(self, guarantees: Guarantees, *, dead_letters: Any, batch_max: int = 1000,
                  after_commit: Callable[[str], None] | None = None,
-                 redact: Callable[[str], str] | None = None,
+                 redact: Callable[[str], str] = str,
                  on_dead_letter: DeadLetterListener | None = None) -> None:
         self.guarantees = guarantees
         self.app = guarantees.app
@@ -173,6 +230,7 @@ class Processing:
         """The stream's events, minus records this process has already processed (acked
         without being processed)."""
         consumer = stream.app.consumer
+        self._dead_letter_undecodable(stream)
         async for event in stream.events():
             message = event.message
             if self.already_processed(consumer, message):
@@ -180,6 +238,9 @@ class Processing:
                 log.debug("skipping %s: delivered again, already processed", place(message),
                           extra=record_fields(message))
                 await stream.ack(event)
+                continue
+            if undecodable(event):
+                await self._undecodable(stream, [event])
                 continue
             yield event
 
@@ -205,6 +266,9 @@ class Processing:
         #: at_least_once a commit could pass the offset before the first copy's work is done.
         taken: set[tuple[TP, int]] = set()
         echoes: list[EventT] = []
+        #: records the stream could not decode: dead-lettered before the batch is yielded
+        refused: list[EventT] = []
+        self._dead_letter_undecodable(stream)
 
         async def keep(event: EventT) -> None:
             message = event.message
@@ -217,7 +281,10 @@ class Processing:
                 await stream.ack(event)
             else:
                 taken.add(place_)
-                batch.append(event)
+                if type(event.value) is Undecodable:
+                    refused.append(event)
+                else:
+                    batch.append(event)
 
         app = stream.app
         try:
@@ -235,6 +302,9 @@ class Processing:
                     batch_in(app, stream, tracked, more)
                     for event in more:
                         await keep(event)
+                if refused:
+                    await self._undecodable(stream, refused[:])
+                    refused.clear()
                 if batch:
                     yield batch
                     batch = []
@@ -245,8 +315,26 @@ class Processing:
                 echoes.clear()
                 taken.clear()
         except StopAsyncIteration:
+            if refused:
+                await self._undecodable(stream, refused)
             if batch:
                 yield batch
+
+    def _dead_letter_undecodable(self, stream: StreamT) -> None:
+        if not dead_letter_undecodable(stream.channel):
+            log.warning("%s: records its schema cannot decode are dropped by Faust, not dead-lettered "
+                        "(the stream's channel is not a topic's iterating channel)", stream.channel)
+
+    async def _undecodable(self, stream: StreamT, events: list[EventT]) -> None:
+        """Dead-letter and ack records the stream could not decode (:class:`Undecodable`),
+        as a batch of their own (under exactly_once in their partitions' transactions)."""
+        first = events[0]
+        log.warning("%d records %s cannot decode, dead-lettered (first: %s, %s)", len(events),
+                    stream.channel, place(first.message), first.value, extra=record_fields(first.message))
+        async with self.processing_batch(stream, events, stage=DECODE_STAGE) as work:
+            for event in events:
+                error = event.value.error
+                work.fail(event, "undecodable", f"{type(error).__name__}: {error}", error)
 
     # -- the work ------------------------------------------------------------------------
 
@@ -383,7 +471,10 @@ class Processing:
                                 headers: list[tuple[str, bytes]]) -> None:
         # Awaited: a refusal by the broker (e.g. the DLQ topic's own size limit) must come
         # back here, where it is retried or turned into a reference, not in Faust's flush.
-        await (await self.dead_letters.send(key=key, value=value, headers=headers))
+        # Raw: the record's own bytes whatever the DLQ topic's serializers (Faust's default
+        # JSON codec would turn a null into the four bytes ``null``).
+        await (await self.dead_letters.send(key=key, value=value, headers=headers,
+                                            key_serializer="raw", value_serializer="raw"))
 
     def _fenced(self, error: BaseException) -> bool:
         """The error says this worker was fenced, or it was and is stopping: once fenced,

@@ -24,10 +24,12 @@ class _Stream:
         self.offsets = offsets
         self.acked: list[int] = []
         self.app = SimpleNamespace(consumer=SimpleNamespace(_committed_offset=committed))
+        self.channel = None  # no decode to make tolerant (faust_guarantees.processing.Undecodable)
 
     async def events(self):
         for offset in self.offsets:
-            yield SimpleNamespace(message=SimpleNamespace(tp=P, offset=offset, topic=P.topic, partition=P.partition))
+            yield SimpleNamespace(value=b"", message=SimpleNamespace(tp=P, offset=offset, topic=P.topic,
+                                                                     partition=P.partition))
 
     async def ack(self, event) -> None:
         self.acked.append(event.message.offset)
