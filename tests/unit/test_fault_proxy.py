@@ -75,3 +75,26 @@ def test_a_cut_proxy_drops_and_refuses_connections_until_healed():
     finally:
         proxy.stop()
         stop.set()
+
+
+def _produce_response(version: int, *errors: int) -> bytes:
+    from aiokafka.protocol.produce import ProduceResponse_v2, ProduceResponse_v5
+
+    response_type = {2: ProduceResponse_v2, 5: ProduceResponse_v5}[version]
+    fields = (7, 0, 0, 0) if version == 5 else (7, 0, 0)
+    partitions = [(n, error, *fields[1:]) for n, error in enumerate(errors)]
+    body = struct.pack(">i", 42) + response_type(topics=[("t.unique", partitions)], throttle_time_ms=0).encode()
+    return struct.pack(">i", len(body)) + body
+
+
+def test_only_an_answer_saying_every_batch_was_appended_is_worth_dropping():
+    """A refused Produce request (NotLeaderForPartition: 6) appended nothing: losing its
+    answer makes a resend that duplicates nothing, so the proxy passes it on."""
+    from lab.proxy import appended
+
+    for version in (2, 5):
+        assert appended(_produce_response(version, 0, 0), version)
+        assert not appended(_produce_response(version, 0, 6), version)
+        assert not appended(_produce_response(version, 6), version)
+    assert not appended(_produce_response(5, 0), 99), "a version aiokafka cannot read is never dropped"
+    assert not appended(b"\x00\x00\x00\x04\x00\x00\x00\x2a", 5), "nor an answer it cannot decode"
