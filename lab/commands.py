@@ -47,6 +47,9 @@ settings = app.settings
            help="matrix: keep the cells of OUT/semantics.json measured on this same code; run the rest."),
     option("--minutes", type=float, default=30.0, show_default=True, help="soak: how long traffic flows."),
     option("--rate", type=int, default=200, show_default=True, help="soak: payments per second."),
+    option("--horizon", type=str, default=None,
+           help="soak: the workers' DEDUP_HORIZON (e.g. 10m), shorter than the run so the dedup "
+                "state plateaus; default: the setting's (7 days)."),
     option("--kill-every", type=float, default=120.0, show_default=True,
            help="soak: seconds between worker SIGKILLs (randomised)."),
     option("--bounce-every", type=float, default=300.0, show_default=True,
@@ -59,7 +62,7 @@ async def lab(
     self: AppCommand, action: str, guarantee: str, sink: str, fault: str, events: int, kills: int,
     seed: int, as_json: bool, stock_faust: bool, no_producer_idempotence: bool, keep_topics: bool,
     quick: bool, out: Path, resume: bool, minutes: float, rate: int, kill_every: float,
-    bounce_every: float, outages: bool,
+    bounce_every: float, outages: bool, horizon: str | None,
 ) -> None:
     """The semantics lab: inject a fault on the real broker and count what happened."""
     from lab.matrix import QUICK, full_cells, measured_before, outage_cells, run_cells
@@ -81,11 +84,13 @@ async def lab(
             _print_result(result)
         return
     if action == "soak":
+        from common.durations import parse_duration
         from lab.soak import run_soak, write_report
 
         result = await asyncio.to_thread(
             run_soak, minutes=minutes, rate=rate, kill_every=kill_every, bounce_every=bounce_every,
             bootstrap=settings.bootstrap, guarantee=guarantee, seed=seed, workdir=workdir,
+            horizon_s=None if horizon is None else parse_duration(horizon),
         )
         paths = write_report(result, out)
         console.print(f"soak {'exact' if result.exact else 'NOT exact'}: {result.counts}; "

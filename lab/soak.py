@@ -1,6 +1,7 @@
 """The soak: steady traffic for many minutes, random worker kills and broker bounces, then count.
 
     faust -A streams_app lab soak --minutes 30 [--rate 200] [--kill-every 120] [--bounce-every 300]
+        [--horizon 10m]
 
 One pipeline (its own topics, group, tables and PostgreSQL-free SQLite sink),
 two workers, and a feeder that sends ``rate`` payments per second (20 % re-sends,
@@ -11,7 +12,11 @@ Every :data:`SAMPLE_S` the resident memory of each worker process and the size o
 its local table state are sampled. At the end the pipeline drains and
 :mod:`lab.checker` counts, as for any lab run: under exactly_once every count
 must be 0, and memory must be flat (the report compares the last third of the
-run with the first third after warm-up).
+run with the first third after warm-up). With ``horizon`` (the workers'
+DEDUP_HORIZON) shorter than the run, the dedup state stops growing once ids expire
+as fast as they come (the sweep deletes them), so flat memory can be judged; re-sends
+then repeat only records of the last quarter of the horizon, which dedup must still
+catch (a re-send older than the horizon is applied again, by design).
 
 The report (``soak.md``, ``soak.json``, ``soak.png``) also measures the dedup
 sweep (tables/seen_events.py): how many expired ids per second one partition's
@@ -37,8 +42,8 @@ from streams_app.admin import delete_topics_containing, send_records
 from streams_app.traffic import generate
 from tables.seen_events import SWEEP_BUDGET, SWEEP_INTERVAL, delete_keys, expired_keys
 
-from .checker import check
 from .apps import chunks
+from .checker import check
 from .runner import _run_id, create_topics, local_cluster, wait_drained
 from .workers import PipelineConfig, WorkerProcess
 
@@ -61,6 +66,8 @@ class SoakResult:
     minutes: float
     rate: int
     events: int
+    #: the workers' DEDUP_HORIZON in seconds (None: the default, 7 days)
+    horizon_s: float | None = None
     kills: int = 0
     broker_bounces: int = 0
     drained: bool = False
@@ -90,12 +97,18 @@ class SoakResult:
 
 
 def run_soak(*, minutes: float, rate: int, kill_every: float, bounce_every: float, bootstrap: str,
-             guarantee: str = "exactly_once", seed: int = 1, workdir: Path = Path("lab-runs")) -> SoakResult:
+             guarantee: str = "exactly_once", seed: int = 1, workdir: Path = Path("lab-runs"),
+             horizon_s: float | None = None) -> SoakResult:
     run_id = _run_id(guarantee, "idempotent", "soak", seed)
     config = PipelineConfig(run_id=run_id, workdir=workdir / run_id, bootstrap=bootstrap, guarantee=guarantee)
     events = int(minutes * 60 * rate)
-    traffic = generate(events, duplicate_rate=0.2, bad_rate=0.01, seed=seed, id_prefix=run_id)
-    result = SoakResult(guarantee, minutes, rate, events)
+    window = None
+    if horizon_s is not None:
+        config.extra_env["DEDUP_HORIZON"] = f"{horizon_s:g}s"
+        window = max(1, int(rate * horizon_s / 4))  # re-sends at most a quarter of the horizon old
+    traffic = generate(events, duplicate_rate=0.2, bad_rate=0.01, seed=seed, id_prefix=run_id,
+                       resend_window=window)
+    result = SoakResult(guarantee, minutes, rate, events, horizon_s)
     rng = random.Random(seed)
     cluster = local_cluster(bootstrap)
     create_topics(config)
@@ -176,6 +189,12 @@ def measure_sweep(ids: int = 200_000, budget: int | None = None) -> float:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _horizon(seconds: float | None) -> str:
+    if seconds is None:
+        return "7 days (the default)"
+    return f"{seconds / 60:g} min (re-sends at most a quarter of it old)"
+
+
 def _send(config: PipelineConfig, records: list) -> None:
     asyncio.run(send_records(config.bootstrap, config.topic("raw"), records))
 
@@ -228,7 +247,8 @@ def write_report(result: SoakResult, out: Path) -> list[Path]:
     md.write_text("\n".join([
         "# Soak", "",
         f"{result.minutes:g} minutes of {result.rate} payments/s ({result.events:,} records, 20 % re-sends, "
-        f"1 % malformed) under **{result.guarantee}**, two workers, idempotent sink; "
+        f"1 % malformed) under **{result.guarantee}**, two workers, idempotent sink, dedup horizon "
+        f"{_horizon(result.horizon_s)}; "
         f"{result.kills} worker SIGKILLs and {result.broker_bounces} broker bounces (SIGKILL, restart "
         f"{BROKER_DOWN_S:.0f} s later).", "",
         f"**{'Exact' if result.exact else 'NOT exact'}**: drained {result.drained}; duplicate charges "

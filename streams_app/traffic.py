@@ -56,10 +56,13 @@ def payment_bytes(payment: dict) -> bytes:
 def generate(
     count: int, *, duplicate_rate: float = 0.0, bad_rate: float = 0.0, seed: int = 1,
     accounts: int = 50, max_bytes: int = 16 * 1024, id_prefix: str = "evt",
+    resend_window: int | None = None,
 ) -> Traffic:
     """``count`` records: each is malformed with probability ``bad_rate``, else an
     exact re-send of an earlier valid record with probability ``duplicate_rate``
-    (what a producer retry does), else a new valid payment."""
+    (what a producer retry does), else a new valid payment. ``resend_window``: a re-send
+    repeats one of the last that many valid records (None: any earlier one), e.g. to keep
+    re-sends inside a short dedup horizon."""
     if not (0 <= duplicate_rate < 1 and 0 <= bad_rate < 1 and duplicate_rate + bad_rate < 1):
         raise ValueError("rates must be in [0, 1) and add up to less than 1")
     rng = random.Random(seed)
@@ -74,7 +77,8 @@ def generate(
             traffic.records.append((None, _malformed(kind, i, rng, max_bytes)))
         elif roll < bad_rate + duplicate_rate and sent_valid:
             traffic.duplicates += 1
-            traffic.records.append(sent_valid[rng.randrange(len(sent_valid))])
+            low = 0 if resend_window is None else max(0, len(sent_valid) - resend_window)
+            traffic.records.append(sent_valid[rng.randrange(low, len(sent_valid))])
         else:
             account_no = rng.randrange(accounts)
             payment = {

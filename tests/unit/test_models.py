@@ -76,3 +76,22 @@ def test_traffic_is_reproducible_and_counts_add_up():
     assert len(a.records) == len(a.unique_events) + a.duplicates + sum(a.bad.values())
     total = sum(sum(c.values()) for c in a.expected_balances.values())
     assert total == a.summary()["total_amount"]
+
+
+def _resend_ages(records: list) -> list[int]:
+    """For each re-send, how many valid records were first sent since the one it repeats."""
+    first: dict[tuple, int] = {}
+    ages = []
+    for record in records:
+        if record in first:
+            ages.append(len(first) - 1 - first[record])
+        else:
+            first[record] = len(first)
+    return ages
+
+
+def test_re_sends_stay_inside_their_window():
+    """The soak's short dedup horizon: a re-send repeats one of the last N valid records."""
+    ages = _resend_ages(generate(3000, duplicate_rate=0.3, seed=4, resend_window=25).records)
+    assert len(ages) > 500 and max(ages) < 25
+    assert max(_resend_ages(generate(3000, duplicate_rate=0.3, seed=4).records)) > 25  # no window: any
