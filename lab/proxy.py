@@ -35,6 +35,7 @@ import asyncio
 import random
 import struct
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import get_args
 
@@ -48,24 +49,32 @@ class ProxyStats:
     dropped_responses: int = 0
     #: answers chosen for a drop but passed on: the broker had appended nothing
     spared_responses: int = 0
+    #: partitions (by topic) whose appended batches lost their answer
+    dropped_topics: Counter[str] = field(default_factory=Counter)
 
 
-def appended(frame: bytes, version: int) -> bool:
-    """``frame`` (a Produce response, size-prefixed) says every batch of its request was
-    appended: every partition's error code 0. False for a version aiokafka cannot decode
-    (nothing is dropped that cannot be read)."""
+def partition_errors(frame: bytes, version: int) -> list[tuple[str, int]] | None:
+    """(topic, error code) of each partition in ``frame`` (a Produce answer, size-prefixed),
+    decoded with aiokafka's own response types; None for a version aiokafka cannot decode or
+    an answer it cannot read."""
     from aiokafka.protocol.produce import ProduceRequestStruct
 
     versions = {cls.API_VERSION: cls.RESPONSE_TYPE for cls in get_args(ProduceRequestStruct)}
     response_type = versions.get(version)
     if response_type is None:
-        return False
+        return None
     try:
         response = response_type.decode(frame[8:])  # after the size and the correlation id
     except Exception:  # noqa: BLE001 - anything unreadable is passed on untouched
-        return False
-    errors = [partition[1] for _topic, partitions in response.topics for partition in partitions]
-    return bool(errors) and not any(errors)
+        return None
+    return [(topic, partition[1]) for topic, partitions in response.topics for partition in partitions]
+
+
+def appended(frame: bytes, version: int) -> bool:
+    """``frame`` (a Produce answer) says every batch of its request was appended: every
+    partition's error code 0 (nothing is dropped that cannot be read)."""
+    errors = partition_errors(frame, version)
+    return bool(errors) and not any(error for _topic, error in errors)
 
 
 @dataclass
@@ -177,9 +186,11 @@ class FaultProxy:
             (correlation_id,) = struct.unpack_from(">i", frame, 4)
             version = doomed.pop(correlation_id, None)
             if version is not None:
-                if appended(frame, version):
-                    # The broker has appended the batch; its answer never arrives.
+                errors = partition_errors(frame, version)
+                if errors and not any(error for _topic, error in errors):
+                    # The broker has appended the batches; their answer never arrives.
                     self.stats.dropped_responses += 1
+                    self.stats.dropped_topics.update(topic for topic, _error in errors)
                     return  # closing the connection makes the client retry
                 self.stats.spared_responses += 1
             writer.write(frame)

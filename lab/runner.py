@@ -25,6 +25,7 @@ import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from common.readback import committed_offsets, read_topic, uncommitted
 from infra.kafka.cluster import LocalCluster
 from streams_app.admin import delete_topics_containing, ensure_topics, send_records
 from streams_app.settings import Settings
@@ -33,7 +34,6 @@ from streams_app.traffic import Traffic, generate
 from .apps import chunks
 from .checker import check
 from .proxy import FaultProxy
-from common.readback import committed_offsets, read_topic, uncommitted
 from .scenarios import (
     API_SINKS,
     DB_SINKS,
@@ -206,7 +206,14 @@ class _Run:
             except TimeoutError as exc:
                 self.notes.append(str(exc).splitlines()[0])
         if self.proxy is not None:
-            self.injected.retries = self.proxy.stats.dropped_responses
+            stats = self.proxy.stats
+            self.injected.retries = stats.dropped_responses
+            if stats.dropped_responses or stats.spared_responses:
+                prefix = f"{self.config.run_id}"
+                topics = ", ".join(f"{topic.removeprefix(prefix).lstrip('.-')} {n}"
+                                   for topic, n in sorted(stats.dropped_topics.items()))
+                self.notes.append(f"fault proxy: {stats.dropped_responses} answers dropped (partitions of: "
+                                  f"{topics or 'none'}), {stats.spared_responses} refused requests' answers passed on")
             self.proxy.stop()
         for proxy in self.proxies:
             proxy.stop()
