@@ -34,9 +34,10 @@ matrix-quick: $(STAMP)
 
 # The infrastructure faults on the local 3-broker cluster (started for you): reports/outages/.
 OUTAGE_CLUSTER := kafka://127.0.0.1:29092;127.0.0.1:29093;127.0.0.1:29094
-# 30 minutes of traffic on the cluster, worker kills and broker bounces: reports/soak.md.
+# 30 minutes of traffic on the cluster, worker kills and broker bounces, a 10-minute dedup
+# horizon (the state plateaus, so flat memory can be judged): reports/soak.md.
 soak: $(STAMP)
-	BROKER_URL="$(OUTAGE_CLUSTER)" $(BIN)/faust -A streams_app lab soak --guarantee exactly_once --minutes 30 --out reports
+	BROKER_URL="$(OUTAGE_CLUSTER)" $(BIN)/faust -A streams_app lab soak --guarantee exactly_once --minutes 30 --horizon 10m --out reports
 
 matrix-outages: $(STAMP)
 	BROKER_URL="$(OUTAGE_CLUSTER)" $(BIN)/faust -A streams_app lab matrix --outages --events 1000 --out reports/outages
