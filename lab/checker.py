@@ -19,11 +19,11 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from urllib.parse import urlparse
 
+from common.readback import end_offsets, read_topic
 from common.redact import masked_errors
 from faust_guarantees.dead_letters import DeadLetter
 from streams_app.traffic import Traffic
 
-from common.readback import end_offsets, read_topic
 from .workers import PipelineConfig
 
 PIPELINE_TOPICS = ("raw", "dlq", "events", "unique", "applied")
@@ -73,6 +73,12 @@ def charges_by_event(sink_db: str, column: str = "event_id") -> Counter[str]:
     return Counter({event_id: int(n) for event_id, n in rows})
 
 
+def duplicate_counted_topics(config: PipelineConfig) -> tuple[str, str, str]:
+    """The logs whose repeated records :func:`check` counts as ``log_duplicates``: one
+    record per unique event id each (``unique``, ``applied``, the dedup changelog)."""
+    return config.topic("unique"), config.topic("applied"), f"{config.app_id}-seen-events-changelog"
+
+
 async def check(config: PipelineConfig, traffic: Traffic) -> Counts:
     bootstrap = config.bootstrap
     expected_ids = set(traffic.unique_events)
@@ -96,9 +102,10 @@ async def check(config: PipelineConfig, traffic: Traffic) -> Counts:
     # seen-row per id (the dedup changelog) unless a record was written twice: a crash
     # before the commit under at_least_once, or a non-idempotent producer's retry, which
     # can hit any of them (it resends whichever batch lost its answer).
-    unique = Counter(_event_id(r.value) for r in await read_topic(bootstrap, config.topic("unique")))
+    unique_topic, _applied, seen_changelog = duplicate_counted_topics(config)
+    unique = Counter(_event_id(r.value) for r in await read_topic(bootstrap, unique_topic))
     unique.pop(None, None)
-    seen_rows = Counter(r.key for r in await read_topic(bootstrap, f"{config.app_id}-seen-events-changelog"))
+    seen_rows = Counter(r.key for r in await read_topic(bootstrap, seen_changelog))
     counts.log_duplicates = (sum(n - 1 for n in unique.values()) + counts.output_duplicates
                              + sum(n - 1 for n in seen_rows.values()))
 

@@ -8,11 +8,12 @@ request unchanged. For a seeded share of Produce requests it forwards the
 request, lets the broker append the batch, then swallows the response and
 drops the connection, exactly what a network cut after the append looks like.
 
-Only an answer saying every batch of the request was appended is dropped: a request the
-broker refused (e.g. NotLeaderForPartition on topics created a moment before) appended
-nothing, and losing its answer would spend the fault on a resend that duplicates nothing
-(the full matrix on 63136e5b577d had 2 of 6 cells with 6 drops and 0 duplicates). Such an
-answer goes through, and the next Produce request is tried instead.
+Only an answer saying every batch of the request was appended, and carrying a partition of
+one of ``topics`` (the topics whose duplicates the lab counts), is dropped; any other goes
+through and the next Produce request is tried instead. Without the topic condition the
+fault could be spent entirely on requests that carried only the counters' changelog and the
+DLQ: the full matrix on 63136e5b577d had 2 of 6 cells with 6 drops and 0 duplicates, and a
+rerun showed the partitions those dropped answers were for.
 
 The producer sees a failed request and sends the batch again:
 
@@ -47,7 +48,8 @@ class ProxyStats:
     requests: int = 0
     produce_requests: int = 0
     dropped_responses: int = 0
-    #: answers chosen for a drop but passed on: the broker had appended nothing
+    #: answers chosen for a drop but passed on: the broker appended nothing, or none of
+    #: the request's partitions was of ``FaultProxy.topics``
     spared_responses: int = 0
     #: partitions (by topic) whose appended batches lost their answer
     dropped_topics: Counter[str] = field(default_factory=Counter)
@@ -87,6 +89,9 @@ class FaultProxy:
     max_drops: int = 10
     seed: int = 1
     host: str = "127.0.0.1"
+    #: only answers to requests carrying a partition of one of these topics are dropped
+    #: (empty: any request)
+    topics: frozenset[str] = frozenset()
     stats: ProxyStats = field(default_factory=ProxyStats)
 
     def __post_init__(self) -> None:
@@ -187,7 +192,8 @@ class FaultProxy:
             version = doomed.pop(correlation_id, None)
             if version is not None:
                 errors = partition_errors(frame, version)
-                if errors and not any(error for _topic, error in errors):
+                if errors and not any(error for _topic, error in errors) and (
+                        not self.topics or any(topic in self.topics for topic, _error in errors)):
                     # The broker has appended the batches; their answer never arrives.
                     self.stats.dropped_responses += 1
                     self.stats.dropped_topics.update(topic for topic, _error in errors)

@@ -32,7 +32,7 @@ from streams_app.settings import Settings
 from streams_app.traffic import Traffic, generate
 
 from .apps import chunks
-from .checker import check
+from .checker import check, duplicate_counted_topics
 from .proxy import FaultProxy
 from .scenarios import (
     API_SINKS,
@@ -327,6 +327,7 @@ def _producer_retry(run: _Run) -> list[WorkerProcess]:
     run.proxy = FaultProxy(
         listen_port=info.proxied_advertised_port, target_port=info.proxied_listener_port,
         drop_rate=0.0, max_drops=max(3, run.kills * 3), seed=run.rng.randrange(1 << 30),
+        topics=frozenset(duplicate_counted_topics(run.config)),
     ).start()
     # A short request timeout notices a lost answer in seconds, not Faust's 20 minutes.
     run.config.extra_env.update({

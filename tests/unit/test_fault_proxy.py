@@ -77,13 +77,13 @@ def test_a_cut_proxy_drops_and_refuses_connections_until_healed():
         stop.set()
 
 
-def _produce_response(version: int, *errors: int) -> bytes:
+def _produce_response(version: int, *errors: int, correlation_id: int = 42, topic: str = "t.unique") -> bytes:
     from aiokafka.protocol.produce import ProduceResponse_v2, ProduceResponse_v5
 
     response_type = {2: ProduceResponse_v2, 5: ProduceResponse_v5}[version]
     fields = (7, 0, 0, 0) if version == 5 else (7, 0, 0)
     partitions = [(n, error, *fields[1:]) for n, error in enumerate(errors)]
-    body = struct.pack(">i", 42) + response_type(topics=[("t.unique", partitions)], throttle_time_ms=0).encode()
+    body = struct.pack(">i", correlation_id) + response_type(topics=[(topic, partitions)], throttle_time_ms=0).encode()
     return struct.pack(">i", len(body)) + body
 
 
@@ -98,3 +98,58 @@ def test_only_an_answer_saying_every_batch_was_appended_is_worth_dropping():
         assert not appended(_produce_response(version, 6), version)
     assert not appended(_produce_response(5, 0), 99), "a version aiokafka cannot read is never dropped"
     assert not appended(b"\x00\x00\x00\x04\x00\x00\x00\x2a", 5), "nor an answer it cannot decode"
+
+
+def _fake_broker() -> tuple[int, threading.Event]:
+    """Answers every request with a Produce v5 answer for one partition of t.unique, appended."""
+    port, stop = free_port(), threading.Event()
+    server = socket.create_server(("127.0.0.1", port))
+    server.settimeout(0.2)
+
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            while header := conn.recv(4):
+                frame = conn.recv(struct.unpack(">i", header)[0])
+                (correlation_id,) = struct.unpack_from(">i", frame, 4)
+                conn.sendall(_produce_response(5, 0, correlation_id=correlation_id))
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=answer, args=(conn,), daemon=True).start()
+        server.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return port, stop
+
+
+def _produce(port: int, correlation_id: int) -> bytes:
+    body = struct.pack(">hhi", 0, 5, correlation_id)  # a Produce v5 request header (no body needed)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
+            conn.sendall(struct.pack(">i", len(body)) + body)
+            return conn.recv(256)
+    except (ConnectionResetError, BrokenPipeError):
+        return b""
+
+
+def test_only_answers_for_the_counted_topics_are_dropped():
+    """The producer-retry fault spends its drops on requests carrying a topic whose
+    duplicates the lab counts; an answer for other topics only goes through."""
+    target, stop = _fake_broker()
+    elsewhere = FaultProxy(listen_port=free_port(), target_port=target, drop_rate=1.0, max_drops=1,
+                           topics=frozenset({"t.applied"})).start()
+    counted = FaultProxy(listen_port=free_port(), target_port=target, drop_rate=1.0, max_drops=1,
+                         topics=frozenset({"t.unique"})).start()
+    try:
+        assert _produce(elsewhere.listen_port, 5) == _produce_response(5, 0, correlation_id=5)
+        assert (elsewhere.stats.dropped_responses, elsewhere.stats.spared_responses) == (0, 1)
+        assert _produce(counted.listen_port, 6) == b""
+        assert counted.stats.dropped_responses == 1 and counted.stats.dropped_topics == {"t.unique": 1}
+    finally:
+        elsewhere.stop()
+        counted.stop()
+        stop.set()
