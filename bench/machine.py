@@ -43,7 +43,10 @@ def _kafka_clients() -> str:
 
 def versions() -> dict[str, str]:
     """Broker, tools, runtimes and every client library involved."""
+    from lab.report import project_version
+
     found = {
+        "this project": project_version(),
         "Apache Kafka (broker)": DEFAULT_VERSION,
         "Kafka tools (perf tests)": _kafka_clients(),
         "Java": _java(),

@@ -52,7 +52,7 @@ def versions() -> dict[str, str]:
     from infra.kafka import DEFAULT_VERSION
 
     return {
-        "this project": f"{_commit()} (code {code_version()})", "Apache Kafka": DEFAULT_VERSION, "Python": platform.python_version(),
+        "this project": project_version(), "Apache Kafka": DEFAULT_VERSION, "Python": platform.python_version(),
         "faust-streaming": version("faust-streaming"), "aiokafka": version("aiokafka"),
         "rocksdict": version("rocksdict"),
     }
@@ -77,6 +77,11 @@ def code_version() -> str:
         return "unknown"
     digest = hashlib.sha1(" ".join(trees).encode()).hexdigest()[:12]
     return f"{digest}+changes" if dirty else digest
+
+
+def project_version() -> str:
+    """``commit abc1234 (code 0123456789ab)``: what a report measured (the lab's, the bench's)."""
+    return f"{_commit()} (code {code_version()})"
 
 
 def _commit() -> str:

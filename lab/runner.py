@@ -213,7 +213,7 @@ class _Run:
                 topics = ", ".join(f"{topic.removeprefix(prefix).lstrip('.-')} {n}"
                                    for topic, n in sorted(stats.dropped_topics.items()))
                 self.notes.append(f"fault proxy: {stats.dropped_responses} answers dropped (partitions of: "
-                                  f"{topics or 'none'}), {stats.spared_responses} refused requests' answers passed on")
+                                  f"{topics or 'none'}), {stats.spared_responses} others passed on (nothing appended, or no counted topic)")
             self.proxy.stop()
         for proxy in self.proxies:
             proxy.stop()
