@@ -8,12 +8,12 @@ request unchanged. For a seeded share of Produce requests it forwards the
 request, lets the broker append the batch, then swallows the response and
 drops the connection, exactly what a network cut after the append looks like.
 
-Only an answer saying every batch of the request was appended, and carrying a partition of
-one of ``topics`` (the topics whose duplicates the lab counts), is dropped; any other goes
-through and the next Produce request is tried instead. Without the topic condition the
-fault could be spent entirely on requests that carried only the counters' changelog and the
-DLQ: the full matrix on 63136e5b577d had 2 of 6 cells with 6 drops and 0 duplicates, and a
-rerun showed the partitions those dropped answers were for.
+Only requests carrying a batch for one of ``topics`` (the topics whose duplicates the lab
+counts) are chosen, and their answer is dropped only when it says every batch was appended;
+any other goes through. Without the topic condition the fault could be spent entirely on
+requests that carried only the counters' changelog and the DLQ: the full matrix on
+63136e5b577d had 2 of 6 cells with 6 drops and 0 duplicates, and a rerun showed the
+partitions those dropped answers were for.
 
 The producer sees a failed request and sends the batch again:
 
@@ -70,6 +70,22 @@ def partition_errors(frame: bytes, version: int) -> list[tuple[str, int]] | None
     except Exception:  # noqa: BLE001 - anything unreadable is passed on untouched
         return None
     return [(topic, partition[1]) for topic, partitions in response.topics for partition in partitions]
+
+
+def request_topics(frame: bytes, version: int) -> set[str] | None:
+    """The topics a Produce request (``frame``, size-prefixed, request header v1: api key,
+    version, correlation id, client id) carries batches for; None if aiokafka cannot read it."""
+    from aiokafka.protocol.produce import ProduceRequestStruct
+
+    request_type = {cls.API_VERSION: cls for cls in get_args(ProduceRequestStruct)}.get(version)
+    if request_type is None or len(frame) < 14:
+        return None
+    (client_id_length,) = struct.unpack_from(">h", frame, 12)
+    try:
+        request = request_type.decode(frame[14 + max(client_id_length, 0):])
+    except Exception:  # noqa: BLE001 - anything unreadable is forwarded untouched
+        return None
+    return {topic for topic, _partitions in request.topics}
 
 
 def appended(frame: bytes, version: int) -> bool:
@@ -179,11 +195,18 @@ class FaultProxy:
             self.stats.requests += 1
             if api_key == PRODUCE:
                 self.stats.produce_requests += 1
-                if self.stats.dropped_responses + len(doomed) < self.max_drops and \
-                        self._rng.random() < self.drop_rate:
+                if self.stats.dropped_responses + len(doomed) < self.max_drops and self._counted(frame, version) \
+                        and self._rng.random() < self.drop_rate:
                     doomed[correlation_id] = version
             writer.write(frame)
             await writer.drain()
+
+    def _counted(self, frame: bytes, version: int) -> bool:
+        """The request carries a batch for one of :attr:`topics` (any request when empty)."""
+        if not self.topics:
+            return True
+        topics = request_topics(frame, version)
+        return bool(topics and topics & self.topics)
 
     async def _responses(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                          doomed: dict[int, int]) -> None:
