@@ -33,12 +33,13 @@ Kafka's wire format: every request is ``int32 size`` + (``int16 api_key``,
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import struct
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import get_args
+from typing import Any, get_args
 
 PRODUCE = 0
 
@@ -55,29 +56,18 @@ class ProxyStats:
     dropped_topics: Counter[str] = field(default_factory=Counter)
 
 
-def partition_errors(frame: bytes, version: int) -> list[tuple[str, int]] | None:
-    """(topic, error code) of each partition in ``frame`` (a Produce answer, size-prefixed),
-    decoded with aiokafka's own response types; None for a version aiokafka cannot decode or
-    an answer it cannot read."""
+@functools.cache
+def _produce_requests() -> dict[int, Any]:
+    """aiokafka's Produce request types by version (each knows its answer's type)."""
     from aiokafka.protocol.produce import ProduceRequestStruct
 
-    versions = {cls.API_VERSION: cls.RESPONSE_TYPE for cls in get_args(ProduceRequestStruct)}
-    response_type = versions.get(version)
-    if response_type is None:
-        return None
-    try:
-        response = response_type.decode(frame[8:])  # after the size and the correlation id
-    except Exception:  # noqa: BLE001 - anything unreadable is passed on untouched
-        return None
-    return [(topic, partition[1]) for topic, partitions in response.topics for partition in partitions]
+    return {cls.API_VERSION: cls for cls in get_args(ProduceRequestStruct)}
 
 
 def request_topics(frame: bytes, version: int) -> set[str] | None:
     """The topics a Produce request (``frame``, size-prefixed, request header v1: api key,
     version, correlation id, client id) carries batches for; None if aiokafka cannot read it."""
-    from aiokafka.protocol.produce import ProduceRequestStruct
-
-    request_type = {cls.API_VERSION: cls for cls in get_args(ProduceRequestStruct)}.get(version)
+    request_type = _produce_requests().get(version)
     if request_type is None or len(frame) < 14:
         return None
     (client_id_length,) = struct.unpack_from(">h", frame, 12)
@@ -88,11 +78,29 @@ def request_topics(frame: bytes, version: int) -> set[str] | None:
     return {topic for topic, _partitions in request.topics}
 
 
-def appended(frame: bytes, version: int) -> bool:
-    """``frame`` (a Produce answer) says every batch of its request was appended: every
-    partition's error code 0 (nothing is dropped that cannot be read)."""
-    errors = partition_errors(frame, version)
+def partition_errors(frame: bytes, version: int) -> list[tuple[str, int]] | None:
+    """(topic, error code) of each partition in ``frame`` (a Produce answer, size-prefixed),
+    decoded with aiokafka's own response types; None for a version aiokafka cannot decode or
+    an answer it cannot read."""
+    request_type = _produce_requests().get(version)
+    if request_type is None:
+        return None
+    try:
+        response = request_type.RESPONSE_TYPE.decode(frame[8:])  # after the size and the correlation id
+    except Exception:  # noqa: BLE001 - anything unreadable is passed on untouched
+        return None
+    return [(topic, partition[1]) for topic, partitions in response.topics for partition in partitions]
+
+
+def all_appended(errors: list[tuple[str, int]] | None) -> bool:
+    """The answer's partitions (:func:`partition_errors`) say every batch was appended
+    (nothing is dropped that cannot be read)."""
     return bool(errors) and not any(error for _topic, error in errors)
+
+
+def appended(frame: bytes, version: int) -> bool:
+    """``frame`` (a Produce answer) says every batch of its request was appended."""
+    return all_appended(partition_errors(frame, version))
 
 
 @dataclass
@@ -215,7 +223,7 @@ class FaultProxy:
             version = doomed.pop(correlation_id, None)
             if version is not None:
                 errors = partition_errors(frame, version)
-                if errors and not any(error for _topic, error in errors) and (
+                if all_appended(errors) and (
                         not self.topics or any(topic in self.topics for topic, _error in errors)):
                     # The broker has appended the batches; their answer never arrives.
                     self.stats.dropped_responses += 1

@@ -11,8 +11,8 @@ from lab.proxy import FaultProxy
 from lab.workers import free_port
 
 
-def _echo_server() -> tuple[int, threading.Event]:
-    """A server that answers every size-prefixed frame with itself."""
+def _server(handle) -> tuple[int, threading.Event]:
+    """A local server running ``handle(conn)`` for each connection, until the event is set."""
     port, stop = free_port(), threading.Event()
     server = socket.create_server(("127.0.0.1", port))
     server.settimeout(0.2)
@@ -23,11 +23,16 @@ def _echo_server() -> tuple[int, threading.Event]:
                 conn, _ = server.accept()
             except TimeoutError:
                 continue
-            threading.Thread(target=_echo, args=(conn,), daemon=True).start()
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
         server.close()
 
     threading.Thread(target=serve, daemon=True).start()
     return port, stop
+
+
+def _echo_server() -> tuple[int, threading.Event]:
+    """A server that answers every size-prefixed frame with itself."""
+    return _server(_echo)
 
 
 def _echo(conn: socket.socket) -> None:
@@ -102,9 +107,6 @@ def test_only_an_answer_saying_every_batch_was_appended_is_worth_dropping():
 
 def _fake_broker() -> tuple[int, threading.Event]:
     """Answers every request with a Produce v5 answer for one partition of t.unique, appended."""
-    port, stop = free_port(), threading.Event()
-    server = socket.create_server(("127.0.0.1", port))
-    server.settimeout(0.2)
 
     def answer(conn: socket.socket) -> None:
         with conn:
@@ -113,17 +115,7 @@ def _fake_broker() -> tuple[int, threading.Event]:
                 (correlation_id,) = struct.unpack_from(">i", frame, 4)
                 conn.sendall(_produce_response(5, 0, correlation_id=correlation_id))
 
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except TimeoutError:
-                continue
-            threading.Thread(target=answer, args=(conn,), daemon=True).start()
-        server.close()
-
-    threading.Thread(target=serve, daemon=True).start()
-    return port, stop
+    return _server(answer)
 
 
 def _produce(port: int, correlation_id: int, topic: str = "t.unique") -> bytes:
