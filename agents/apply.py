@@ -20,74 +20,86 @@ payment.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from faust.types import EventT
 
-from streams_app.application import current_app
+from agents.processing import AppProcessing
+from faust_guarantees.processing import as_current
 from streams_app.faults import crashpoint
 from streams_app.models import AppliedPayment, json_key, parse_payment
-from agents.processing import as_current, batches, processing_batch, record_batches
-from streams_app.topics import applied_payments, key_partition, unique_payments
-from tables.balances import balance_of, set_balance
-from tables.counters import count
+from streams_app.topics import Topics
+from tables import Tables
 
 
-app = current_app()
-settings = app.settings
+@dataclass
+class ApplyStage:
+    agent: Any
+    #: at_least_once: a batch's outputs are acknowledged before its records are acked, so an
+    #: output that failed (after the producer's own retries) is dead-lettered, not lost when
+    #: the offset commits. exactly_once: the transaction covers them; at_most_once: the
+    #: offsets are committed first anyway. Read per batch.
+    await_outputs: bool
 
 
-#: at_least_once: a batch's outputs are acknowledged before its records are acked, so an
-#: output that failed (after the producer's own retries) is dead-lettered, not lost when
-#: the offset commits. exactly_once: the transaction covers them; at_most_once: the
-#: offsets are committed first anyway.
-AWAIT_OUTPUTS = settings.processing_guarantee == "at_least_once"
+def register(app: Any, topics: Topics, tables: Tables, processing: AppProcessing) -> ApplyStage:
+    """Declare the apply agent on ``app``."""
+    settings = app.settings
+    max_bytes, max_amount = settings.max_record_bytes, settings.max_amount
+    batches, processing_batch, record_batches = (
+        processing.batches, processing.processing_batch, processing.record_batches)
+    balance_of, set_balance = tables.balances.balance_of, tables.balances.set_balance
+    count = tables.counters.count
+    applied_payments, key_partition = topics.applied, topics.key_partition
+    stage = ApplyStage(agent=None, await_outputs=settings.processing_guarantee == "at_least_once")
 
-
-@app.agent(unique_payments)
-async def apply_payments(stream: Any) -> None:
-    """Apply each payment to its account and publish the new balance."""
-    stream = stream.noack()  # acked by processing_batch() once the batch is handled
-    async for batch in batches(stream):
-        async with processing_batch(stream, batch, stage="apply") as work:
-            # account -> (its balance after the batch so far, an event of its partition)
-            changed: dict[str, tuple[dict[str, int], EventT]] = {}
-            outputs, queued = record_batches(), []
-            applied_ok: dict[int, Any] = {}
-            for event in batch:
-                with work.record(event):
-                    payment = parse_payment(event.message.value, max_bytes=settings.max_record_bytes,
-                                            max_amount=settings.max_amount)
-                    before = changed[payment.account][0] if payment.account in changed else balance_of(payment.account)
-                    after = dict(before)
-                    after[payment.currency] = after.get(payment.currency, 0) + payment.amount
-                    applied = AppliedPayment(
-                        event_id=payment.event_id, account=payment.account, amount=payment.amount,
-                        currency=payment.currency, created_at=payment.created_at,
-                        balance_after=after[payment.currency],
-                    )
-                    key = json_key(payment.account)
-                    queued.append((event, outputs.publish(applied_payments, key=key, value=applied.to_json(),
-                                                          partition=key_partition(key))))
-                    changed[payment.account] = (after, event)
-                    applied_ok[id(event)] = payment
-            await outputs.flush()  # a failure here fails the batch: no balance is written
-            sends = [(event, q.future) for event, q in queued]
-            if AWAIT_OUTPUTS and sends:
-                delivered = {id(e) for e in await work.acknowledged(sends)}
-                for event, _ in sends:
-                    if id(event) not in delivered:  # dead-lettered: its amount is not applied
-                        lost = applied_ok.pop(id(event))
-                        balance = dict(changed[lost.account][0])
-                        balance[lost.currency] -= lost.amount
-                        changed[lost.account] = (balance, changed[lost.account][1])
-            rows = record_batches()
-            for account, (balance, event) in changed.items():
-                as_current(event)
-                set_balance(rows, account, balance)
-            await rows.flush()
-            for event in batch:
-                if id(event) in applied_ok:
+    async def apply_payments(stream: Any) -> None:
+        """Apply each payment to its account and publish the new balance."""
+        stream = stream.noack()  # acked by processing_batch() once the batch is handled
+        async for batch in batches(stream):
+            async with processing_batch(stream, batch, stage="apply") as work:
+                # account -> (its balance after the batch so far, an event of its partition)
+                changed: dict[str, tuple[dict[str, int], EventT]] = {}
+                outputs, queued = record_batches(), []
+                applied_ok: dict[int, Any] = {}
+                for event in batch:
+                    with work.record(event):
+                        payment = parse_payment(event.message.value, max_bytes=max_bytes, max_amount=max_amount)
+                        before = (changed[payment.account][0] if payment.account in changed
+                                  else balance_of(payment.account))
+                        after = dict(before)
+                        after[payment.currency] = after.get(payment.currency, 0) + payment.amount
+                        applied = AppliedPayment(
+                            event_id=payment.event_id, account=payment.account, amount=payment.amount,
+                            currency=payment.currency, created_at=payment.created_at,
+                            balance_after=after[payment.currency],
+                        )
+                        key = json_key(payment.account)
+                        queued.append((event, outputs.publish(applied_payments, key=key, value=applied.to_json(),
+                                                              partition=key_partition(key))))
+                        changed[payment.account] = (after, event)
+                        applied_ok[id(event)] = payment
+                await outputs.flush()  # a failure here fails the batch: no balance is written
+                sends = [(event, q.future) for event, q in queued]
+                if stage.await_outputs and sends:
+                    delivered = {id(e) for e in await work.acknowledged(sends)}
+                    for event, _ in sends:
+                        if id(event) not in delivered:  # dead-lettered: its amount is not applied
+                            lost = applied_ok.pop(id(event))
+                            balance = dict(changed[lost.account][0])
+                            balance[lost.currency] -= lost.amount
+                            changed[lost.account] = (balance, changed[lost.account][1])
+                rows = record_batches()
+                for account, (balance, event) in changed.items():
                     as_current(event)
-                    count("apply.applied")
-                    crashpoint("apply.after_update")
+                    set_balance(rows, account, balance)
+                await rows.flush()
+                for event in batch:
+                    if id(event) in applied_ok:
+                        as_current(event)
+                        count("apply.applied")
+                        crashpoint("apply.after_update")
+
+    stage.agent = app.agent(topics.unique, name="agents.apply.apply_payments")(apply_payments)
+    return stage

@@ -8,7 +8,7 @@ r"""dedup: untrusted bytes in; each valid event id forwarded once, everything el
 
 Validation and the source text's rule "ignore duplicate event ids" in one hop.
 Every copy of an event id must meet in one partition for the id to be dropped
-the second time; raw records are keyed by event id (topics.event_partition), so
+the second time; raw records are keyed by event id (Topics.event_partition), so
 copies meet in the raw partition itself. A valid record found in another
 partition (another key, no key, another partitioner) is moved to its id's
 partition of ``{prefix}.events``, read by this same stage: co-partitioned with
@@ -52,83 +52,99 @@ The seen-row expires after DEDUP_HORIZON (tables/seen_events.py).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from faust.types import EventT, Message
 
-from streams_app.application import current_app
+from agents.processing import AppProcessing
 from streams_app.faults import crashpoint
 from streams_app.models import Payment, json_key, parse_payment
-from agents.processing import batches, processing_batch, publish, record_batches
-from streams_app.topics import dedup_sources, event_partition, key_partition, payment_events, unique_payments
-from tables.counters import count, count_each
-from tables.seen_events import is_duplicate, mark_all_seen
+from streams_app.topics import Topics
+from tables import Tables
 
 
-app = current_app()
-settings = app.settings
-
-#: at_most_once: mark the ids seen first; a crash then loses an event, never repeats its id.
-MARK_BEFORE_FORWARDING = settings.processing_guarantee == "at_most_once"
-#: at_least_once: mark them only once the outputs are acknowledged; exactly_once: the
-#: transaction orders everything.
-AWAIT_OUTPUT_BEFORE_MARKING = settings.processing_guarantee == "at_least_once"
-
-RAW = settings.topic("raw")
+@dataclass
+class DedupStage:
+    agent: Any
+    #: at_most_once: mark the ids seen first; a crash then loses an event, never repeats its id.
+    mark_before_forwarding: bool
+    #: at_least_once: mark them only once the outputs are acknowledged; exactly_once: the
+    #: transaction orders everything. Both read per batch.
+    await_output_before_marking: bool
 
 
-def stage_of(message: Message) -> str:
-    """Dead letters and counters say where a record failed: a raw record at ingest
-    (validation), a moved one at dedup."""
-    return "ingest" if message.topic == RAW else "dedup"
+def register(app: Any, topics: Topics, tables: Tables, processing: AppProcessing) -> DedupStage:
+    """Declare the dedup agent on ``app``."""
+    settings = app.settings
+    guarantee = settings.processing_guarantee
+    stage = DedupStage(agent=None, mark_before_forwarding=guarantee == "at_most_once",
+                       await_output_before_marking=guarantee == "at_least_once")
+    raw = settings.topic("raw")
+    max_bytes, max_amount = settings.max_record_bytes, settings.max_amount
+    batches, processing_batch, publish, record_batches = (
+        processing.batches, processing.processing_batch, processing.publish, processing.record_batches)
+    count, count_each = tables.counters.count, tables.counters.count_each
+    is_duplicate, mark_all_seen = tables.seen_events.is_duplicate, tables.seen_events.mark_all_seen
+    event_partition, key_partition = topics.event_partition, topics.key_partition
+    payment_events, unique_payments = topics.events, topics.unique
 
+    def stage_of(message: Message) -> str:
+        """Dead letters and counters say where a record failed: a raw record at ingest
+        (validation), a moved one at dedup."""
+        return "ingest" if message.topic == raw else "dedup"
 
-@app.agent(dedup_sources)
-async def dedup_payments(stream: Any) -> None:
-    """Validate each raw record and forward the first occurrence of each event id."""
-    stream = stream.noack()  # acked by processing_batch() once the batch is handled
-    async for batch in batches(stream):
-        async with processing_batch(stream, batch, stage=stage_of) as work:
-            first: list[tuple[EventT, Payment]] = []
-            in_batch: set[str] = set()
-            for event in batch:
-                with work.record(event):
-                    message = event.message
-                    payment = parse_payment(message.value, max_bytes=settings.max_record_bytes,
-                                            max_amount=settings.max_amount)
-                    if message.topic == RAW:
-                        count("ingest.valid")
-                    home = event_partition(payment.event_id)
-                    if home != message.partition:
-                        await publish(payment_events, key=payment.event_id.encode(), value=message.value,
-                                      partition=home, headers=message.headers)
-                        count("ingest.moved")
-                        crashpoint("ingest.after_forward")
-                        continue
-                    if payment.event_id in in_batch or is_duplicate(payment.event_id):
-                        count("dedup.duplicates")
-                        continue
-                    in_batch.add(payment.event_id)
-                    first.append((event, payment))
-            if MARK_BEFORE_FORWARDING and first:
+    async def dedup_payments(stream: Any) -> None:
+        """Validate each raw record and forward the first occurrence of each event id."""
+        stream = stream.noack()  # acked by processing_batch() once the batch is handled
+        async for batch in batches(stream):
+            async with processing_batch(stream, batch, stage=stage_of) as work:
+                first: list[tuple[EventT, Payment]] = []
+                in_batch: set[str] = set()
+                for event in batch:
+                    with work.record(event):
+                        message = event.message
+                        payment = parse_payment(message.value, max_bytes=max_bytes, max_amount=max_amount)
+                        if message.topic == raw:
+                            count("ingest.valid")
+                        home = event_partition(payment.event_id)
+                        if home != message.partition:
+                            await publish(payment_events, key=payment.event_id.encode(), value=message.value,
+                                          partition=home, headers=message.headers)
+                            count("ingest.moved")
+                            crashpoint("ingest.after_forward")
+                            continue
+                        if payment.event_id in in_batch or is_duplicate(payment.event_id):
+                            count("dedup.duplicates")
+                            continue
+                        in_batch.add(payment.event_id)
+                        first.append((event, payment))
+                mark_first = stage.mark_before_forwarding
+                if mark_first and first:
+                    rows = record_batches()
+                    mark_all_seen(rows, [(event, payment.event_id) for event, payment in first])
+                    await rows.flush()
+                    await app.producer.flush()  # the seen-rows are in Kafka before the outputs leave
+                outputs, queued = record_batches(), []
+                for event, payment in first:
+                    with work.record(event):
+                        key = json_key(payment.account)
+                        queued.append((event, outputs.publish(unique_payments, key=key, value=payment.to_json(),
+                                                              partition=key_partition(key))))
+                await outputs.flush()
+                sends = [(event, q.future) for event, q in queued]
+                if stage.await_output_before_marking:
+                    forwarded = await work.acknowledged(sends)
+                else:
+                    forwarded = [e for e, _ in sends]
+                for event in forwarded:
+                    crashpoint("dedup.after_forward")
                 rows = record_batches()
-                mark_all_seen(rows, [(event, payment.event_id) for event, payment in first])
+                if not mark_first:
+                    ids = {id(event): payment.event_id for event, payment in first}
+                    mark_all_seen(rows, [(event, ids[id(event)]) for event in forwarded])
+                count_each("dedup.unique", forwarded)
                 await rows.flush()
-                await app.producer.flush()  # the seen-rows are in Kafka before the outputs leave
-            outputs, queued = record_batches(), []
-            for event, payment in first:
-                with work.record(event):
-                    key = json_key(payment.account)
-                    queued.append((event, outputs.publish(unique_payments, key=key, value=payment.to_json(),
-                                                          partition=key_partition(key))))
-            await outputs.flush()
-            sends = [(event, q.future) for event, q in queued]
-            forwarded = await work.acknowledged(sends) if AWAIT_OUTPUT_BEFORE_MARKING else [e for e, _ in sends]
-            for event in forwarded:
-                crashpoint("dedup.after_forward")
-            rows = record_batches()
-            if not MARK_BEFORE_FORWARDING:
-                ids = {id(event): payment.event_id for event, payment in first}
-                mark_all_seen(rows, [(event, ids[id(event)]) for event in forwarded])
-            count_each("dedup.unique", forwarded)
-            await rows.flush()
+
+    stage.agent = app.agent(topics.dedup_sources, name="agents.dedup.dedup_payments")(dedup_payments)
+    return stage

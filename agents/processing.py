@@ -8,11 +8,11 @@ repairs in stock Faust. This module gives it what is this app's: the dead-letter
 points of at_most_once, DSN masking in dead letters, and the counters (dashboard and
 ``/metrics``) of dead letters and of each batch, written once per batch inside the gate.
 
-Agents write::
+Agents write (``work`` being this module's :class:`AppProcessing`)::
 
     stream = stream.noack()                       # acks are the discipline's
-    async for events in batches(stream):
-        async with processing_batch(stream, events, stage="dedup") as batch:
+    async for events in work.batches(stream):
+        async with work.processing_batch(stream, events, stage="dedup") as batch:
             for event in events:
                 with batch.record(event):
                     ...                           # one record's work
@@ -27,68 +27,63 @@ from typing import Any
 from faust.types import EventT, Message, StreamT
 
 from common.redact import mask_url
-from faust_guarantees.processing import Batch, Processing, as_current
 from faust_guarantees.batching import RecordBatches
+from faust_guarantees.processing import Batch, Processing
 from faust_guarantees.processing import publish as _publish
-from tables.counters import batched_counts, count, write_counts
-
 from streams_app import metrics
-from streams_app.application import current_app
 from streams_app.faults import crashpoint
-from streams_app.topics import dead_letters
+from tables.counters import Counters, batched_counts
+
+__all__ = ["AppProcessing", "Batch"]
 
 
-app = current_app()
-guarantees = app.guarantees
-settings = app.settings
+class AppProcessing:
+    """The kit's discipline wired to one app: its dead-letter topic, ``BATCH_MAX``, the
+    ``{stage}.after_commit`` crash points, DSN masking and the counters."""
 
-__all__ = ["Batch", "as_current", "batches", "discipline", "first_deliveries", "processing",
-           "processing_batch", "publish", "record_batches"]
+    def __init__(self, app: Any, *, dead_letters: Any, counters: Counters) -> None:
+        self.app = app
+        self.counters = counters
+        sink_db = app.settings.sink_db
 
+        def redact(text: str) -> str:
+            """An error's text may quote the sink's DSN: never with its password."""
+            return mask_url(text, sink_db)
 
-def _redact(text: str) -> str:
-    """An error's text may quote the sink's DSN: never with its password."""
-    return mask_url(text, settings.sink_db)
+        #: The discipline of this app's agents.
+        self.discipline = Processing(
+            app.guarantees, dead_letters=dead_letters, batch_max=app.settings.batch_max,
+            after_commit=lambda stage: crashpoint(f"{stage}.after_commit"),
+            redact=redact, on_dead_letter=self._dead_lettered,
+        )
+        #: What this process processed (faust_guarantees/memory.py).
+        self.memory = app.guarantees.memory
+        self.first_deliveries = self.discipline.first_deliveries
+        self.batches = self.discipline.batches
+        self.processing = self.discipline.processing
 
+    def _dead_lettered(self, message: Message, stage: str, code: str, reference: bool) -> None:
+        if reference:
+            self.counters.count("dlq.references")
+        self.counters.count(f"{stage}.dead_lettered")
+        metrics.dead_lettered(stage, code)
 
-def _dead_lettered(message: Message, stage: str, code: str, reference: bool) -> None:
-    if reference:
-        count("dlq.references")
-    count(f"{stage}.dead_lettered")
-    metrics.dead_lettered(stage, code)
+    @asynccontextmanager
+    async def processing_batch(self, stream: StreamT, events: list[EventT], *,
+                               stage: str | Callable[[Message], str]) -> AsyncIterator[Batch]:
+        """The kit's ``processing_batch`` with the batch's counts collected and written once
+        per counter and partition, inside the commit gate, before the acks."""
+        write_counts = self.counters.write_counts
+        with batched_counts() as pending:
+            async with self.discipline.processing_batch(stream, events, stage=stage,
+                                                        before_ack=lambda: write_counts(pending)) as work:
+                yield work
 
+    def record_batches(self) -> RecordBatches:
+        """Records of a batch for this app's producer, sent together (faust_guarantees/batching.py)."""
+        return RecordBatches(self.app)
 
-#: The discipline of this app's agents.
-discipline = Processing(
-    guarantees, dead_letters=dead_letters, batch_max=settings.batch_max,
-    after_commit=lambda stage: crashpoint(f"{stage}.after_commit"),
-    redact=_redact, on_dead_letter=_dead_lettered,
-)
-
-#: What this process processed (faust_guarantees/memory.py).
-memory = guarantees.memory
-first_deliveries = discipline.first_deliveries
-batches = discipline.batches
-processing = discipline.processing
-
-
-@asynccontextmanager
-async def processing_batch(stream: StreamT, events: list[EventT], *,
-                           stage: str | Callable[[Message], str]) -> AsyncIterator[Batch]:
-    """The kit's ``processing_batch`` with the batch's counts collected and written once
-    per counter and partition, inside the commit gate, before the acks."""
-    with batched_counts() as pending:
-        async with discipline.processing_batch(stream, events, stage=stage,
-                                               before_ack=lambda: write_counts(pending)) as work:
-            yield work
-
-
-def record_batches() -> RecordBatches:
-    """Records of a batch for this app's producer, sent together (faust_guarantees/batching.py)."""
-    return RecordBatches(app)
-
-
-async def publish(topic: Any, *, key: bytes | None, value: bytes | None, partition: int | None = None,
-                  headers: Any = None) -> Awaitable[Any]:
-    """One output through this app's producer (:func:`faust_guarantees.processing.publish`)."""
-    return await _publish(app, topic, key=key, value=value, partition=partition, headers=headers)
+    async def publish(self, topic: Any, *, key: bytes | None, value: bytes | None, partition: int | None = None,
+                      headers: Any = None) -> Awaitable[Any]:
+        """One output through this app's producer (:func:`faust_guarantees.processing.publish`)."""
+        return await _publish(self.app, topic, key=key, value=value, partition=partition, headers=headers)

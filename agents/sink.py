@@ -52,23 +52,19 @@ from typing import Any
 from faust.types import EventT
 from tenacity import RetryCallState
 
+from agents.processing import AppProcessing, Batch
 from payment_api.client import PaymentClient
 from payment_api.errors import RetryableError
 from streams_app import metrics
-from streams_app.application import current_app
 from streams_app.exceptions import ChargeRefused, SettingsError, SinkError, Unavailable
 from streams_app.faults import crashpoint
-from streams_app.logs import record_fields
 from streams_app.key_retention import KeyRetentionGuard
 from streams_app.ledger import Charge, ChargeStats, Ledger
+from streams_app.logs import record_fields
 from streams_app.models import AppliedPayment, parse_applied
-from agents.processing import Batch, batches, processing_batch
 from streams_app.retrying import RetryPolicy
-from streams_app.topics import applied_payments, place
-
-
-app = current_app()
-settings = app.settings
+from streams_app.settings import Settings
+from streams_app.topics import Topics, place
 
 log = logging.getLogger(__name__)
 
@@ -78,97 +74,166 @@ log = logging.getLogger(__name__)
 TRY_S = 2.0
 #: The waits between tries, for as long as the outage lasts: the charge is delayed, never skipped.
 OUTAGE_WAIT = RetryPolicy()
-
-ledger = Ledger(settings.sink_db, retry=RetryPolicy(give_up_after=TRY_S))
-IDEMPOTENT = settings.sink_mode == "idempotent"
-OFFSETS_IN_DATABASE = settings.sink_mode == "transactional"
-TO_API = settings.sink_target == "api"
 #: A bounded number of HTTP attempts per try; API_OUTAGE_RETRY tries again after them.
 API_RETRIES = 3
-
-payments_api = PaymentClient(settings.payment_api_url, timeout=settings.payment_api_timeout) if TO_API else None
-
 #: Waits between calls while the payment API is unavailable (RetryableError), for one try.
 #: A refusal (RequestRejected, a 4xx) is not retried: it is dead-lettered.
 API_OUTAGE_RETRY = RetryPolicy(give_up_after=TRY_S)
 
 
-async def _stop_worker(reason: SettingsError) -> None:
-    """The API's key retention turned out too short after the start: stop the worker
-    (exit status 1, the reason logged) rather than charge; never returns."""
-    log.critical("sink: %s", reason)
-    await app.crash(reason)
-    await asyncio.Event().wait()  # cancelled by the stop
+def effect_target(settings: Settings) -> str:
+    """Where the charges go, password masked: for the dashboard."""
+    return settings.shown("payment_api_url" if settings.sink_target == "api" else "sink_db")
 
 
-#: Only keys can be forgotten: the check is for the idempotent API sink.
-retention_guard = (
-    KeyRetentionGuard(payments_api, dedup_horizon=settings.dedup_horizon,
-                      api_url=settings.shown("payment_api_url"), on_refusal=_stop_worker)
-    if payments_api is not None and IDEMPOTENT else None
-)
-if retention_guard is not None:
-    app.start_checks.append(retention_guard.at_start)
+class Sink:
+    """The sink stage of one app: its agent, and its clients of the external system."""
 
+    def __init__(self, app: Any, topics: Topics, processing: AppProcessing) -> None:
+        self.app = app
+        self.settings = settings = app.settings
+        self.processing = processing
+        self.ledger = Ledger(settings.sink_db, retry=RetryPolicy(give_up_after=TRY_S))
+        self.idempotent = settings.sink_mode == "idempotent"
+        self.offsets_in_database = settings.sink_mode == "transactional"
+        self.payments_api = (PaymentClient(settings.payment_api_url, timeout=settings.payment_api_timeout)
+                             if settings.sink_target == "api" else None)
+        #: Only keys can be forgotten: the check is for the idempotent API sink.
+        self.retention_guard = (
+            KeyRetentionGuard(self.payments_api, dedup_horizon=settings.dedup_horizon,
+                              api_url=settings.shown("payment_api_url"), on_refusal=self._stop_worker)
+            if self.payments_api is not None and self.idempotent else None
+        )
+        if self.retention_guard is not None:
+            app.start_checks.append(self.retention_guard.at_start)
+        app.on_before_shutdown.connect(self._close_clients)
 
-@app.agent(applied_payments)
-async def charge_payments(stream):
-    """Perform the external side effect once per delivery (naive) or per event id."""
-    stream = stream.noack()  # acked by processing_batch(): after the effects, or before them in at_most_once
-    async for batch in batches(stream):
-        # What each event's charge answered, kept across tries: an outage in the middle of a
-        # batch of API calls must not repeat the calls that went through (without a key,
-        # each repeat would be a charge that no crash or redelivery caused).
-        answers: dict[int, bool] = {}
-        # The wait between tries is outside processing_batch(): the commit gate is free meanwhile.
-        await OUTAGE_WAIT.run(lambda: _charge_batch(stream, batch, answers),  # noqa: B023 (awaited here)
-                              retry_on=lambda exc: isinstance(exc, Unavailable), before_sleep=_log_outage)
+        async def charge_payments(stream: Any) -> None:
+            """Perform the external side effect once per delivery (naive) or per event id."""
+            stream = stream.noack()  # acked by processing_batch(): after the effects, or before them in at_most_once
+            async for batch in processing.batches(stream):
+                # What each event's charge answered, kept across tries: an outage in the middle of a
+                # batch of API calls must not repeat the calls that went through (without a key,
+                # each repeat would be a charge that no crash or redelivery caused).
+                answers: dict[int, bool] = {}
+                # The wait between tries is outside processing_batch(): the commit gate is free meanwhile.
+                await OUTAGE_WAIT.run(lambda: self._charge_batch(stream, batch, answers),  # noqa: B023 (awaited here)
+                                      retry_on=lambda exc: isinstance(exc, Unavailable),
+                                      before_sleep=self._log_outage)
 
+        self.agent = app.agent(topics.applied, name="agents.sink.charge_payments")(charge_payments)
 
-async def _charge_batch(stream: Any, events: list[EventT], answers: dict[int, bool]) -> None:
-    """One try at a batch's charges, inside processing_batch(): to the database in one
-    transaction (a refusal: one by one, to dead-letter only the refused), or to the API
-    one call per event. Crash point ``sink.after_effect`` per event, after the batch's
-    effects and before its offsets can be committed."""
-    async with processing_batch(stream, events, stage="sink") as work:
-        payments: list[tuple[EventT, AppliedPayment]] = []
-        for event in events:
-            with work.record(event):
-                payments.append((event, parse_applied(event.value, max_bytes=settings.max_record_bytes,
-                                                      max_amount=settings.max_amount)))
-        if payments_api is None:
-            await _charge_in_database(work, [p for p in payments if id(p[0]) not in answers], answers)
-        else:
+    async def _stop_worker(self, reason: SettingsError) -> None:
+        """The API's key retention turned out too short after the start: stop the worker
+        (exit status 1, the reason logged) rather than charge; never returns."""
+        log.critical("sink: %s", reason)
+        await self.app.crash(reason)
+        await asyncio.Event().wait()  # cancelled by the stop
+
+    async def _charge_batch(self, stream: Any, events: list[EventT], answers: dict[int, bool]) -> None:
+        """One try at a batch's charges, inside processing_batch(): to the database in one
+        transaction (a refusal: one by one, to dead-letter only the refused), or to the API
+        one call per event. Crash point ``sink.after_effect`` per event, after the batch's
+        effects and before its offsets can be committed."""
+        settings = self.settings
+        async with self.processing.processing_batch(stream, events, stage="sink") as work:
+            payments: list[tuple[EventT, AppliedPayment]] = []
+            for event in events:
+                with work.record(event):
+                    payments.append((event, parse_applied(event.value, max_bytes=settings.max_record_bytes,
+                                                          max_amount=settings.max_amount)))
+            if self.payments_api is None:
+                await self._charge_in_database(work, [p for p in payments if id(p[0]) not in answers], answers)
+            else:
+                for event, payment in payments:
+                    if id(event) not in answers:
+                        with work.record(event):
+                            answers[id(event)] = await self.charge(event, payment)
+            metrics.sink_answered(settings.sink_target)
             for event, payment in payments:
-                if id(event) not in answers:
-                    with work.record(event):
-                        answers[id(event)] = await charge(event, payment)
-        metrics.sink_answered(settings.sink_target)
-        for event, payment in payments:
-            if work.ok(event):
-                if OFFSETS_IN_DATABASE and not answers[id(event)]:
-                    log.info("sink: %s was charged before; the database refused it again",
-                             place(event.message), extra=record_fields(event.message, stage="sink",
-                                                                       event_id=payment.event_id))
-                crashpoint("sink.after_effect")
+                if work.ok(event):
+                    if self.offsets_in_database and not answers[id(event)]:
+                        log.info("sink: %s was charged before; the database refused it again",
+                                 place(event.message), extra=record_fields(event.message, stage="sink",
+                                                                           event_id=payment.event_id))
+                    crashpoint("sink.after_effect")
 
+    async def _charge_in_database(self, work: Batch, payments: list[tuple[EventT, AppliedPayment]],
+                                  answers: dict[int, bool]) -> None:
+        """All of ``payments`` in one database transaction; if the database refuses any of
+        them, each on its own, so that only the refused ones are dead-lettered."""
+        charges = [_charge_row(event, payment) for event, payment in payments]
+        try:
+            results = await self.ledger.charge_many(charges, mode=self.settings.sink_mode)
+        except SinkError as exc:  # still down after TRY_S
+            raise Unavailable(f"{self.settings.sink_target} unavailable: {exc}") from exc
+        except ChargeRefused:
+            for event, payment in payments:
+                with work.record(event):
+                    answers[id(event)] = await self.charge(event, payment)
+            return
+        for (event, _), result in zip(payments, results):
+            answers[id(event)] = result
 
-async def _charge_in_database(work: Batch, payments: list[tuple[EventT, AppliedPayment]],
-                              answers: dict[int, bool]) -> None:
-    """All of ``payments`` in one database transaction; if the database refuses any of
-    them, each on its own, so that only the refused ones are dead-lettered."""
-    charges = [_charge_row(event, payment) for event, payment in payments]
-    try:
-        results = await ledger.charge_many(charges, mode=settings.sink_mode)
-    except SinkError as exc:  # still down after TRY_S
-        raise Unavailable(f"{settings.sink_target} unavailable: {exc}") from exc
-    except ChargeRefused:
-        for event, payment in payments:
-            with work.record(event):
-                answers[id(event)] = await charge(event, payment)
-        return
-    for (event, _), result in zip(payments, results):
-        answers[id(event)] = result
+    async def charge(self, event: EventT, payment: AppliedPayment) -> bool:
+        """Make the charge, waiting while the database or the API is unavailable;
+        return False when the external system says it was already made.
+
+        An outage must delay the effect, not skip it: the event stays unacked (so
+        its offset is not committed) until the external system takes the charge.
+        A refusal (streams_app.exceptions.ChargeRefused, or the API's
+        RequestRejected) is raised: processing_batch() dead-letters the event.
+        """
+        try:
+            if self.payments_api is not None:
+                return await self._charge_through_api(self.payments_api, payment)
+            fields = dict(event_id=payment.event_id, account=payment.account, amount=payment.amount,
+                          currency=payment.currency, created_at=payment.created_at)
+            if self.offsets_in_database:
+                message = event.message
+                return await self.ledger.charge_at_offset(
+                    topic=message.topic, partition=message.partition, offset=message.offset, **fields
+                )
+            return await self.ledger.charge(idempotent=self.idempotent, **fields)
+        except (SinkError, RetryableError) as exc:  # still down after TRY_S
+            raise Unavailable(f"{self.settings.sink_target} unavailable: {exc}") from exc
+
+    async def _charge_through_api(self, api: PaymentClient, payment: AppliedPayment) -> bool:
+        guard = self.retention_guard
+
+        async def call() -> bool:
+            if guard is not None:
+                await guard.before_charge()
+            result = await api.charge(
+                payment.amount, payment.currency, payment.account, reference=payment.event_id,
+                idempotency_key=payment.event_id if self.idempotent else None, retries=API_RETRIES,
+            )
+            return not result.replayed
+
+        return await API_OUTAGE_RETRY.run(call, retry_on=lambda exc: isinstance(exc, RetryableError),
+                                          before_sleep=_log_api_retry)
+
+    def _log_outage(self, state: RetryCallState) -> None:
+        assert state.outcome is not None and state.next_action is not None
+        metrics.sink_waiting(self.settings.sink_target)
+        log.warning("sink: %s; waiting %.2f s (attempt %d), other stages go on",
+                    state.outcome.exception(), state.next_action.sleep, state.attempt_number)
+
+    async def charge_stats(self) -> ChargeStats:
+        """Charges counted by the external system itself (the database, or the payment API's
+        own database through GET /v1/stats), never by this agent."""
+        if self.payments_api is None:
+            return await self.ledger.stats()
+        api = await self.payments_api.stats()
+        return ChargeStats(api["charges"], api["distinct_references"], api["total_amount"])
+
+    def effect_target(self) -> str:
+        """Where the charges go, password masked: for the dashboard."""
+        return effect_target(self.settings)
+
+    async def _close_clients(self, sender: object, **kwargs: object) -> None:
+        if self.payments_api is not None:
+            await self.payments_api.close()
 
 
 def _charge_row(event: EventT, payment: AppliedPayment) -> Charge:
@@ -178,51 +243,6 @@ def _charge_row(event: EventT, payment: AppliedPayment) -> Charge:
                   topic=message.topic, partition=message.partition, offset=message.offset)
 
 
-async def charge(event: EventT, payment: AppliedPayment) -> bool:
-    """Make the charge, waiting while the database or the API is unavailable;
-    return False when the external system says it was already made.
-
-    An outage must delay the effect, not skip it: the event stays unacked (so
-    its offset is not committed) until the external system takes the charge.
-    A refusal (streams_app.exceptions.ChargeRefused, or the API's
-    RequestRejected) is raised: processing_batch() dead-letters the event.
-    """
-    try:
-        if payments_api is not None:
-            return await _charge_through_api(payments_api, payment)
-        fields = dict(event_id=payment.event_id, account=payment.account, amount=payment.amount,
-                      currency=payment.currency, created_at=payment.created_at)
-        if OFFSETS_IN_DATABASE:
-            message = event.message
-            return await ledger.charge_at_offset(
-                topic=message.topic, partition=message.partition, offset=message.offset, **fields
-            )
-        return await ledger.charge(idempotent=IDEMPOTENT, **fields)
-    except (SinkError, RetryableError) as exc:  # still down after TRY_S
-        raise Unavailable(f"{settings.sink_target} unavailable: {exc}") from exc
-
-
-async def _charge_through_api(api: PaymentClient, payment: AppliedPayment) -> bool:
-    async def call() -> bool:
-        if retention_guard is not None:
-            await retention_guard.before_charge()
-        result = await api.charge(
-            payment.amount, payment.currency, payment.account, reference=payment.event_id,
-            idempotency_key=payment.event_id if IDEMPOTENT else None, retries=API_RETRIES,
-        )
-        return not result.replayed
-
-    return await API_OUTAGE_RETRY.run(call, retry_on=lambda exc: isinstance(exc, RetryableError),
-                                      before_sleep=_log_api_retry)
-
-
-def _log_outage(state: RetryCallState) -> None:
-    assert state.outcome is not None and state.next_action is not None
-    metrics.sink_waiting(settings.sink_target)
-    log.warning("sink: %s; waiting %.2f s (attempt %d), other stages go on",
-                state.outcome.exception(), state.next_action.sleep, state.attempt_number)
-
-
 def _log_api_retry(state: RetryCallState) -> None:
     assert state.outcome is not None and state.next_action is not None
     metrics.sink_waiting("api")
@@ -230,21 +250,6 @@ def _log_api_retry(state: RetryCallState) -> None:
                 state.outcome.exception(), state.next_action.sleep)
 
 
-async def charge_stats() -> ChargeStats:
-    """Charges counted by the external system itself (the database, or the payment API's
-    own database through GET /v1/stats), never by this agent."""
-    if payments_api is None:
-        return await ledger.stats()
-    api = await payments_api.stats()
-    return ChargeStats(api["charges"], api["distinct_references"], api["total_amount"])
-
-
-def effect_target() -> str:
-    """Where the charges go, password masked: for the dashboard."""
-    return settings.shown("payment_api_url" if TO_API else "sink_db")
-
-
-@app.on_before_shutdown.connect
-async def _close_clients(sender: object, **kwargs: object) -> None:
-    if payments_api is not None:
-        await payments_api.close()
+def register(app: Any, topics: Topics, tables: Any, processing: AppProcessing) -> Sink:
+    """Declare the sink agent on ``app`` (it keeps no table)."""
+    return Sink(app, topics, processing)

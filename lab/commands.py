@@ -1,7 +1,7 @@
 """``faust -A streams_app lab ...``: the semantics lab's commands on the payments app.
 
-Declared on the app by the entry point (``streams_app``), like the app's own commands
-(streams_app/commands.py); the lab for any other Faust app is ``python -m lab run``.
+Registered with Faust's CLI when the entry point (``streams_app``) imports it, like the app's
+own commands (streams_app/commands.py); the lab for any other Faust app is ``python -m lab run``.
 """
 
 from __future__ import annotations
@@ -17,14 +17,10 @@ from rich.progress import Progress
 from rich.table import Table
 
 from lab.scenarios import FAULTS, SINKS
-from streams_app.application import current_app
-from streams_app.commands import console, start_local_broker
-
-app = current_app()
-settings = app.settings
+from streams_app.commands import command, console, start_local_broker
 
 
-@app.command(
+@command(
     argument("action", type=click.Choice(["run", "matrix", "soak"])),
     option("--guarantee", type=click.Choice(["at_least_once", "exactly_once", "at_most_once"]),
            default="at_least_once", show_default=True, help="run: the processing guarantee."),
@@ -69,7 +65,8 @@ async def lab(
     from lab.report import code_version, write_reports
     from lab.runner import run_experiment
 
-    await asyncio.to_thread(start_local_broker)
+    settings = self.app.settings
+    await asyncio.to_thread(start_local_broker, settings)
     workdir = Path("lab-runs")
     if action == "run":
         result = await asyncio.to_thread(

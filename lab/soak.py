@@ -177,7 +177,8 @@ def measure_sweep(ids: int = 200_000, budget: int | None = None) -> float:
         db.write(batch)
         deleted, after, started = 0, None, time.perf_counter()
         while True:
-            keys, after = expired_keys(db, now=2_000_000_000.0, budget=budget, after=after)
+            keys, after = expired_keys(db, now=2_000_000_000.0, budget=budget, after=after,
+                                       horizon=1.0)  # every row expired
             delete_keys(db, keys)
             deleted += len(keys)
             if after is None:

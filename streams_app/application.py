@@ -176,9 +176,8 @@ _current: PaymentsApp | None = None
 
 def current_app() -> PaymentsApp:
     """The one app of this process, built from the environment's settings the first time it
-    is asked for. The modules that declare this app's topics, tables, agents, views and
-    commands declare on it; ``streams_app.app`` (the ``faust -A`` entry point) is it with
-    every one of them imported."""
+    is asked for. Only the composition root (``streams_app._build``, behind the ``faust -A``
+    entry point ``streams_app.app``) asks: it declares the pipeline on it."""
     global _current
     if _current is None:
         _current = create_app(load_settings())

@@ -31,20 +31,19 @@ from common.durations import format_duration
 from common.redact import mask_url
 
 from .admin import ensure_topics, send_records
-from streams_app.application import current_app
 from .settings import Settings
 from .traffic import generate
 
-
-app = current_app()
-settings = app.settings
+#: Faust's ``@app.command`` without an app: the command registers itself with Faust's CLI
+#: when its class is made, and finds the app the ``-A`` option names (``self.app``).
+command = AppCommand.from_handler
 
 console = Console(stderr=True)
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 
 
-def local_broker_ports(s: Settings = settings) -> tuple[int, ...] | None:
+def local_broker_ports(s: Settings) -> tuple[int, ...] | None:
     """The ports of the local broker (one host) or cluster (several) BROKER_URL names,
     or None when any of its hosts is not local: then it is another cluster."""
     hosts = [host.rsplit(":", 1) for host in s.broker_hosts]
@@ -53,12 +52,12 @@ def local_broker_ports(s: Settings = settings) -> tuple[int, ...] | None:
     return tuple(int(port) for _name, port in hosts)
 
 
-def start_local_broker() -> None:
+def start_local_broker(settings: Settings) -> None:
     """Start the embedded broker, or cluster, when every host of BROKER_URL is local; otherwise do nothing."""
     from infra import kafka
     from infra.kafka.cluster import LocalCluster
 
-    ports = local_broker_ports()
+    ports = local_broker_ports(settings)
     if ports is None:
         console.print(f"BROKER_URL={settings.shown('broker_url')}: using that cluster, nothing started")
         return
@@ -71,13 +70,13 @@ def start_local_broker() -> None:
                   f"(logs under {cluster.root})")
 
 
-def _kafka_ports(brokers: int | None) -> tuple[int, ...]:
+def _kafka_ports(settings: Settings, brokers: int | None) -> tuple[int, ...]:
     """The client ports ``kafka --brokers N`` manages: BROKER_URL's hosts, or N ports from its one port.
 
     One place for the fact: with BROKER_URL=kafka://127.0.0.1:29092, ``--brokers 3`` is
     the cluster on 29092-29094; with the three hosts listed, ``--brokers`` may be left out.
     """
-    ports = local_broker_ports()
+    ports = local_broker_ports(settings)
     if ports is None:
         console.print(
             f"BROKER_URL={settings.shown('broker_url')} names another cluster: there is no "
@@ -95,7 +94,7 @@ def _kafka_ports(brokers: int | None) -> tuple[int, ...]:
     raise SystemExit(1)
 
 
-@app.command(
+@command(
     argument("action", type=click.Choice(["start", "stop", "status", "reset"])),
     option("--brokers", type=click.IntRange(min=1), default=None,
            help="Nodes: 1 is the single broker; N > 1 a KRaft cluster on N consecutive ports from "
@@ -105,14 +104,15 @@ async def kafka(self: AppCommand, action: str, brokers: int | None) -> None:
     """Start, stop, query or reset (stop and delete all data of) the local Kafka broker or cluster (KRaft mode)."""
     from infra import kafka as local
 
-    ports = _kafka_ports(brokers)
+    settings = self.app.settings
+    ports = _kafka_ports(settings, brokers)
     if len(ports) > 1:
-        await asyncio.to_thread(_cluster_action, action, ports)
+        await asyncio.to_thread(_cluster_action, settings, action, ports)
         return
     port = ports[0]
     # infra.kafka is synchronous (it runs its own event loop): keep it off Faust's.
     if action == "start":
-        await asyncio.to_thread(start_local_broker)
+        await asyncio.to_thread(start_local_broker, settings)
     elif action == "stop":
         await asyncio.to_thread(local.stop, port=port)
         console.print(f"Kafka on port {port} stopped")
@@ -131,7 +131,7 @@ async def kafka(self: AppCommand, action: str, brokers: int | None) -> None:
         console.print(f"Kafka {local.DEFAULT_VERSION} is up at {info.bootstrap} (pid {info.pid}, log: {info.log_path})")
 
 
-def _cluster_action(action: str, ports: tuple[int, ...]) -> None:
+def _cluster_action(settings: Settings, action: str, ports: tuple[int, ...]) -> None:
     """``kafka start|stop|status|reset`` for the local cluster on ``ports`` (runs in a thread)."""
     from infra import kafka as local
     from infra.kafka.cluster import ClusterInfo, LocalCluster
@@ -173,7 +173,7 @@ def _cluster_action(action: str, ports: tuple[int, ...]) -> None:
         raise SystemExit(1)
 
 
-@app.command(
+@command(
     option("--count", type=int, default=1000, show_default=True, help="Records to send."),
     option("--duplicate-rate", type=float, default=0.2, show_default=True,
            help="Share of records that are exact re-sends of an earlier valid record."),
@@ -188,6 +188,7 @@ async def produce(
     accounts: int, as_json: bool,
 ) -> None:
     """Send sample payments to {prefix}.raw and print what was sent."""
+    settings = self.app.settings
     traffic = generate(
         count, duplicate_rate=duplicate_rate, bad_rate=bad_rate, seed=seed,
         accounts=accounts, max_bytes=settings.max_record_bytes,
@@ -214,7 +215,7 @@ async def produce(
     Console().print(table)
 
 
-@app.command(
+@command(
     argument("action", type=click.Choice(["list", "replay"])),
     option("--code", "codes", multiple=True, help="Only dead letters with this reason code (repeatable)."),
     option("--stage", "stages", multiple=True, help="Only those of this stage: ingest, dedup, apply, sink."),
@@ -228,6 +229,7 @@ async def dlq(self: AppCommand, action: str, codes: tuple[str, ...], stages: tup
     """List the dead letters, or replay chosen ones into their original topic (idempotently)."""
     from .dlq import Selection, read_dead_letters, replay
 
+    settings = self.app.settings
     selection = Selection(frozenset(codes), frozenset(stages), frozenset(sources))
     if action == "list":
         letters = [d for d in await read_dead_letters(settings) if selection(d)]
@@ -247,9 +249,10 @@ async def dlq(self: AppCommand, action: str, codes: tuple[str, ...], stages: tup
         console.print(f"  {d.place} ({d.code}) -> {d.original_topic}")
 
 
-@app.command()
+@command()
 async def show_settings(self: AppCommand) -> None:
     """Print every setting with the value in force and what it does."""
+    settings = self.app.settings
     table = Table(title="settings (environment variable = value in force)")
     for column in ("variable", "value", "meaning"):
         table.add_column(column, overflow="fold")
@@ -258,7 +261,7 @@ async def show_settings(self: AppCommand) -> None:
     Console().print(table)
 
 
-@app.command(
+@command(
     option("--count", type=int, default=2000, show_default=True, help="Sample records to send."),
     option("--duplicate-rate", type=float, default=0.2, show_default=True),
     option("--bad-rate", type=float, default=0.05, show_default=True),
@@ -270,12 +273,13 @@ async def demo(
     exit_when_done: bool,
 ) -> None:
     """Broker, worker, sample traffic and the dashboard URL: the README's first command."""
-    await asyncio.to_thread(start_local_broker)
+    settings = self.app.settings
+    await asyncio.to_thread(start_local_broker, settings)
     await ensure_topics(settings)
     log_path = Path("logs") / "worker.log"
     log_path.parent.mkdir(exist_ok=True)
     url = f"http://{settings.web_bind}:{settings.web_port}/"
-    payment_api = await _start_payment_api() if settings.sink_target == "api" else None
+    payment_api = await _start_payment_api(settings) if settings.sink_target == "api" else None
     console.print(f"starting the worker ({settings.processing_guarantee}, {settings.sink_mode} sink into the "
                   f"{settings.sink_target}); its log: {log_path}")
     with log_path.open("ab") as log:
@@ -304,7 +308,7 @@ async def demo(
                     os.killpg(process.pid, signal.SIGKILL)
 
 
-async def _start_payment_api() -> subprocess.Popen | None:
+async def _start_payment_api(settings: Settings) -> subprocess.Popen | None:
     """Start the payment API at PAYMENT_API_URL (it is the sink's external system);
     None when one already answers there or the URL is not local."""
     shown = settings.shown("payment_api_url")

@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from common.readback import partitions_of, read_topic
+from faust_guarantees.dead_letters import DeadLetter
 
 from .admin import create_topics
-from faust_guarantees.dead_letters import DeadLetter
 from .settings import Settings
 
 log = logging.getLogger(__name__)

@@ -40,8 +40,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from payment_api.errors import RequestRejected, RetryableError
 from common.durations import format_duration
+from payment_api.errors import RequestRejected, RetryableError
 
 from .exceptions import SettingsError
 

@@ -40,7 +40,13 @@ from typing import Any
 
 from faust.sensors import Monitor, Sensor
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 from faust_guarantees.sensors import BatchSensor
 

@@ -32,10 +32,10 @@ from urllib.parse import urlparse
 
 from common.durations import parse_duration
 from common.redact import mask_url
+from faust_guarantees import FIXES
 from infra.kafka import replication_defaults
 
 from .exceptions import SettingsError
-from faust_guarantees import FIXES
 
 Guarantee = Literal["at_least_once", "exactly_once", "at_most_once"]
 SinkMode = Literal["idempotent", "naive", "transactional"]

@@ -1,4 +1,4 @@
-"""The one registry of the pipeline's topics; agents, commands and tests import it.
+"""The one registry of the pipeline's topics: :func:`declare_topics` declares them on an app.
 
     {prefix}.raw      key bytes -> value bytes    untrusted input, as producers wrote it
     {prefix}.dlq      original key -> original value, headers saying where from and why
@@ -35,71 +35,83 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from common.murmur2 import murmur2
 
-from streams_app.application import current_app
+from .admin import partition_count_problems
+from .exceptions import SettingsError
+from .settings import Settings
 
 
-app = current_app()
-settings = app.settings
+def default_partition(key: bytes, partitions: int) -> int:
+    """Kafka's default partitioner (murmur2) over ``partitions`` partitions."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
-PARTITIONS = settings.partitions
+
+@dataclass(frozen=True)
+class Topics:
+    """The pipeline's topics as declared on one app (:func:`declare_topics`)."""
+
+    raw: Any
+    dead_letters: Any
+    events: Any
+    unique: Any
+    applied: Any
+    #: What the dedup stage reads: raw records, and those moved to their id's partition.
+    #: Equal partition counts put partition p of both (and of the seen-events table) on
+    #: one worker (Faust's assignor co-partitions topics of equal partition counts).
+    dedup_sources: Any
+    partitions: int
+    #: Where Kafka's default partitioner puts a record keyed by ``key`` (an account's JSON
+    #: key) in a pipeline topic, as :meth:`event_partition` computes it. aiokafka hashes every
+    #: keyed record in pure Python (murmur2: 5 % of a worker's time, py-spy); account keys
+    #: repeat, so the stages pass this cached answer as the record's partition.
+    key_partition: Callable[[bytes], int] = field(repr=False, compare=False)
+
+    @property
+    def all(self) -> tuple[Any, ...]:
+        return (self.raw, self.dead_letters, self.events, self.unique, self.applied)
+
+    def event_partition(self, event_id: str) -> int:
+        """The partition of ``{prefix}.raw`` and ``{prefix}.events`` where ``event_id`` is
+        deduplicated: where Kafka's default partitioner (murmur2, Java's and aiokafka's) puts
+        a record keyed by the id's UTF-8 bytes, as `faust produce`, the payment API and the
+        lab key raw records. Every copy of an id is deduplicated in this one partition: a
+        raw record found anywhere else is moved here through ``{prefix}.events``."""
+        return default_partition(event_id.encode(), self.partitions)
 
 
-def _bytes_topic(name: str) -> Any:
-    return app.topic(
-        settings.topic(name), key_type=bytes, value_type=bytes,
-        key_serializer="raw", value_serializer="raw", partitions=PARTITIONS, internal=True,
+def declare_topics(app: Any) -> Topics:
+    """Declare the pipeline's topics on ``app`` (bytes keys and values, ``internal=True``),
+    and the start check that refuses pipeline topics with other partition counts."""
+    settings: Settings = app.settings
+    partitions = settings.partitions
+
+    def bytes_topic(*names: str) -> Any:
+        return app.topic(
+            *(settings.topic(name) for name in names), key_type=bytes, value_type=bytes,
+            key_serializer="raw", value_serializer="raw", partitions=partitions, internal=True,
+        )
+
+    async def _check_partition_counts() -> None:
+        """Start check: refuse to start on pipeline topics with other partition counts."""
+        await check_partition_counts(settings)
+
+    app.start_checks.append(_check_partition_counts)
+    return Topics(
+        raw=bytes_topic("raw"), dead_letters=bytes_topic("dlq"), events=bytes_topic("events"),
+        unique=bytes_topic("unique"), applied=bytes_topic("applied"),
+        dedup_sources=bytes_topic("raw", "events"), partitions=partitions,
+        key_partition=functools.lru_cache(maxsize=65_536)(functools.partial(default_partition,
+                                                                            partitions=partitions)),
     )
 
 
-def event_partition(event_id: str) -> int:
-    """The partition of ``{prefix}.raw`` and ``{prefix}.events`` where ``event_id`` is
-    deduplicated: where Kafka's default partitioner (murmur2, Java's and aiokafka's) puts
-    a record keyed by the id's UTF-8 bytes, as `faust produce`, the payment API and the
-    lab key raw records. Every copy of an id is deduplicated in this one partition: a
-    raw record found anywhere else is moved here through ``{prefix}.events``."""
-    return _default_partition(event_id.encode())
-
-
-def _default_partition(key: bytes) -> int:
-    """Kafka's default partitioner (murmur2) over this pipeline's partitions."""
-    return (murmur2(key) & 0x7FFFFFFF) % PARTITIONS
-
-
-@functools.lru_cache(maxsize=65_536)
-def key_partition(key: bytes) -> int:
-    """Where Kafka's default partitioner puts a record keyed by ``key`` (an account's JSON
-    key) in a pipeline topic, as :func:`event_partition` computes it. aiokafka hashes every
-    keyed record in pure Python (murmur2: 5 % of a worker's time, py-spy); account keys
-    repeat, so the stages pass this cached answer as the record's partition."""
-    return _default_partition(key)
-
-
-raw_payments = _bytes_topic("raw")
-dead_letters = _bytes_topic("dlq")
-payment_events = _bytes_topic("events")
-unique_payments = _bytes_topic("unique")
-applied_payments = _bytes_topic("applied")
-
-#: What the dedup stage reads: raw records, and those moved to their id's partition.
-#: Equal partition counts put partition p of both (and of the seen-events table) on
-#: one worker (Faust's assignor co-partitions topics of equal partition counts).
-dedup_sources = app.topic(
-    settings.topic("raw"), settings.topic("events"), key_type=bytes, value_type=bytes,
-    key_serializer="raw", value_serializer="raw", partitions=PARTITIONS, internal=True,
-)
-
-ALL_TOPICS = (raw_payments, dead_letters, payment_events, unique_payments, applied_payments)
-
-
-async def _check_partition_counts() -> None:
-    """Start check: refuse to start on pipeline topics with other partition counts."""
-    from .admin import partition_count_problems
-    from .exceptions import SettingsError
-
+async def check_partition_counts(settings: Settings) -> None:
+    """Refuse pipeline topics with other partition counts than ``settings``' (SettingsError)."""
     try:
         problems = await partition_count_problems(settings)
     except Exception as exc:  # the broker not answering yet: Faust waits for it itself
@@ -109,9 +121,6 @@ async def _check_partition_counts() -> None:
         raise SettingsError(problems)
 
 
-app.start_checks.append(_check_partition_counts)
-
-
-def place(message) -> str:
+def place(message: Any) -> str:
     """A record's place, in the one format every log line uses: ``payments.raw[2]@1045``."""
     return f"{message.topic}[{message.partition}]@{message.offset}"

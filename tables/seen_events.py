@@ -8,7 +8,7 @@ Bounded by ``DEDUP_HORIZON`` in three places, so state does not grow forever:
   before any cleanup ran);
 - the changelog is ``compact,delete`` with ``retention.ms`` = horizon and
   segments rolled at a tenth of it, so the broker drops old ids;
-- :func:`sweep_expired` deletes expired ids from the local RocksDB store, a
+- :meth:`SeenEvents.sweep_expired` deletes expired ids from the local RocksDB store, a
   bounded batch per tick of a timer (no changelog tombstone: the changelog
   retention above keeps a restore from bringing them back).
 
@@ -44,37 +44,27 @@ from faust.types import EventT
 from faust_guarantees.batching import RecordBatches
 from faust_guarantees.processing import as_current
 from streams_app import metrics
-from streams_app.application import current_app
 
-
-app = current_app()
-settings = app.settings
-
-_HORIZON_MS = int(settings.dedup_horizon * 1000)
+log = logging.getLogger(__name__)
 
 #: The store options of the table: none, and in particular no ``ttl`` (see above).
 STORE_OPTIONS: dict[str, Any] | None = None
 
-seen_events = app.Table(
-    "seen-events",
-    key_type=str,
-    value_type=float,
-    partitions=settings.partitions,
-    extra_topic_configs={
-        "cleanup.policy": "compact,delete",
-        "retention.ms": str(_HORIZON_MS),
-        "segment.ms": str(max(_HORIZON_MS // 10, 60_000)),
-    },
-    options=STORE_OPTIONS,
-    help="event id -> first seen (epoch s); bounded by DEDUP_HORIZON",
-)
-
-
-def expired(first_seen: float, now: float, horizon: float | None = None) -> bool:
-    """The one expiry rule, for reads and for the sweep: an id first seen more than
-    ``horizon`` (default DEDUP_HORIZON) seconds before ``now`` is forgotten."""
-    return now - first_seen > (settings.dedup_horizon if horizon is None else horizon)
-
+#: How often the sweep runs, and how many rows one tick may look at per partition (the
+#: event loop is held while it looks at one partition: no agent writes between a row's
+#: check and its delete). 6,000 rows a second per partition: a store taking 5,000 new ids
+#: a second per partition (the issue's figure) stays bounded; one partition's share of a
+#: tick is about 30 ms here (the sweep scans and deletes ~195,000 rows/s: lab/soak.py
+#: measures it), and the sweep yields to the agents between partitions. (It was 5,000 rows
+#: per 10 s: 500 rows/s, a tenth of what 5,000 ids/s needs.)
+SWEEP_INTERVAL = 1.0
+SWEEP_BUDGET = 6_000
+#: A complete pass that kept rows no older than T has nothing to delete before T + horizon
+#: (rows written since are newer), so the partition is not scanned again until then, or for
+#: a minute at most (rows restored from the changelog after a rebalance may be older). It
+#: scanned every row every second: 4.4 % of a busy worker's time (py-spy) with a 7-day
+#: horizon and nothing to delete.
+RESCAN_AT_LEAST_EVERY = 60.0
 
 #: The table's key and value encoding, as Faust's ``json`` codec writes a str and a float
 #: (faust/utils/json.py: orjson with these options), without its serializer registry:
@@ -88,46 +78,97 @@ def encode(value: str | float) -> bytes:
     return orjson.dumps(value, option=_JSON_OPTIONS)
 
 
-def is_duplicate(event_id: str, now: float | None = None) -> bool:
-    """True when ``event_id`` was forwarded within the dedup horizon. (Read from the store
-    itself: the table's own lookup adds a sensor call and a KeyError per new id.)"""
-    store = seen_events.data
-    if isinstance(store, SerializedStore):
-        raw = store._get(encode(event_id))
-        first_seen = None if raw is None else float(orjson.loads(raw))
-    else:  # memory://
-        first_seen = store.get(event_id)
-    return first_seen is not None and not expired(first_seen, time.time() if now is None else now)
+def expired(first_seen: float, now: float, horizon: float) -> bool:
+    """The one expiry rule, for reads and for the sweep: an id first seen more than
+    ``horizon`` seconds (DEDUP_HORIZON) before ``now`` is forgotten."""
+    return now - first_seen > horizon
 
 
-def mark_all_seen(rows: RecordBatches, seen: list[tuple[EventT, str]], now: float | None = None) -> None:
-    """Remember each ``event_id`` of a batch in its event's partition, all first seen at
-    the same ``now`` (encoded once); call only once their outputs can no longer be lost.
-    The rows are in the store at once; their changelog records go to Kafka with ``rows``
-    (faust_guarantees/batching.py)."""
-    first_seen = time.time() if now is None else now
-    value = encode(first_seen)
-    if not rows.set_encoded_rows(seen_events, [(event, encode(event_id), value) for event, event_id in seen]):
-        for event, event_id in seen:
-            as_current(event)
-            rows.set_row(seen_events, event_id, first_seen)
+class SeenEvents:
+    """The ``seen-events`` table of one app: the dedup stage's reads and writes, and the
+    sweep of its local store (a timer declared on the app)."""
 
+    def __init__(self, app: Any) -> None:
+        self.horizon: float = app.settings.dedup_horizon
+        horizon_ms = int(self.horizon * 1000)
+        self.table = app.Table(
+            "seen-events",
+            key_type=str,
+            value_type=float,
+            partitions=app.settings.partitions,
+            extra_topic_configs={
+                "cleanup.policy": "compact,delete",
+                "retention.ms": str(horizon_ms),
+                "segment.ms": str(max(horizon_ms // 10, 60_000)),
+            },
+            options=STORE_OPTIONS,
+            help="event id -> first seen (epoch s); bounded by DEDUP_HORIZON",
+        )
+        # Per partition: where the pass in progress resumes, the oldest row it kept, and
+        # when the next pass is due (RESCAN_AT_LEAST_EVERY).
+        self._resume_at: dict[int, bytes | None] = {}
+        self._pass_oldest: dict[int, float] = {}
+        self._not_before: dict[int, float] = {}
 
-log = logging.getLogger(__name__)
+        async def sweep() -> None:
+            await self.sweep_expired()
 
-#: How often the sweep runs, and how many rows one tick may look at per partition (the
-#: event loop is held while it looks at one partition: no agent writes between a row's
-#: check and its delete). 6,000 rows a second per partition: a store taking 5,000 new ids
-#: a second per partition (the issue's figure) stays bounded; one partition's share of a
-#: tick is about 30 ms here (the sweep scans and deletes ~195,000 rows/s: lab/soak.py
-#: measures it), and the sweep yields to the agents between partitions. (It was 5,000 rows
-#: per 10 s: 500 rows/s, a tenth of what 5,000 ids/s needs.)
-SWEEP_INTERVAL = 1.0
-SWEEP_BUDGET = 6_000
+        app.timer(SWEEP_INTERVAL, name="tables.seen_events.sweep")(sweep)
+
+    def is_duplicate(self, event_id: str, now: float | None = None) -> bool:
+        """True when ``event_id`` was forwarded within the dedup horizon. (Read from the store
+        itself: the table's own lookup adds a sensor call and a KeyError per new id.)"""
+        store = self.table.data
+        if isinstance(store, SerializedStore):
+            raw = store._get(encode(event_id))
+            first_seen = None if raw is None else float(orjson.loads(raw))
+        else:  # memory://
+            first_seen = store.get(event_id)
+        return first_seen is not None and not expired(first_seen, time.time() if now is None else now,
+                                                      self.horizon)
+
+    def mark_all_seen(self, rows: RecordBatches, seen: list[tuple[EventT, str]], now: float | None = None) -> None:
+        """Remember each ``event_id`` of a batch in its event's partition, all first seen at
+        the same ``now`` (encoded once); call only once their outputs can no longer be lost.
+        The rows are in the store at once; their changelog records go to Kafka with ``rows``
+        (faust_guarantees/batching.py)."""
+        first_seen = time.time() if now is None else now
+        value = encode(first_seen)
+        if not rows.set_encoded_rows(self.table, [(event, encode(event_id), value) for event, event_id in seen]):
+            for event, event_id in seen:
+                as_current(event)
+                rows.set_row(self.table, event_id, first_seen)
+
+    async def sweep_expired(self, now: float | None = None, budget: int = SWEEP_BUDGET) -> int:
+        """Delete the ids older than the horizon from this worker's local partitions;
+        return how many. Each partition resumes where the previous tick stopped; the
+        agents run between partitions."""
+        dbs = getattr(self.table.data, "_dbs", None)
+        if not dbs:
+            return 0  # not a RocksDB store (memory:// in tests): nothing accumulates on disk
+        now = time.time() if now is None else now
+        deleted = 0
+        for partition, db in list(dbs.items()):
+            if now < self._not_before.get(partition, 0.0):
+                continue
+            oldest: list[float] = []
+            keys, self._resume_at[partition] = expired_keys(db, now, budget, self._resume_at.get(partition),
+                                                            horizon=self.horizon, oldest_kept=oldest)
+            self._pass_oldest[partition] = min(self._pass_oldest.get(partition, float("inf")), *oldest)
+            if self._resume_at[partition] is None:  # the pass is complete
+                self._not_before[partition] = min(self._pass_oldest.pop(partition) + self.horizon,
+                                                  now + RESCAN_AT_LEAST_EVERY)
+            delete_keys(db, keys)
+            deleted += len(keys)
+            await asyncio.sleep(0)
+        metrics.swept(sum(self._resume_at.get(p, 0) is None for p in dbs), deleted, now)
+        if deleted:
+            log.info("seen-events: deleted %d ids older than DEDUP_HORIZON from the local store", deleted)
+        return deleted
 
 
 def expired_keys(
-    db: Any, now: float, budget: int, after: bytes | None = None, horizon: float | None = None,
+    db: Any, now: float, budget: int, after: bytes | None = None, *, horizon: float,
     oldest_kept: list[float] | None = None,
 ) -> tuple[list[bytes], bytes | None]:
     """Keys of ``db`` (an open rocksdict database of this table) :func:`expired` at
@@ -159,46 +200,6 @@ def expired_keys(
     return found, None
 
 
-_resume_at: dict[int, bytes | None] = {}
-#: Per partition: the oldest row kept by the pass in progress, and when the next pass
-#: is due. A complete pass that kept rows no older than T has nothing to delete before
-#: T + horizon (rows written since are newer), so the partition is not scanned again
-#: until then, or for a minute at most (rows restored from the changelog after a
-#: rebalance may be older). It scanned every row every second: 4.4 % of a busy
-#: worker's time (py-spy) with a 7-day horizon and nothing to delete.
-_pass_oldest: dict[int, float] = {}
-_not_before: dict[int, float] = {}
-RESCAN_AT_LEAST_EVERY = 60.0
-
-
-async def sweep_expired(now: float | None = None, budget: int = SWEEP_BUDGET) -> int:
-    """Delete the ids older than the horizon from this worker's local partitions;
-    return how many. Each partition resumes where the previous tick stopped; the
-    agents run between partitions."""
-    dbs = getattr(seen_events.data, "_dbs", None)
-    if not dbs:
-        return 0  # not a RocksDB store (memory:// in tests): nothing accumulates on disk
-    now = time.time() if now is None else now
-    deleted = 0
-    for partition, db in list(dbs.items()):
-        if now < _not_before.get(partition, 0.0):
-            continue
-        oldest: list[float] = []
-        keys, _resume_at[partition] = expired_keys(db, now, budget, _resume_at.get(partition),
-                                                   oldest_kept=oldest)
-        _pass_oldest[partition] = min(_pass_oldest.get(partition, float("inf")), *oldest)
-        if _resume_at[partition] is None:  # the pass is complete
-            _not_before[partition] = min(_pass_oldest.pop(partition) + settings.dedup_horizon,
-                                         now + RESCAN_AT_LEAST_EVERY)
-        delete_keys(db, keys)
-        deleted += len(keys)
-        await asyncio.sleep(0)
-    metrics.swept(sum(_resume_at.get(p, 0) is None for p in dbs), deleted, now)
-    if deleted:
-        log.info("seen-events: deleted %d ids older than DEDUP_HORIZON from the local store", deleted)
-    return deleted
-
-
 def delete_keys(db: Any, keys: list[bytes]) -> None:
     """Delete ``keys`` from one partition's store in one RocksDB write."""
     if keys:
@@ -206,8 +207,3 @@ def delete_keys(db: Any, keys: list[bytes]) -> None:
         for key in keys:
             batch.delete(key)
         db.write(batch)
-
-
-@app.timer(SWEEP_INTERVAL)
-async def _sweep() -> None:
-    await sweep_expired()

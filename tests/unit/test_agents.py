@@ -10,41 +10,34 @@ from unittest.mock import AsyncMock
 
 import pytest
 
-from agents.apply import apply_payments
-from agents.dedup import dedup_payments
-from streams_app import app
+from streams_app import app, pipeline
 from streams_app.models import Payment, json_key
-from streams_app.topics import (
-    applied_payments,
-    dead_letters,
-    event_partition,
-    payment_events,
-    unique_payments,
-)
-from tables.balances import balances
-from tables.counters import totals
-from tables.seen_events import is_duplicate, seen_events
+
+# The pipeline the entry point built (streams_app._build), on the tests' settings (conftest).
+topics, tables, processing = pipeline.topics, pipeline.tables, pipeline.processing
+dedup_payments = pipeline.stages["dedup"].agent
+apply_payments = pipeline.stages["apply"].agent
+balances, seen_events = tables.balances.table, tables.seen_events.table
+totals, is_duplicate = tables.counters.totals, tables.seen_events.is_duplicate
 
 
 @pytest.fixture(autouse=True)
 def in_memory_app(monkeypatch):
     """Memory tables, flow on, no memory of processed offsets (each test's offsets start
     at 0), and every output topic captured instead of sent."""
-    import agents.processing
-
-    agents.processing.memory.clear()
+    processing.memory.clear()
     app.finalize()
     app.flow_control.resume()
     for table in (balances, seen_events):
         table.data.clear()
     sent = {}
-    for topic in (payment_events, dead_letters, unique_payments, applied_payments):
+    for topic in (topics.events, topics.dead_letters, topics.unique, topics.applied):
         mock = AsyncMock(return_value=_Acked())
         monkeypatch.setattr(topic, "send", mock)
         sent[topic.get_topic_name()] = mock
 
     class Producer:
-        """What agents.processing.publish hands outputs to: the same mocks."""
+        """What AppProcessing.publish hands outputs to: the same mocks."""
 
         async def send(self, topic, key, value, partition, timestamp, headers):
             # aiokafka's record builder takes a list (a consumed record's tuple raised TypeError)
@@ -75,7 +68,7 @@ def run(coro):
 
 
 def home(event_id: str) -> int:
-    return event_partition(event_id)
+    return topics.event_partition(event_id)
 
 
 def test_dedup_forwards_valid_records_and_dead_letters_bad_ones(in_memory_app):
@@ -152,12 +145,9 @@ def test_a_forward_that_fails_leaves_the_id_unseen_except_under_at_most_once(in_
     at_least_once the id stays unseen (the redelivery forwards it again, nothing is
     lost); under at_most_once it was marked first (a later copy is dropped, the
     event may be lost, its id is never forwarded twice)."""
-    import agents.dedup
-    import agents.processing
-
-    agents.processing.memory.clear()  # each case's offset 0 is new
-    monkeypatch.setattr(agents.dedup, "MARK_BEFORE_FORWARDING", at_most_once)
-    monkeypatch.setattr(agents.dedup, "AWAIT_OUTPUT_BEFORE_MARKING", not at_most_once)
+    processing.memory.clear()  # each case's offset 0 is new
+    monkeypatch.setattr(pipeline.stages["dedup"], "mark_before_forwarding", at_most_once)
+    monkeypatch.setattr(pipeline.stages["dedup"], "await_output_before_marking", not at_most_once)
     in_memory_app["unit.unique"].side_effect = RuntimeError("killed before the output was acknowledged")
 
     async def scenario():
@@ -171,6 +161,7 @@ def test_a_forward_that_fails_leaves_the_id_unseen_except_under_at_most_once(in_
 def test_seen_ids_expire_after_the_horizon():
     from streams_app import settings
 
+    assert tables.seen_events.horizon == settings.dedup_horizon
     seen_events.data["evt-old"] = 1000.0
     assert is_duplicate("evt-old", now=1000.0 + settings.dedup_horizon)
     assert not is_duplicate("evt-old", now=1000.0 + settings.dedup_horizon + 1)
@@ -197,9 +188,7 @@ def test_an_internal_record_that_is_not_a_payment_is_dead_lettered_with_its_byte
                                                                                    agent_name, value):
     """Stock Faust decoded internal topics itself and dropped what it could not decode;
     now the stage decodes it and the DLQ gets the original bytes (a null stays null)."""
-    import agents.processing
-
-    agents.processing.memory.clear()  # each case's offset 0 is new
+    processing.memory.clear()  # each case's offset 0 is new
     agent_of = {"dedup_payments": dedup_payments, "apply_payments": apply_payments}
 
     async def scenario():
@@ -220,10 +209,9 @@ def test_a_fenced_worker_neither_dead_letters_nor_remembers_the_record_but_relea
     producers are stopped): the record belongs to another worker now. It must not reach the
     DLQ, must not count as processed here (it may come back after the rejoin), and must be
     acked, or the rejoin's revocation waits for it forever (Consumer.wait_empty)."""
-    import agents.processing
     from faust.exceptions import ProducerSendError
 
-    agents.processing.memory.clear()
+    processing.memory.clear()
     in_memory_app["unit.unique"].side_effect = ProducerSendError("No transaction producer found for : app-1-2")
     import faust_guarantees.processing
 
@@ -243,7 +231,7 @@ def test_a_fenced_worker_neither_dead_letters_nor_remembers_the_record_but_relea
     run(scenario())
     assert acked == [0], "released: the rebalance must not wait for it"
     assert in_memory_app["unit.dlq"].await_count == 0
-    assert not agents.processing.memory._processed
+    assert not processing.memory._processed
     assert not is_duplicate("evt-f")
 
 
@@ -267,9 +255,7 @@ def test_a_record_queued_twice_in_one_batch_is_applied_once(in_memory_app):
 def test_under_at_least_once_an_output_that_fails_is_dead_lettered_and_not_applied(in_memory_app, monkeypatch):
     """The producer gave up on one applied record (its future failed): the record goes to
     the DLQ, and its amount is not in the balance, so a replay applies it once."""
-    import agents.apply
-
-    monkeypatch.setattr(agents.apply, "AWAIT_OUTPUTS", True)
+    monkeypatch.setattr(pipeline.stages["apply"], "await_outputs", True)
 
     class Failed:
         def __await__(self):
@@ -298,9 +284,7 @@ def test_the_cached_output_partition_is_where_kafka_s_default_partitioner_puts_t
     must be the default partitioner's answer, or balances would move between partitions."""
     from aiokafka.partitioner import DefaultPartitioner
 
-    from streams_app.topics import PARTITIONS, key_partition
-
-    partitions = list(range(PARTITIONS))
+    partitions = list(range(topics.partitions))
     for n in range(200):
         key = json_key(f"acct-{n}")
-        assert key_partition(key) == DefaultPartitioner()(key, partitions, partitions), key
+        assert topics.key_partition(key) == DefaultPartitioner()(key, partitions, partitions), key

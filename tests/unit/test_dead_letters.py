@@ -7,10 +7,20 @@ import hashlib
 from dataclasses import dataclass, field
 
 import pytest
-from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError, RecordTooLargeError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+)
 from faust.exceptions import ProducerSendError
 
-from faust_guarantees.dead_letters import DeadLetter, Letter, letter_for, send_dead_letter, too_large
+from faust_guarantees.dead_letters import (
+    DeadLetter,
+    Letter,
+    letter_for,
+    send_dead_letter,
+    too_large,
+)
 from streams_app.exceptions import InvalidPayment
 
 

@@ -27,6 +27,7 @@ from intervaltree import IntervalTree
 
 import faust_guarantees
 from faust_guarantees import guard, seeking
+from faust_guarantees.classes import standalone
 from faust_guarantees.fixes import (
     changelog_metadata,
     commit_gate,
@@ -41,7 +42,6 @@ from faust_guarantees.fixes import (
     shutdown_commit,
     source_partition_transactions,
 )
-from faust_guarantees.classes import standalone
 from faust_guarantees.state import Guarantees
 
 #: What a fix's install() gets in these tests: the fixes below touch classes only.
@@ -506,9 +506,8 @@ def test_stock_faust_crashes_on_a_partition_without_a_position():
 
 
 def test_with_the_fix_a_partition_without_a_position_is_not_checked_yet():
-    from faust.types import TP
-
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+    from faust.types import TP
 
     fixed = _fixed(livelock_position, AIOKafkaConsumerThread, "verify_event_path")
     assert getattr(fixed, "_fixed", False)
@@ -751,11 +750,12 @@ def test_a_commit_failing_after_the_sender_died_of_a_fence_stops_the_worker_as_f
     ('Invalid state transition'), and the worker crashed without saying it was fenced: a
     clean-marked stop. Fixed: the commit reads the fence behind the error and stops the worker
     as fenced (unclean, restored from the changelog at the restart)."""
-    from aiokafka.errors import ProducerFenced
-    from aiokafka.producer.transaction_manager import TransactionManager as AioTransactions
-    from faust.transport.consumer import TransactionManager
-
     import faust
+    from aiokafka.errors import ProducerFenced
+    from aiokafka.producer.transaction_manager import (
+        TransactionManager as AioTransactions,
+    )
+    from faust.transport.consumer import TransactionManager
 
     async def scenario():
         app = faust.App(f"fence-behind-{fixed}", autodiscover=False)

@@ -132,19 +132,20 @@ def test_the_demo_starts_the_api_keeping_keys_for_the_dedup_horizon() -> None:
 def test_the_sink_crashes_the_worker_on_a_late_refusal_and_never_charges(monkeypatch: pytest.MonkeyPatch) -> None:
     """After the start, a too-short retention stops the worker (Faust's app.crash: the
     worker exits 1 with the reason) and the charge waits until the stop cancels it."""
-    import agents.sink
+    from streams_app import pipeline
 
+    sink = pipeline.stages["sink"]
     crashed: list[BaseException] = []
 
     async def crash(reason: BaseException) -> None:
         crashed.append(reason)
 
-    monkeypatch.setattr(agents.sink.app, "crash", crash)
+    monkeypatch.setattr(sink.app, "crash", crash)
     refusal = SettingsError(["too short"])
 
     async def scenario() -> None:
         with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(agents.sink._stop_worker(refusal), timeout=0.2)
+            await asyncio.wait_for(sink._stop_worker(refusal), timeout=0.2)
 
     asyncio.run(scenario())
     assert crashed == [refusal]

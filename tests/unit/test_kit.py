@@ -321,7 +321,10 @@ def test_a_worker_whose_partitions_all_wait_for_queue_room_resumes_as_soon_as_on
 
     from faust.types import TP
 
-    from faust_guarantees.fixes.direct_delivery import all_paused_by_full_queues, wait_for_a_resume
+    from faust_guarantees.fixes.direct_delivery import (
+        all_paused_by_full_queues,
+        wait_for_a_resume,
+    )
 
     async def scenario() -> None:
         tp = TP("kit-resume.raw", 0)

@@ -5,9 +5,9 @@ import sqlite3
 
 import pytest
 
+from common.redact import mask_url
 from streams_app import ledger as ledger_module
 from streams_app.exceptions import ChargeRefused, SinkError
-from common.redact import mask_url
 from streams_app.ledger import Charge, Ledger
 from streams_app.retrying import RetryPolicy
 

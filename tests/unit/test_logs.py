@@ -11,9 +11,9 @@ from types import SimpleNamespace
 import pytest
 from mode.utils.logging import _setup_logging
 
+from streams_app.exceptions import SettingsError
 from streams_app.logs import JsonFormatter, logging_config, record_fields
 from streams_app.settings import Settings
-from streams_app.exceptions import SettingsError
 
 
 def formatted(**extra) -> dict:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import agents.sink
+from agents.sink import effect_target
 from streams_app.exceptions import SettingsError, SinkError
 from streams_app.ledger import Ledger
 from streams_app.retrying import RetryPolicy
@@ -81,9 +81,6 @@ def test_sink_error_names_the_database_without_its_password() -> None:
     assert "postgresql://payments:***@127.0.0.1:1/payments" in message
 
 
-def test_the_dashboard_target_is_masked(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(agents.sink, "settings", Settings.from_env(SECRET_ENV))
-    monkeypatch.setattr(agents.sink, "TO_API", False)
-    assert agents.sink.effect_target() == "postgresql://payments:***@127.0.0.1:1/payments"
-    monkeypatch.setattr(agents.sink, "TO_API", True)
-    assert agents.sink.effect_target() == "http://api:***@127.0.0.1:8081"
+def test_the_dashboard_target_is_masked() -> None:
+    assert effect_target(Settings.from_env(SECRET_ENV)) == "postgresql://payments:***@127.0.0.1:1/payments"
+    assert effect_target(Settings.from_env({**SECRET_ENV, "SINK_TARGET": "api"})) == "http://api:***@127.0.0.1:8081"

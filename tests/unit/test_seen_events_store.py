@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 
 import rocksdict
-
 from faust.stores.rocksdb import RocksDBOptions
 
 from streams_app.stores import drop_ttl_stores
@@ -125,27 +124,25 @@ def test_the_app_s_stores_skip_the_write_ahead_log_so_a_crash_loses_the_unflushe
 
 
 def test_the_app_builds_its_tables_from_the_unlogged_table_class():
-    from streams_app.application import current_app
+    from streams_app import app, pipeline
     from streams_app.stores import Table, UnloggedRocksDBOptions
 
-    app = current_app()
     assert issubclass(app.conf.Table, Table)
-    from tables.seen_events import seen_events
-
-    store = seen_events._new_store_by_url("rocksdb://")  # the tests' own tables are in memory
+    store = pipeline.tables.seen_events.table._new_store_by_url("rocksdb://")  # the tests' own tables are in memory
     assert isinstance(store.rocksdb_options, UnloggedRocksDBOptions)
 
 
 def test_the_fast_codec_writes_the_bytes_faust_s_store_writes():
     """tables.seen_events.encode stands in for the store's own encoding of the table's
     keys (str) and values (float): the changelog and other readers must see the same bytes."""
-    from hypothesis import given, settings as hsettings, strategies as st
+    from hypothesis import given
+    from hypothesis import settings as hsettings
+    from hypothesis import strategies as st
 
-    from streams_app.application import current_app
-    from tables.seen_events import encode, seen_events
+    from streams_app import pipeline
+    from tables.seen_events import encode
 
-    current_app()
-    store = seen_events._new_store_by_url("rocksdb://")
+    store = pipeline.tables.seen_events.table._new_store_by_url("rocksdb://")
 
     @hsettings(max_examples=300, deadline=None)
     @given(st.text(), st.floats(allow_nan=False, allow_infinity=False))

@@ -184,9 +184,9 @@ def test_faust_gets_every_host_and_the_replication_settings():
     topic = app.topic("unit-durable", config={"retention.ms": "1000"})
     assert topic.config == {"min.insync.replicas": str(settings.min_insync_replicas), "retention.ms": "1000"}
     # A table's own extra_topic_configs win over the app-wide default, and the changelog gets both.
-    from tables.seen_events import seen_events
+    from streams_app import pipeline
 
-    changelog = seen_events.changelog_topic.config
+    changelog = pipeline.tables.seen_events.table.changelog_topic.config
     assert changelog["min.insync.replicas"] == str(settings.min_insync_replicas)
     assert changelog["cleanup.policy"] == "compact,delete"
 
@@ -230,24 +230,52 @@ def test_a_worker_declares_the_agents_of_its_stages_only(tmp_path):
 
     script = (
         "import asyncio, json, streams_app\n"
-        "from views import web\n"
         "app = streams_app.app\n"
         "print(json.dumps([sorted(a.split('.')[-1] for a in app.agents), sorted(c.__qualname__ for c in app.start_checks),"
-        " asyncio.run(web._charges())[1]]))\n"
+        " asyncio.run(streams_app.pipeline.views.charges())[1]]))\n"
     )
     env = {**os.environ, "STAGES": "dedup", "SINK_TARGET": "api", "APP_DATADIR": str(tmp_path / "data")}
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 0, out.stderr
     agents, start_checks, charges = json.loads(out.stdout.strip().splitlines()[-1])
     assert agents == ["dedup_payments"]
-    assert start_checks == ["_check_partition_counts"]
+    assert start_checks == ["declare_topics.<locals>._check_partition_counts"]
     assert charges == "the sink stage does not run on this worker (STAGES=dedup)"
     env["STAGES"] = "all"
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 0, out.stderr
     agents, start_checks, _ = json.loads(out.stdout.strip().splitlines()[-1])
     assert agents == ["apply_payments", "charge_payments", "dedup_payments"]
-    assert start_checks == ["KeyRetentionGuard.at_start", "_check_partition_counts"]
+    assert start_checks == ["KeyRetentionGuard.at_start", "declare_topics.<locals>._check_partition_counts"]
+
+
+def test_importing_any_module_builds_no_app_and_patches_nothing():
+    """Only the entry point (``streams_app.app``) builds the app and declares the pipeline on
+    it: every other module of the project can be imported to read a constant or a helper
+    (the lab, the benchmark, tests) without an app or its kit installed. (The benchmark's
+    stock Faust app, an entry point of its own like streams_app, is left out.)"""
+    import subprocess
+    import sys
+
+    script = (
+        "import asyncio, importlib, pkgutil\n"
+        "import faust.tables.recovery\n"
+        "packages = ('streams_app', 'tables', 'agents', 'views', 'lab', 'bench', 'common', 'payment_api', 'outbox')\n"
+        "names = []\n"
+        "for name in packages:\n"
+        "    package = importlib.import_module(name)\n"
+        "    names += [m.name for m in pkgutil.walk_packages(package.__path__, name + '.') if not m.name.endswith(('__main__', '.faust_minimal'))]\n"
+        "for name in names:\n"
+        "    importlib.import_module(name)\n"
+        "import streams_app.application as application\n"
+        "assert application._current is None, 'an import built the app'\n"
+        "assert 'app' not in vars(importlib.import_module('streams_app'))\n"
+        "assert faust.tables.recovery.asyncio is asyncio, 'an import installed the kit'\n"
+        "print(len(names))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.strip().splitlines()[-1]) > 60  # the modules were found and imported
 
 
 def test_gc_tuning_freezes_start_up_and_raises_the_young_threshold():

@@ -18,9 +18,9 @@ from faust.transport.consumer import Consumer
 from faust.types import TP
 from intervaltree import IntervalTree
 
+from faust_guarantees import state
 from faust_guarantees.fixes import exact_gaps, whole_transactions
 from faust_guarantees.holes import first_hole
-from faust_guarantees import state
 from faust_guarantees.state import Guarantees
 
 RAW_0, UNIQUE_0, RAW_1 = TP("t.raw", 0), TP("t.unique", 0), TP("t.raw", 1)
