@@ -187,14 +187,7 @@ class Sink:
         try:
             if self.payments_api is not None:
                 return await self._charge_through_api(self.payments_api, payment)
-            fields = dict(event_id=payment.event_id, account=payment.account, amount=payment.amount,
-                          currency=payment.currency, created_at=payment.created_at)
-            if self.offsets_in_database:
-                message = event.message
-                return await self.ledger.charge_at_offset(
-                    topic=message.topic, partition=message.partition, offset=message.offset, **fields
-                )
-            return await self.ledger.charge(idempotent=self.idempotent, **fields)
+            return (await self.ledger.charge_many([_charge_row(event, payment)], mode=self.settings.sink_mode))[0]
         except (SinkError, RetryableError) as exc:  # still down after TRY_S
             raise Unavailable(f"{self.settings.sink_target} unavailable: {exc}") from exc
 

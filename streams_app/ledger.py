@@ -417,11 +417,9 @@ class Ledger:
         created_at: str, idempotent: bool,
     ) -> bool:
         """Record one charge; return False when the idempotency key already charged."""
-        key = event_id if idempotent else None
-        result = await self._run(
-            f"charge {event_id}", _INSERT, (event_id, key, account, amount, currency, created_at)
-        )
-        return result.rowcount == 1
+        charge = Charge(event_id=event_id, account=account, amount=amount, currency=currency,
+                        created_at=created_at)
+        return (await self.charge_many([charge], mode="idempotent" if idempotent else "naive"))[0]
 
     async def charge_at_offset(
         self, *, topic: str, partition: int, offset: int, event_id: str, account: str,
@@ -429,11 +427,9 @@ class Ledger:
     ) -> bool:
         """Charge, with the source record's position in the same row; return False
         (and change nothing) when that record was already charged."""
-        result = await self._run(
-            f"charge {event_id} from {topic}[{partition}]@{offset}", _INSERT_AT_SOURCE,
-            (event_id, account, amount, currency, created_at, topic, partition, offset),
-        )
-        return result.rowcount == 1
+        charge = Charge(event_id=event_id, account=account, amount=amount, currency=currency,
+                        created_at=created_at, topic=topic, partition=partition, offset=offset)
+        return (await self.charge_many([charge], mode="transactional"))[0]
 
     async def charge_many(self, charges: Sequence[Charge], *, mode: str) -> list[bool]:
         """Record ``charges`` in ONE transaction: per charge, False when the database
@@ -451,8 +447,11 @@ class Ledger:
             rows = [(c.event_id, c.event_id if mode == "idempotent" else None, c.account, c.amount,
                      c.currency, c.created_at) for c in charges]
         sql = template.format(p=self._backend.marker)
-        counts = await self._call(f"charge {len(charges)} events from {charges[0].event_id}",
-                                  lambda: self._backend.execute_many(sql, rows))
+        first = charges[0]
+        what = (f"charge {first.event_id}" + (f" from {first.topic}[{first.partition}]@{first.offset}"
+                                              if mode == "transactional" else "")
+                if len(charges) == 1 else f"charge {len(charges)} events from {first.event_id}")
+        counts = await self._call(what, lambda: self._backend.execute_many(sql, rows))
         return [count == 1 for count in counts]
 
     async def stats(self) -> ChargeStats:
