@@ -45,6 +45,7 @@ import psycopg
 from psycopg import sql
 
 from common.redact import mask_url
+from infra import data_home
 
 DEFAULT_PORT = 5433
 DB_OS_USER = "postgres"
@@ -72,17 +73,9 @@ class PgInfo:
     socket_dir: Path
 
 
-def data_home(home: Path | str | None = None) -> Path:
-    """Return the directory holding all local state of the project."""
-    if home is not None:
-        return Path(home)
-    env = os.environ.get("FAUST_SEMANTICS_HOME")
-    return Path(env) if env else Path.home() / ".cache" / "faust-semantics"
-
-
 def describe(port: int = DEFAULT_PORT, home: Path | str | None = None) -> PgInfo:
     """Return the paths and DSN of the server for ``port`` without touching it."""
-    base = data_home(home).expanduser().absolute() / f"postgres-{port}"
+    base = data_home(home) / f"postgres-{port}"
     return PgInfo(
         dsn=f"postgresql://{APP_ROLE}:{APP_PASSWORD}@127.0.0.1:{port}/{APP_DATABASE}",
         port=port,

@@ -78,6 +78,8 @@ from typing import IO
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from infra import data_home
+
 DEFAULT_VERSION = "4.4.0"
 DEFAULT_PORT = 9092
 HOST = "127.0.0.1"
@@ -167,14 +169,6 @@ class _Layout:
             data_dir=self.root,
             log_path=self.log_path,
         )
-
-
-def data_home(home: Path | str | None = None) -> Path:
-    """Return the directory holding all local state of the project."""
-    if home is not None:
-        return Path(home).expanduser().absolute()
-    env = os.environ.get("FAUST_SEMANTICS_HOME")
-    return Path(env).expanduser().absolute() if env else Path.home() / ".cache" / "faust-semantics"
 
 
 def broker_dir(port: int = DEFAULT_PORT, home: Path | str | None = None) -> Path:

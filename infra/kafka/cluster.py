@@ -58,7 +58,6 @@ from . import (
     STOP_TIMEOUT_S,
     BrokerStartError,
     _exclusive,
-    _is_broker,
     _launch,
     _Layout,
     _log_excerpt,
