@@ -46,6 +46,7 @@ class ApplyStage:
 def register(app: Any, topics: Topics, tables: Tables, processing: AppProcessing) -> ApplyStage:
     """Declare the apply agent on ``app``."""
     settings = app.settings
+    # Bound once here: the agent below uses each per record, as a local of its closure.
     max_bytes, max_amount = settings.max_record_bytes, settings.max_amount
     batches, processing_batch, record_batches = (
         processing.batches, processing.processing_batch, processing.record_batches)

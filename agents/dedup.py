@@ -81,6 +81,7 @@ def register(app: Any, topics: Topics, tables: Tables, processing: AppProcessing
     stage = DedupStage(agent=None, mark_before_forwarding=guarantee == "at_most_once",
                        await_output_before_marking=guarantee == "at_least_once")
     raw = settings.topic("raw")
+    # Bound once here: the agent below uses each per record, as a local of its closure.
     max_bytes, max_amount = settings.max_record_bytes, settings.max_amount
     batches, processing_batch, publish, record_batches = (
         processing.batches, processing.processing_batch, processing.publish, processing.record_batches)
