@@ -9,6 +9,11 @@ account's balance is written once per batch (one changelog record), after the
 batch's outputs were sent, and each output carries the balance after its own
 payment.
 
+A payment is applied only in its account's partition (where dedup sends it, keyed
+by account): the balances table is read and written in the partition of the
+record, so one written to another partition by anything else would start a
+second balance of the account; it is dead-lettered (code ``wrong_partition``).
+
 - exactly_once: the balance change, the applied record and the source offset
   commit together or not at all; after any crash every balance equals the sum
   of the unique input (the lab checks it with a read_committed consumer).
@@ -27,6 +32,7 @@ from faust.types import EventT
 
 from agents.processing import AppProcessing
 from faust_guarantees.processing import as_current
+from streams_app.exceptions import InvalidPayment
 from streams_app.faults import crashpoint
 from streams_app.models import AppliedPayment, json_key, parse_payment
 from streams_app.topics import Topics
@@ -54,6 +60,13 @@ def register(app: Any, topics: Topics, tables: Tables, processing: AppProcessing
     count = tables.counters.count
     applied_payments, key_partition = topics.applied, topics.key_partition
     stage = ApplyStage(agent=None, await_outputs=settings.processing_guarantee == "at_least_once")
+    unique_topic = settings.topic("unique")
+
+    def misrouted(payment: Any, owner: int, partition: int) -> InvalidPayment:
+        return InvalidPayment(
+            "wrong_partition",
+            f"account {payment.account!r} belongs to partition {owner} of {unique_topic}, not {partition}: "
+            "applied here it would start a second balance of the account (a replay sends it by its key)")
 
     async def apply_payments(stream: Any) -> None:
         """Apply each payment to its account and publish the new balance."""
@@ -66,7 +79,11 @@ def register(app: Any, topics: Topics, tables: Tables, processing: AppProcessing
                 applied_ok: dict[int, Any] = {}
                 for event in batch:
                     with work.record(event):
-                        payment = parse_payment(event.message.value, max_bytes=max_bytes, max_amount=max_amount)
+                        message = event.message
+                        payment = parse_payment(message.value, max_bytes=max_bytes, max_amount=max_amount)
+                        key = json_key(payment.account)
+                        if key_partition(key) != message.partition:
+                            raise misrouted(payment, key_partition(key), message.partition)
                         before = (changed[payment.account][0] if payment.account in changed
                                   else balance_of(payment.account))
                         after = dict(before)
@@ -76,7 +93,6 @@ def register(app: Any, topics: Topics, tables: Tables, processing: AppProcessing
                             currency=payment.currency, created_at=payment.created_at,
                             balance_after=after[payment.currency],
                         )
-                        key = json_key(payment.account)
                         queued.append((event, outputs.publish(applied_payments, key=key, value=applied.to_json(),
                                                               partition=key_partition(key))))
                         changed[payment.account] = (after, event)

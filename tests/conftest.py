@@ -1,8 +1,8 @@
 """Test configuration shared by unit and integration tests.
 
-The app module builds its Faust App at import time from the environment, so
-the in-process app used by unit tests is configured here, before any test
-imports it: memory tables and a throw-away sink database. Integration tests
+The entry point builds the Faust app from the environment the first time
+``streams_app.app`` is asked for, so the in-process app used by unit tests is
+configured here, before any test asks: memory tables and a throw-away sink database. Integration tests
 start real workers as subprocesses with their own environment.
 """
 

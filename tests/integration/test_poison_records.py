@@ -136,6 +136,40 @@ def test_tombstones_and_undecodable_records_on_every_topic_are_dead_lettered_wit
     _assert_ready(worker)
 
 
+def test_a_payment_outside_its_account_s_partition_is_dead_lettered_not_a_second_balance(pipeline_factory):
+    """A valid payment written to {prefix}.unique by something other than the dedup stage,
+    keyed so that it lands outside its account's partition. Before: the apply stage applied
+    it to a second balance of the account (read and written in that partition's table and
+    changelog; its applied record and charge carried that balance). Now it is
+    dead-lettered (code wrong_partition), and every balance is exact."""
+    from streams_app.models import json_key
+    from streams_app.topics import default_partition
+
+    pipeline = pipeline_factory("exactly_once")
+    worker = pipeline.worker()
+    traffic = _traffic(pipeline, 60, 4)
+    pipeline.send(traffic)
+    account = next(iter(traffic.unique_events.values()))["account"]
+    partitions = pipeline.config.partitions
+    owner = default_partition(json_key(account), partitions)
+    other = next(f"other-{n}".encode() for n in range(1000)
+                 if default_partition(f"other-{n}".encode(), partitions) != owner)
+    stray = json.dumps({"event_id": f"{pipeline.config.run_id}-stray", "account": account, "amount": 7,
+                        "currency": "EUR", "created_at": "2026-12-01T10:00:00+00:00"}).encode()
+    _send(pipeline, "unique", [(other, stray)])
+    pipeline.drain()
+
+    counts = asyncio.run(check(pipeline.config, traffic))
+    assert counts.balance_mismatches == 0, counts.mismatch_examples
+    assert counts.charged_unique == len(traffic.unique_events) and counts.duplicate_charges == 0
+    [letter] = [d for d in _dead_letters(pipeline) if d.original_topic == pipeline.config.topic("unique")]
+    assert (letter.value, letter.code, letter.stage) == (stray, "wrong_partition", "apply")
+    assert f"belongs to partition {owner}" in letter.reason
+    applied = asyncio.run(read_topic(pipeline.config.bootstrap, pipeline.config.topic("applied")))
+    assert not [r for r in applied if b"-stray" in r.value]
+    assert worker.running, worker.log_tail(40)
+
+
 def test_a_dead_letter_replayed_twice_is_processed_once(pipeline_factory):
     """A valid payment an earlier version dead-lettered (a stage's bug, since fixed) is
     replayed with `faust -A streams_app dlq replay` into the topic it came from, and

@@ -71,6 +71,11 @@ def home(event_id: str) -> int:
     return topics.event_partition(event_id)
 
 
+def owner(account: str) -> int:
+    """The partition of ``{prefix}.unique`` (and of the balances table) that holds ``account``."""
+    return topics.key_partition(json_key(account))
+
+
 def test_dedup_forwards_valid_records_and_dead_letters_bad_ones(in_memory_app):
     async def scenario():
         async with dedup_payments.test_context() as agent:
@@ -170,16 +175,39 @@ def test_seen_ids_expire_after_the_horizon():
 def test_apply_sums_balances_per_account_and_currency(in_memory_app):
     async def scenario():
         async with apply_payments.test_context() as agent:
-            await agent.put(payment("e1", "acct-1", 100, "EUR"), key=json_key("acct-1"))
-            await agent.put(payment("e2", "acct-1", 50, "EUR"), key=json_key("acct-1"))
-            await agent.put(payment("e3", "acct-1", 7, "USD"), key=json_key("acct-1"))
-            await agent.put(payment("e4", "acct-2", 1, "EUR"), key=json_key("acct-2"))
+            await agent.put(payment("e1", "acct-1", 100, "EUR"), key=json_key("acct-1"), partition=owner("acct-1"))
+            await agent.put(payment("e2", "acct-1", 50, "EUR"), key=json_key("acct-1"), partition=owner("acct-1"))
+            await agent.put(payment("e3", "acct-1", 7, "USD"), key=json_key("acct-1"), partition=owner("acct-1"))
+            await agent.put(payment("e4", "acct-2", 1, "EUR"), key=json_key("acct-2"), partition=owner("acct-2"))
     run(scenario())
     assert balances["acct-1"] == {"EUR": 150, "USD": 7}
     assert balances["acct-2"] == {"EUR": 1}
     outputs = [json.loads(c.kwargs["value"]) for c in in_memory_app["unit.applied"].await_args_list]
     assert [o["balance_after"] for o in outputs] == [100, 150, 7, 1]
     assert totals()["apply.applied"] >= 4
+
+
+def test_a_payment_in_another_partition_than_its_account_s_is_dead_lettered_not_applied(in_memory_app):
+    """A valid payment on {prefix}.unique outside its account's partition (written there by
+    something other than the dedup stage: another partitioner, a hand-made record) would be
+    applied to a second balance of the account, kept in that partition's table and changelog,
+    and its applied record would carry that balance. It is dead-lettered, saying where it
+    belongs (a replay sends it by its key: to the account's partition)."""
+    elsewhere = (owner("acct-1") + 1) % topics.partitions
+
+    async def scenario():
+        async with apply_payments.test_context() as agent:
+            await agent.put(payment("e1", "acct-1", 100), key=json_key("acct-1"), partition=owner("acct-1"))
+            await agent.put(payment("e2", "acct-1", 5), key=json_key("acct-1"), partition=elsewhere, wait=False)
+            await asyncio.sleep(0.2)
+    run(scenario())
+    assert [json.loads(c.kwargs["value"])["event_id"] for c in in_memory_app["unit.applied"].await_args_list] == ["e1"]
+    assert balances["acct-1"] == {"EUR": 100}
+    dlq = in_memory_app["unit.dlq"]
+    assert dlq.await_count == 1 and dlq.await_args.kwargs["value"] == payment("e2", "acct-1", 5)
+    headers = dict(dlq.await_args.kwargs["headers"])
+    assert headers["x-dlq-code"] == b"wrong_partition"
+    assert f"partition {owner('acct-1')}".encode() in headers["x-dlq-reason"]
 
 
 @pytest.mark.parametrize("agent_name", ["dedup_payments", "apply_payments"])
