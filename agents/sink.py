@@ -77,7 +77,8 @@ OUTAGE_WAIT = RetryPolicy()
 #: A bounded number of HTTP attempts per try; API_OUTAGE_RETRY tries again after them.
 API_RETRIES = 3
 #: Waits between calls while the payment API is unavailable (RetryableError), for one try.
-#: A refusal (RequestRejected, a 4xx) is not retried: it is dead-lettered.
+#: A refusal of the request itself (RequestRejected: 400, 413, 422) is not retried: it is
+#: dead-lettered; any other answer is the API's, not the record's (payment_api/client.py).
 API_OUTAGE_RETRY = RetryPolicy(give_up_after=TRY_S)
 
 

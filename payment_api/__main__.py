@@ -28,9 +28,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from payment_api.server import DEFAULT_KEY_RETENTION_S, Faults, Settings, create_app
 from common.durations import format_duration, parse_duration
 from common.redact import mask_url
+from payment_api.server import DEFAULT_KEY_RETENTION_S, Faults, Settings, create_app
 
 
 def default_db_url() -> str:

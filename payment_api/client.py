@@ -36,9 +36,9 @@ from tenacity import (
     wait_random,
 )
 
+from common.redact import mask_url
 from payment_api.errors import RequestRejected, RetryableError
 from payment_api.models import IDEMPOTENCY_KEY_HEADER, REPLAYED_HEADER, Charge
-from common.redact import mask_url
 
 log = logging.getLogger(__name__)
 
@@ -165,9 +165,9 @@ class PaymentClient:
             raise RetryableError(f"no response from the payment API: {mask_url(repr(exc))}") from None
         if status == 201:
             return Charge.model_validate_json(body), replayed
-        if status == 409 or status >= 500:
-            raise RetryableError(f"payment API answered {status}: {body.decode(errors='replace')}")
-        raise _rejection(status, body)
+        if status in REQUEST_REFUSED:
+            raise _rejection(status, body)
+        raise RetryableError(f"payment API answered {status}: {body.decode(errors='replace')}")
 
     async def _get_json(self, path: str, params: dict[str, str | int] | None = None) -> Any:
         async with self._http().get(path, params=params) as response:
@@ -181,6 +181,16 @@ class PaymentClient:
         if self._session is None:
             self._session = aiohttp.ClientSession(base_url=self._base_url, timeout=self._timeout)
         return self._session
+
+
+#: What the API answers about the request itself: invalid (400), too large (413), an
+#: Idempotency-Key reused with other parameters (422). Not retried: the request would be
+#: refused again. Any other answer that is not a charge says the API cannot take charges
+#: from this client now, whatever the request: a 5xx, 409 (the key is being processed),
+#: 408 or 429, and 401, 403, 404, 405 (credentials taken away, a wrong URL or a proxy in
+#: the way). Those are retried: refusing every payment for them would dead-letter a whole
+#: stream for one broken dependency.
+REQUEST_REFUSED = frozenset({400, 413, 422})
 
 
 def _rejection(status: int, body: bytes) -> RequestRejected:

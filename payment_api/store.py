@@ -55,8 +55,8 @@ from psycopg import AsyncConnection
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
-from payment_api.models import Charge
 from common.redact import mask_url, masked_errors
+from payment_api.models import Charge
 
 T = TypeVar("T")
 

@@ -48,8 +48,10 @@ the ledger broken afterwards:
   starting up, no pooled connection in time, SQLite "database is locked") are
   retried with tenacity: exponential backoff with full jitter, capped at 5 s
   between tries, for as long as the outage lasts (streams_app/retrying.py).
-  A refusal (a constraint violation, a data error, bad SQL) is not an outage:
-  it is raised at once as :class:`ChargeRefused`. :attr:`Ledger.outage`,
+  A refusal of the record's data (a constraint violation, a value the column cannot
+  hold) is not an outage: it is raised at once as :class:`ChargeRefused`. Any other
+  database error (privileges or the table taken away, a read-only server after a
+  failover) is the dependency's: retried like an outage (:func:`is_transient`). :attr:`Ledger.outage`,
   :attr:`Ledger.retries` and :attr:`Ledger.last_error` tell operators.
 - An ambiguous failure (the connection is lost after COMMIT was sent: the
   charge may or may not be in) is retried like any outage. In idempotent and
@@ -162,18 +164,30 @@ class ChargeStats:
         return self.charges - self.charged_events
 
 
-def is_transient(exc: BaseException) -> bool:
-    """Whether ``exc`` means "the database is not serving right now" (retry) rather
-    than "the database refused this statement" (do not).
+def is_refusal(exc: BaseException) -> bool:
+    """Whether the database refused the statement for the data it carries: a constraint
+    (NOT NULL, UNIQUE, CHECK) or a value it cannot store. Retrying cannot help; the record
+    is dead-lettered."""
+    return isinstance(exc, (psycopg.IntegrityError, psycopg.DataError, sqlite3.IntegrityError, sqlite3.DataError))
 
-    psycopg's OperationalError covers connection refused or lost, server shutdown
-    or start-up (57P01, 57P03), too many connections, serialization failures and
-    the pool's timeouts; a closed pool is final. SQLite's OperationalError is
-    mostly "database is locked".
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` means "the database cannot take this charge now" (retry) rather
+    than "the database refused this record" (:func:`is_refusal`, do not).
+
+    Every other database error is the dependency's, not the record's: psycopg's
+    OperationalError (connection refused or lost, server shutdown or start-up, too many
+    connections, serialization failures, a full disk, the pool's timeouts), and also a
+    server that turned read-only (a failover to a standby: 25006), a session the server
+    ended (25P03), privileges or the table taken away (42501, 42P01), a corrupt SQLite
+    file. Those are retried for as long as they last (the sink waits, nothing is
+    dead-lettered) with the error in the log, ``/health`` and the metrics: an operator
+    must act. Dead-lettering every record until then would empty the stream into the
+    DLQ. A closed pool is final.
     """
     if isinstance(exc, PoolClosed):
         return False
-    return isinstance(exc, (psycopg.OperationalError, sqlite3.OperationalError))
+    return isinstance(exc, (psycopg.Error, sqlite3.Error)) and not is_refusal(exc)
 
 
 @dataclass(frozen=True)
@@ -494,7 +508,7 @@ class Ledger:
             self._outage = False  # it answered: the database is up
             raise ChargeRefused(
                 f"{what}: the sink database {self.target} refused it ({self._last_error}); "
-                "retrying cannot help: fix the event or the schema"
+                "retrying cannot help: fix the event"
             ) from exc
         self._outage = False
         return result

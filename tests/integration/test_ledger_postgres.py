@@ -15,6 +15,7 @@ from infra import postgres
 from streams_app import ledger as ledger_module
 from streams_app.exceptions import ChargeRefused, SinkError
 from streams_app.ledger import Charge, Ledger
+from streams_app.retrying import RetryPolicy
 
 pytestmark = pytest.mark.integration
 
@@ -105,6 +106,42 @@ def test_a_postgresql_restart_mid_stream_delays_charges_and_loses_or_repeats_non
     assert stats_error and "still unavailable" in stats_error
     password = urlsplit(own_fresh_db).password
     assert f":{password}@" not in stats_error and ":***@" in stats_error
+
+
+def test_privileges_taken_away_make_charges_wait_not_refused(fresh_db):
+    """An operator revokes INSERT on the charges table (or the table goes, or the server turns
+    read-only after a failover): the database refuses every statement, but not for the
+    record's sake. Before: ChargeRefused, and the sink dead-lettered every payment one by
+    one. Now an outage: retried (SinkError once a bounded try gives up, as for a server
+    down) until the privilege is back, then charged once."""
+    async def admin(statement: str) -> None:
+        async with await psycopg.AsyncConnection.connect(fresh_db, autocommit=True) as conn:
+            await conn.execute(statement)
+
+    async def scenario():
+        bounded = Ledger(fresh_db, retry=RetryPolicy(first_wait=0.05, max_wait=0.2, give_up_after=1.0))
+        waiting = Ledger(fresh_db, retry=RetryPolicy(first_wait=0.05, max_wait=0.2))
+        try:
+            assert await bounded.charge(event_id="e1", idempotent=True, **PAYMENT)
+            await admin("REVOKE INSERT ON charges FROM CURRENT_USER")
+            with pytest.raises(SinkError, match="InsufficientPrivilege"):
+                await bounded.charge(event_id="e2", idempotent=True, **PAYMENT)
+            outage = bounded.outage
+
+            async def grant_later() -> None:
+                await asyncio.sleep(1.0)
+                await admin("GRANT INSERT ON charges TO CURRENT_USER")
+
+            charged, _ = await asyncio.gather(waiting.charge(event_id="e2", idempotent=True, **PAYMENT), grant_later())
+            return outage, charged, waiting.retries, await waiting.stats()
+        finally:
+            await bounded.close()
+            await waiting.close()
+
+    outage, charged, retries, stats = asyncio.run(scenario())
+    assert outage is True
+    assert charged is True and retries > 0
+    assert (stats.charges, stats.charged_events) == (2, 2)
 
 
 def test_after_a_refused_statement_the_next_charge_on_the_same_connection_works(fresh_db):

@@ -72,6 +72,13 @@ def test_a_refusal_is_raised_at_once_without_a_retry(refusal):
     errors.AdminShutdown("terminating connection due to administrator command"),
     errors.CannotConnectNow("the database system is starting up"),
     sqlite3.OperationalError("database is locked"),
+    # Not the record's fault either: the dependency is broken until an operator acts. These
+    # were refusals: every record of the stream was dead-lettered one by one meanwhile.
+    errors.ReadOnlySqlTransaction("cannot execute INSERT in a read-only transaction"),  # a failover to a standby
+    errors.IdleInTransactionSessionTimeout("terminating connection due to idle-in-transaction timeout"),
+    errors.InsufficientPrivilege("permission denied for table charges"),
+    errors.UndefinedTable('relation "charges" does not exist'),
+    sqlite3.DatabaseError("file is not a database"),
 ])
 def test_an_outage_is_retried(outage):
     clock = FakeClock()
