@@ -7,6 +7,7 @@ does then and what the kit does instead.
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import signal
@@ -32,6 +33,14 @@ REJOIN_WINDOW_S = 600.0
 #: How long after its app crashed a fenced worker may take to begin its stop, and to end.
 STOP_GRACE_S = 10.0
 STOP_DEADLINE_S = 40.0
+
+#: The environment variable in which a process restarted because a dependency failed in the
+#: middle of a batch (:func:`stop_for_dependency`) finds when its predecessors restarted.
+DEPENDENCY_RESTARTS_ENV = "FAUST_GUARANTEES_DEPENDENCY_RESTARTS"
+#: The wait before such a restart: the first after 1 s, doubling with each one within
+#: REJOIN_WINDOW_S, at most a minute; never given up (a dependency may be down for hours).
+DEPENDENCY_FIRST_WAIT_S = 1.0
+DEPENDENCY_MAX_WAIT_S = 60.0
 
 FENCED_TEXTS = ("No transaction producer found", "Can't send messages while not in transaction")
 
@@ -62,20 +71,37 @@ async def on_fenced(app: Any, error: BaseException) -> None:
                                        "partitions now and the broker aborts its open transactions")
 
 
-async def stop_uncommitted(app: Any, error: BaseException, why: str) -> None:
+async def stop_for_dependency(app: Any, error: BaseException, why: str) -> None:
+    """Stop this worker because a dependency failed in the middle of a batch (``why``): what
+    the batch sent may be in Kafka, and under exactly_once in an open transaction, so the
+    worker stops without committing and starts again (the broker aborts what it left open;
+    at_least_once: the batch comes again). Unlike a fence, it starts again however often
+    this happens, waiting longer each time (:data:`DEPENDENCY_FIRST_WAIT_S` doubling up to
+    :data:`DEPENDENCY_MAX_WAIT_S`): a pause until the dependency is back."""
+    waited = len(recent_rejoins(env=DEPENDENCY_RESTARTS_ENV))
+    wait = min(DEPENDENCY_FIRST_WAIT_S * 2 ** waited, DEPENDENCY_MAX_WAIT_S)
+    await stop_uncommitted(app, error, why, limit=None,
+                           restart=functools.partial(restart_process, env=DEPENDENCY_RESTARTS_ENV, wait=wait))
+
+
+async def stop_uncommitted(app: Any, error: BaseException, why: str, *, limit: int | None = MAX_REJOINS,
+                           restart: Any = None) -> None:
     """Stop this worker because transactions it wrote end uncommitted (``why``, logged): its
     local table state may hold their rows, so the stop is marked unclean and the next worker
     (this process again with ``after_fence="rejoin"``) restores the tables from the
-    changelog. A fence, or transactions that cannot commit whole (whole-transactions)."""
+    changelog. A fence, or transactions that cannot commit whole (whole-transactions); with
+    ``limit`` rejoins at most within REJOIN_WINDOW_S (None: no limit), ``restart`` the way
+    it starts again (default :func:`restart_process`)."""
     guarantees = state.of(app)
     if not guarantees.mark_fenced(str(error)):
         return
+    restart = restart or restart_process
     # Only a worker process rejoins (Faust's Worker sets in_worker); not an app in a test.
     rejoin = guarantees.after_fence == "rejoin" and getattr(app, "in_worker", False)
-    if rejoin and len(recent_rejoins()) >= MAX_REJOINS:
+    if rejoin and limit is not None and len(recent_rejoins()) >= limit:
         log.error("fenced-restart: fenced %d times within %.0f s: not rejoining again; exiting "
                   "(is another worker running with this worker's static member id?)",
-                  MAX_REJOINS + 1, REJOIN_WINDOW_S)
+                  limit + 1, REJOIN_WINDOW_S)
         rejoin = False
     log.warning(
         "fenced-restart: %s. Stopping; %s deletes the local table state (it may hold rows of "
@@ -83,16 +109,16 @@ async def stop_uncommitted(app: Any, error: BaseException, why: str) -> None:
         "then this process starts again as a new worker (rejoin), which" if rejoin else "the restart",
     )
     if rejoin:
-        atexit.register(restart_process)
+        atexit.register(restart)
     await app.crash(error)
     if getattr(app, "in_worker", False):
-        _watch(app, rejoin)
+        _watch(app, rejoin, restart)
 
 
-def _watch(app: Any, rejoin: bool) -> None:
+def _watch(app: Any, rejoin: bool, restart: Any = None) -> None:
     """Start the stop's watchdog (:func:`_watch_the_stop`) in a daemon thread."""
-    threading.Thread(target=_watch_the_stop, args=(app, rejoin), name="fenced-stop-watchdog",
-                     daemon=True).start()
+    threading.Thread(target=_watch_the_stop, args=(app, rejoin), kwargs={"end": restart if rejoin else None},
+                     name="fenced-stop-watchdog", daemon=True).start()
 
 
 def _watch_the_stop(app: Any, rejoin: bool, grace: float = STOP_GRACE_S, deadline: float = STOP_DEADLINE_S,
@@ -123,27 +149,41 @@ def _watch_the_stop(app: Any, rejoin: bool, grace: float = STOP_GRACE_S, deadlin
     end()
 
 
-def restart_process() -> None:
+_restarting = threading.Lock()
+
+
+def restart_process(env: str = REJOINS_ENV, wait: float = 0.0) -> None:
     """Replace this process with a new run of its own command line (same pid, environment
     and output): Kafka Streams' "task migrated" rejoin, without a supervisor. Registered
     with atexit, so it runs once the worker's shutdown is complete: every service stopped,
-    the event loop closed, the consumer thread joined; files and sockets close on exec."""
+    the event loop closed, the consumer thread joined; files and sockets close on exec.
+    ``env`` tells the next process when its predecessors restarted this way; it starts
+    ``wait`` seconds from now."""
+    if not _restarting.acquire(blocking=False):
+        return  # the stop's watchdog and atexit both got here: the first one execs
     command = list(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])
-    os.environ[REJOINS_ENV] = ",".join(f"{t:.0f}" for t in [*recent_rejoins(), time.time()])
-    log.warning("fenced-restart: rejoining: starting this worker again (%s)", " ".join(command))
+    os.environ[env] = ",".join(f"{t:.0f}" for t in [*recent_rejoins(env=env), time.time()])
+    log.warning("fenced-restart: rejoining%s: starting this worker again (%s)",
+                f" in {wait:.0f} s" if wait else "", " ".join(command))
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):
             pass
-    os.execv(sys.executable, command)
+    try:
+        if wait:
+            time.sleep(wait)
+        os.execv(sys.executable, command)
+    finally:  # reached only when the exec failed (or in a test)
+        _restarting.release()
 
 
-def recent_rejoins(now: float | None = None) -> list[float]:
-    """When this worker's predecessors rejoined, within :data:`REJOIN_WINDOW_S`."""
+def recent_rejoins(now: float | None = None, env: str = REJOINS_ENV) -> list[float]:
+    """When this worker's predecessors rejoined (after a fence; with ``env``
+    :data:`DEPENDENCY_RESTARTS_ENV`, after a dependency failed), within :data:`REJOIN_WINDOW_S`."""
     now = time.time() if now is None else now
     found = []
-    for text in os.environ.get(REJOINS_ENV, "").split(","):
+    for text in os.environ.get(env, "").split(","):
         try:
             found.append(float(text))
         except ValueError:

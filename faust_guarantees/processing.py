@@ -30,7 +30,12 @@ and gets four guarantees that stock Faust does not give:
    (:mod:`faust_guarantees.dead_letters`; too large to copy, it is sent as a reference; a
    failing send is retried, never raised), and then ack it. A dependency that is down is
    not the record's fault: :class:`Unavailable` leaves the batch neither dead-lettered nor
-   acked, for the stage to try it again after a wait outside the commit gate.
+   acked, for the stage to try it again after a wait outside the commit gate. An error
+   that says a dependency failed in the middle of the work (the broker, the disk under a
+   table's store: :mod:`faust_guarantees.dependencies`) dead-letters nothing either: what
+   the batch sent may already be in Kafka, so the worker stops uncommitted and starts
+   again after a wait (:func:`faust_guarantees.fencing.stop_for_dependency`), and the batch
+   comes again.
 3. **Under exactly_once, a commit never splits an event.** Faust commits from a timer
    while agents keep processing; the commit gate (:mod:`faust_guarantees.gate`, installed
    on the commit side by the commit-gate fix) holds new batches during a commit and makes
@@ -57,7 +62,8 @@ from faust.streams import _current_event
 from faust.types import TP, ChannelT, EventT, Message, StreamT
 
 from .dead_letters import letter_for, send_dead_letter
-from .fencing import fenced, is_fenced, on_fenced
+from .dependencies import is_dependency_failure
+from .fencing import fenced, is_fenced, on_fenced, stop_for_dependency
 from .sensors import ack_all, batch_in
 from .state import Guarantees
 
@@ -362,6 +368,9 @@ class Processing:
                 except Exception as exc:
                     if self._fenced(exc):
                         raise
+                    if not self.commit_first and is_dependency_failure(exc):
+                        await self._abandon(stream, [event], lambda _message: stage, exc)
+                        return
                     log.exception("%s: failed on %s; dead-lettering it", stage, place(message),
                                   extra=record_fields(message, stage=stage))
                     await self.dead_letter(message, stage=stage, code="processing_error",
@@ -411,6 +420,7 @@ class Processing:
                 if self.after_commit is not None:
                     for event in events:
                         self.after_commit(stage_of(event.message))
+            abandoned: BaseException | None = None
             try:
                 try:
                     yield work
@@ -419,9 +429,15 @@ class Processing:
                 except Exception as exc:
                     if self._fenced(exc):
                         raise
-                    for event in events:
-                        if work.ok(event):
-                            work.fail_unexpectedly(event, exc)
+                    if not self.commit_first and is_dependency_failure(exc):
+                        abandoned = exc
+                    else:
+                        for event in events:
+                            if work.ok(event):
+                                work.fail_unexpectedly(event, exc)
+                if abandoned is not None:
+                    await self._abandon(stream, events, stage_of, abandoned)
+                    return
                 for event, code, reason, error in work.failed:
                     as_current(event)
                     message = event.message
@@ -449,6 +465,29 @@ class Processing:
                 ack_all(stream, events)
 
     # -- dead letters, fences, commits -----------------------------------------------------
+
+    async def _abandon(self, stream: StreamT, events: list[EventT], stage_of: Callable[[Message], str],
+                       error: BaseException) -> None:
+        """A dependency failed in the middle of ``events``' work (the broker, the disk under a
+        table's store: :func:`faust_guarantees.dependencies.is_dependency_failure`). Not the
+        records' fault: none is dead-lettered or remembered as processed. What the work sent
+        before the failure may be in Kafka, so the worker stops uncommitted and starts again
+        after a wait (:func:`faust_guarantees.fencing.stop_for_dependency`): under
+        exactly_once the broker aborts its open transactions and every record since the last
+        commit comes again; under at_least_once the records stay unacked (no commit passes
+        them) and come again, their outputs possibly twice."""
+        first = events[0].message
+        stage = stage_of(first)
+        log.error("%s: a dependency failed in the middle of %d records (first %s): %s: %s. None is "
+                  "dead-lettered; the worker stops without committing them and starts again",
+                  stage, len(events), place(first), type(error).__name__, error, exc_info=error,
+                  extra=record_fields(first, stage=stage))
+        await stop_for_dependency(self.app, error, f"{stage}: a dependency failed in the middle of a "
+                                                   f"batch ({type(error).__name__}: {error})")
+        if self.gated:
+            # exactly_once: the worker is marked fenced, its commits are refused from now on;
+            # acked so that its stop does not wait for them (Consumer.wait_empty).
+            ack_all(stream, events)
 
     async def dead_letter(self, message: Message, *, stage: str, code: str, reason: str,
                           error: BaseException) -> None:
@@ -543,7 +582,7 @@ class Batch:
         done: list[EventT] = []
         for (event, _), result in zip(sends, results):
             if isinstance(result, BaseException):
-                if self._fenced(result):
+                if self._fenced(result) or is_dependency_failure(result):
                     raise result
                 self.fail_unexpectedly(event, result)
             else:
@@ -570,8 +609,8 @@ class _RecordScope:
         if isinstance(exc, RejectedRecord):
             self.batch.fail(self.event, exc.code, exc.reason, exc)
             return True
-        if self.batch._fenced(exc):
-            return False
+        if self.batch._fenced(exc) or is_dependency_failure(exc):
+            return False  # a dependency's failure, not the record's: the batch is abandoned
         self.batch.fail_unexpectedly(self.event, exc)
         return True
 

@@ -51,12 +51,14 @@ def _layer(module: str) -> Any:
 
 
 def _build() -> None:
+    from . import faults
     from .application import current_app
     from .topics import declare_topics
 
     app = current_app()
     topics = declare_topics(app)
     tables = _layer("tables").declare_tables(app)
+    faults.install_store_errors(tables.seen_events)  # a lab fault, armed by FAULT_STORE_ERROR_AT only
     processing = _layer("agents.processing").AppProcessing(app, dead_letters=topics.dead_letters,
                                                            counters=tables.counters)
     stages = {stage: _layer(f"agents.{stage}").register(app, topics, tables, processing)

@@ -111,3 +111,45 @@ def install_slow_restore(app) -> None:
         return records
 
     thread_class.getmany = getmany
+
+
+# -- a full disk under the dedup state -------------------------------------------------
+#
+#     FAULT_STORE_ERROR_AT=3        # the 3rd batch of seen ids this worker writes fails
+#     FAULT_STORE_ERROR_AT=3:2      # ... in each of its first 2 lifetimes
+#
+# makes that write raise what rocksdict raises when the disk is full, after the batch's
+# outputs were sent: a dependency failing in the middle of a batch. Nothing may be
+# dead-lettered, lost or (under exactly_once) repeated: the worker starts again and the
+# batch comes again (faust_guarantees/dependencies.py). A lifetime is a run of the process
+# between such restarts (the kit tells the next one how many came before).
+
+STORE_ERROR = "IO error: No space left on device: While appending to file (FAULT_STORE_ERROR_AT)"
+
+
+def install_store_errors(seen_events) -> None:
+    """Arm the store-error fault on the seen-events table (``tables.SeenEvents``) when
+    FAULT_STORE_ERROR_AT is set; before the stages take its methods."""
+    from faust_guarantees.fencing import DEPENDENCY_RESTARTS_ENV, recent_rejoins
+
+    spec = os.environ.get("FAULT_STORE_ERROR_AT", "")
+    if not spec:
+        return
+    nth, _, lifetimes = spec.partition(":")
+    try:
+        nth_write, fail_lifetimes = int(nth), int(lifetimes or "1")
+    except ValueError:
+        raise SystemExit(f"FAULT_STORE_ERROR_AT={spec!r}: expected N or N:LIFETIMES, whole numbers") from None
+    if len(recent_rejoins(env=DEPENDENCY_RESTARTS_ENV)) >= fail_lifetimes:
+        return
+    stock = seen_events.mark_all_seen
+    writes = Counter()
+
+    def mark_all_seen(rows, seen, now=None):
+        writes["seen"] += 1
+        if writes["seen"] == nth_write:
+            log.warning("FAULT: write %d of seen ids fails as on a full disk", nth_write)
+            raise Exception(STORE_ERROR)  # what rocksdict raises: a plain Exception with RocksDB's status
+        return stock(rows, seen, now)
+
+    seen_events.mark_all_seen = mark_all_seen

@@ -263,6 +263,53 @@ def test_a_fenced_worker_neither_dead_letters_nor_remembers_the_record_but_relea
     assert not is_duplicate("evt-f")
 
 
+@pytest.mark.parametrize("failure", ["store", "broker"])
+def test_a_dependency_failing_mid_batch_dead_letters_nothing_and_restarts_the_worker(in_memory_app, monkeypatch,
+                                                                                     failure):
+    """The disk under the seen-events store fills up (rocksdict's IO error), or the broker does
+    not take the outputs (the producer gave up: KafkaTimeoutError). Before: every record of the
+    batch was dead-lettered (processing_error), after its outputs were sent. Now none is: the
+    worker stops uncommitted and starts again later, and the records (unacked under
+    at_least_once) come again."""
+    import faust_guarantees.batching
+    import faust_guarantees.processing
+    from aiokafka.errors import KafkaTimeoutError
+
+    processing.memory.clear()
+    stops, acked = [], []
+    stock_ack_all = faust_guarantees.processing.ack_all
+
+    async def stop_for_dependency(app, error, why):
+        stops.append(error)
+
+    def ack_all(stream, events):
+        acked.extend(event.message.offset for event in events)
+        return stock_ack_all(stream, events)
+
+    monkeypatch.setattr(faust_guarantees.processing, "stop_for_dependency", stop_for_dependency)
+    monkeypatch.setattr(faust_guarantees.processing, "ack_all", ack_all)
+    if failure == "store":
+        def set_row(self, table, key, value):
+            raise Exception("IO error: No space left on device: While appending to file: 000008.sst")
+
+        monkeypatch.setattr(faust_guarantees.batching.RecordBatches, "set_row", set_row)
+    else:
+        in_memory_app["unit.unique"].side_effect = KafkaTimeoutError()
+
+    async def scenario():
+        async with dedup_payments.test_context() as agent:
+            for event_id in ("evt-d1", "evt-d2"):
+                await agent.put(payment(event_id=event_id), key=event_id.encode(), partition=home(event_id),
+                                wait=False)
+            await asyncio.sleep(0.3)
+    run(scenario())
+    assert in_memory_app["unit.dlq"].await_count == 0
+    assert len(stops) >= 1 and all(type(e).__name__ in {"Exception", "KafkaTimeoutError"} for e in stops)
+    assert acked == [], "at_least_once: left unacked, so no commit passes them"
+    assert not processing.memory._processed
+    assert not is_duplicate("evt-d1") and not is_duplicate("evt-d2")
+
+
 def test_a_record_queued_twice_in_one_batch_is_applied_once(in_memory_app):
     """A seek back (a rebalance, the stall heal) re-fetches records whose first copy may
     still wait in the stream's queue: both then fall into one batch, and neither is in
