@@ -271,9 +271,10 @@ def test_a_dependency_failing_mid_batch_dead_letters_nothing_and_restarts_the_wo
     batch was dead-lettered (processing_error), after its outputs were sent. Now none is: the
     worker stops uncommitted and starts again later, and the records (unacked under
     at_least_once) come again."""
+    from aiokafka.errors import KafkaTimeoutError
+
     import faust_guarantees.batching
     import faust_guarantees.processing
-    from aiokafka.errors import KafkaTimeoutError
 
     processing.memory.clear()
     stops, acked = [], []
