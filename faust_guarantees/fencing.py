@@ -80,20 +80,21 @@ async def stop_for_dependency(app: Any, error: BaseException, why: str) -> None:
     :data:`DEPENDENCY_MAX_WAIT_S`): a pause until the dependency is back."""
     waited = len(recent_rejoins(env=DEPENDENCY_RESTARTS_ENV))
     wait = min(DEPENDENCY_FIRST_WAIT_S * 2 ** waited, DEPENDENCY_MAX_WAIT_S)
-    await stop_uncommitted(app, error, why, limit=None,
+    await stop_uncommitted(app, error, why, limit=None, reason=f"a dependency failed: {type(error).__name__}: {error}",
                            restart=functools.partial(restart_process, env=DEPENDENCY_RESTARTS_ENV, wait=wait))
 
 
 async def stop_uncommitted(app: Any, error: BaseException, why: str, *, limit: int | None = MAX_REJOINS,
-                           restart: Any = None) -> None:
+                           restart: Any = None, reason: str | None = None) -> None:
     """Stop this worker because transactions it wrote end uncommitted (``why``, logged): its
     local table state may hold their rows, so the stop is marked unclean and the next worker
     (this process again with ``after_fence="rejoin"``) restores the tables from the
     changelog. A fence, or transactions that cannot commit whole (whole-transactions); with
     ``limit`` rejoins at most within REJOIN_WINDOW_S (None: no limit), ``restart`` the way
-    it starts again (default :func:`restart_process`)."""
+    it starts again (default :func:`restart_process`); ``reason`` what the fence's listeners
+    are told (default: the error)."""
     guarantees = state.of(app)
-    if not guarantees.mark_fenced(str(error)):
+    if not guarantees.mark_fenced(reason or str(error)):
         return
     restart = restart or restart_process
     # Only a worker process rejoins (Faust's Worker sets in_worker); not an app in a test.

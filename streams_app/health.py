@@ -10,9 +10,10 @@ the worker does, sampled every :data:`SAMPLE_S`:
 - **agent crashed**: an agent raised out of its loop (anything ``processing()``
   did not turn into a dead letter) within the last :data:`CRASH_WINDOW_S`;
   Faust restarts it, and a crash loop stays visible;
-- **fenced**: under exactly_once another worker took this worker's partitions
-  while it was paused; it is stopping for a restart (faust_guarantees
-  ``fenced-restart``);
+- **restarting**: the worker is stopping without committing, to start again: under
+  exactly_once another worker took its partitions while it was paused (faust_guarantees
+  ``fenced-restart``), or a dependency failed in the middle of a batch
+  (``faust_guarantees.dependencies``); the reason says which;
 - **partition stuck**: a stream partition with records not yet committed
   whose committed offset has not moved for :data:`STUCK_AFTER_S`. Under
   exactly_once a drained partition ends with transaction markers, one per
@@ -57,7 +58,7 @@ class Health:
     def reasons(self, now: float) -> list[str]:
         found = [] if self.started else ["starting: tables are recovering or streams not yet sought"]
         if self.fenced:
-            found.append(f"fenced: another worker owns this worker's partitions ({self.fenced}); restarting")
+            found.append(f"restarting: stopping without committing, then starting again ({self.fenced})")
         for agent, crashes in sorted(self.crashes.items()):
             recent = [error for when, error in crashes if now - when <= CRASH_WINDOW_S]
             if recent:
