@@ -152,6 +152,9 @@ def run_experiment(
         workers = inject(run)
         # The budget grows with the input: 5,000 events take minutes on two shared cores.
         drained = wait_drained(config, workers, max(drain_timeout, 0.1 * events), run.notes, run.injected)
+        if fault == "store-error":  # the restarts the failed writes caused, as the worker logged them
+            run.injected.restarts += sum(w.log_path.read_text(errors="replace").count("FAULT: write")
+                                         for w in workers)
     finally:
         run.close()
     counts = asyncio.run(check(config, traffic)).as_dict()
@@ -483,6 +486,22 @@ def _db_outage(run: _Run) -> list[WorkerProcess]:
     return [worker]
 
 
+#: store-error: which write of seen ids fails, in how many of the worker's first lifetimes.
+STORE_ERROR_AT = "3:3"
+
+
+def _store_error(run: _Run) -> list[WorkerProcess]:
+    """The disk under the dedup state fills up in the middle of a batch, three times
+    (streams_app/faults.py, FAULT_STORE_ERROR_AT): the worker must restart each time and
+    the batch come again, with nothing dead-lettered (faust_guarantees/dependencies.py)."""
+    run.config.extra_env["FAULT_STORE_ERROR_AT"] = STORE_ERROR_AT
+    run.send(run.traffic.records)
+    worker = run.worker()
+    worker.start()
+    worker.wait_ready()
+    return [worker]
+
+
 def _api_outage(run: _Run) -> list[WorkerProcess]:
     """The payment API goes down mid-stream and comes back on the same port and data."""
     worker, rest = _one_worker_half_the_traffic(run)
@@ -518,6 +537,7 @@ _FAULT_RUNNERS = {
     "zombie": _zombie,
     "db-outage": _db_outage,
     "api-outage": _api_outage,
+    "store-error": _store_error,
     "api-timeout": _api_faults,
     "api-drop-after-commit": _api_faults,
     "random-kills": _random_kills,

@@ -94,6 +94,11 @@ FAULTS: dict[str, Fault] = {f.name: f for f in (
     ),
     Fault("db-outage", "the sink's PostgreSQL is stopped for 20 s mid-stream, then started",
           needs="postgres"),
+    Fault(
+        "store-error",
+        "the disk under the dedup state fills up in the middle of a batch (after its outputs were "
+        "sent): a write of seen ids fails as rocksdict's does, in the worker's first 3 lifetimes",
+    ),
     Fault("api-outage", "the payment API is down for 20 s mid-stream, then back on the same port and data",
           api_only=True),
     Fault(
@@ -109,7 +114,7 @@ FAULTS: dict[str, Fault] = {f.name: f for f in (
 #: between, the sink's database, the payment API, a paused worker. Under exactly_once
 #: they must change nothing; under at_least_once an idempotent sink charges once.
 OUTAGES = frozenset({"broker-kill", "broker-pause", "controller-kill", "network-partition", "zombie", "db-outage",
-                     "api-outage"})
+                     "api-outage", "store-error"})
 
 
 def applies(sink: str, fault: str) -> bool:
