@@ -484,9 +484,9 @@ class Processing:
                   extra=record_fields(first, stage=stage))
         await stop_for_dependency(self.app, error, f"{stage}: a dependency failed in the middle of a "
                                                    f"batch ({type(error).__name__}: {error})")
-        if self.gated:
-            # exactly_once: the worker is marked fenced, its commits are refused from now on;
-            # acked so that its stop does not wait for them (Consumer.wait_empty).
+        if self.gated and "fenced-restart" in self.guarantees.fixes:
+            # exactly_once: the worker is marked fenced, and fenced-restart refuses its commits
+            # from now on; acked so that its stop does not wait for them (Consumer.wait_empty).
             ack_all(stream, events)
 
     async def dead_letter(self, message: Message, *, stage: str, code: str, reason: str,
