@@ -80,8 +80,10 @@ async def stop_for_dependency(app: Any, error: BaseException, why: str) -> None:
     :data:`DEPENDENCY_MAX_WAIT_S`): a pause until the dependency is back."""
     waited = len(recent_rejoins(env=DEPENDENCY_RESTARTS_ENV))
     wait = min(DEPENDENCY_FIRST_WAIT_S * 2 ** waited, DEPENDENCY_MAX_WAIT_S)
-    await stop_uncommitted(app, error, why, limit=None, reason=f"a dependency failed: {type(error).__name__}: {error}",
-                           restart=functools.partial(restart_process, env=DEPENDENCY_RESTARTS_ENV, wait=wait))
+    await stop_uncommitted(
+        app, error, why, limit=None, reason=f"a dependency failed: {type(error).__name__}: {error}",
+        restart=functools.partial(restart_process, env=DEPENDENCY_RESTARTS_ENV, wait=wait),
+    )
 
 
 async def stop_uncommitted(app: Any, error: BaseException, why: str, *, limit: int | None = MAX_REJOINS,
