@@ -257,7 +257,9 @@ def register(app: Any, tables: Tables, sink: Sink | None) -> WebViews:
     @app.page("/api/dead-letters")
     class DeadLetters(View):
         async def get(self, request: Request) -> Response:
-            return self.json({"dead_letters": await views.dead_letter_rows(),
-                              "replay_help": "faust -A streams_app dlq replay --code CODE | --source PLACE [--dry-run]"})
+            return self.json({
+                "dead_letters": await views.dead_letter_rows(),
+                "replay_help": "faust -A streams_app dlq replay --code CODE | --source PLACE [--dry-run]",
+            })
 
     return views
