@@ -85,13 +85,15 @@ def project_version() -> str:
 
 
 def _commit() -> str:
-    """The git commit the lab ran (with ``+changes`` when the work tree differed)."""
+    """The git commit the lab ran (with ``+changes`` when its code, :data:`CODE_DIRS`,
+    differed: not the reports a run rewrites as it goes)."""
     repo = Path(__file__).resolve().parent.parent
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True,
                               text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                *(d for d in CODE_DIRS if (repo / d).is_dir())],
+                               cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown commit"
     return f"commit {head}{'+changes' if dirty else ''}"
