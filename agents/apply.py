@@ -82,8 +82,9 @@ def register(app: Any, topics: Topics, tables: Tables, processing: AppProcessing
                         message = event.message
                         payment = parse_payment(message.value, max_bytes=max_bytes, max_amount=max_amount)
                         key = json_key(payment.account)
-                        if key_partition(key) != message.partition:
-                            raise misrouted(payment, key_partition(key), message.partition)
+                        owner = key_partition(key)
+                        if owner != message.partition:
+                            raise misrouted(payment, owner, message.partition)
                         before = (changed[payment.account][0] if payment.account in changed
                                   else balance_of(payment.account))
                         after = dict(before)
@@ -94,7 +95,7 @@ def register(app: Any, topics: Topics, tables: Tables, processing: AppProcessing
                             balance_after=after[payment.currency],
                         )
                         queued.append((event, outputs.publish(applied_payments, key=key, value=applied.to_json(),
-                                                              partition=key_partition(key))))
+                                                              partition=owner)))
                         changed[payment.account] = (after, event)
                         applied_ok[id(event)] = payment
                 await outputs.flush()  # a failure here fails the batch: no balance is written

@@ -143,13 +143,14 @@ class Sink:
                 with work.record(event):
                     payments.append((event, parse_applied(event.value, max_bytes=settings.max_record_bytes,
                                                           max_amount=settings.max_amount)))
-            if self.payments_api is None:
+            api = self.payments_api
+            if api is None:
                 await self._charge_in_database(work, [p for p in payments if id(p[0]) not in answers], answers)
             else:
                 for event, payment in payments:
                     if id(event) not in answers:
                         with work.record(event):
-                            answers[id(event)] = await self.charge(event, payment)
+                            answers[id(event)] = await self._charge_through_api(api, payment)
             metrics.sink_answered(settings.sink_target)
             for event, payment in payments:
                 if work.ok(event):
@@ -163,36 +164,29 @@ class Sink:
                                   answers: dict[int, bool]) -> None:
         """All of ``payments`` in one database transaction; if the database refuses any of
         them, each on its own, so that only the refused ones are dead-lettered."""
-        charges = [_charge_row(event, payment) for event, payment in payments]
         try:
-            results = await self.ledger.charge_many(charges, mode=self.settings.sink_mode)
-        except SinkError as exc:  # still down after TRY_S
-            raise Unavailable(f"{self.settings.sink_target} unavailable: {exc}") from exc
+            results = await self._charge_rows([_charge_row(event, payment) for event, payment in payments])
         except ChargeRefused:
             for event, payment in payments:
-                with work.record(event):
-                    answers[id(event)] = await self.charge(event, payment)
+                with work.record(event):  # a refusal (ChargeRefused) dead-letters this one
+                    answers[id(event)] = (await self._charge_rows([_charge_row(event, payment)]))[0]
             return
         for (event, _), result in zip(payments, results):
             answers[id(event)] = result
 
-    async def charge(self, event: EventT, payment: AppliedPayment) -> bool:
-        """Make the charge, waiting while the database or the API is unavailable;
-        return False when the external system says it was already made.
-
-        An outage must delay the effect, not skip it: the event stays unacked (so
-        its offset is not committed) until the external system takes the charge.
-        A refusal (streams_app.exceptions.ChargeRefused, or the API's
-        RequestRejected) is raised: processing_batch() dead-letters the event.
-        """
+    async def _charge_rows(self, charges: list[Charge]) -> list[bool]:
+        """Charge ``charges`` in one database transaction; per charge, False when the database
+        says it was already made. An outage past TRY_S is Unavailable: the batch is tried
+        again later, its effects delayed, never skipped."""
         try:
-            if self.payments_api is not None:
-                return await self._charge_through_api(self.payments_api, payment)
-            return (await self.ledger.charge_many([_charge_row(event, payment)], mode=self.settings.sink_mode))[0]
-        except (SinkError, RetryableError) as exc:  # still down after TRY_S
+            return await self.ledger.charge_many(charges, mode=self.settings.sink_mode)
+        except SinkError as exc:
             raise Unavailable(f"{self.settings.sink_target} unavailable: {exc}") from exc
 
     async def _charge_through_api(self, api: PaymentClient, payment: AppliedPayment) -> bool:
+        """One charge through the payment API; False when the API says it was already made
+        (the same idempotency key). A refusal of the request (RequestRejected) is raised for
+        the DLQ; an outage past TRY_S is Unavailable, as for the database."""
         guard = self.retention_guard
 
         async def call() -> bool:
@@ -204,8 +198,11 @@ class Sink:
             )
             return not result.replayed
 
-        return await API_OUTAGE_RETRY.run(call, retry_on=lambda exc: isinstance(exc, RetryableError),
-                                          before_sleep=_log_api_retry)
+        try:
+            return await API_OUTAGE_RETRY.run(call, retry_on=lambda exc: isinstance(exc, RetryableError),
+                                              before_sleep=_log_api_retry)
+        except RetryableError as exc:  # still down after TRY_S
+            raise Unavailable(f"{self.settings.sink_target} unavailable: {exc}") from exc
 
     def _log_outage(self, state: RetryCallState) -> None:
         assert state.outcome is not None and state.next_action is not None

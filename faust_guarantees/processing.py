@@ -368,7 +368,7 @@ class Processing:
                 except Exception as exc:
                     if self._fenced(exc):
                         raise
-                    if not self.commit_first and is_dependency_failure(exc):
+                    if self._abandons(exc):
                         await self._abandon(stream, [event], lambda _message: stage, exc)
                         return
                     log.exception("%s: failed on %s; dead-lettering it", stage, place(message),
@@ -429,7 +429,7 @@ class Processing:
                 except Exception as exc:
                     if self._fenced(exc):
                         raise
-                    if not self.commit_first and is_dependency_failure(exc):
+                    if self._abandons(exc):
                         abandoned = exc
                     else:
                         for event in events:
@@ -465,6 +465,13 @@ class Processing:
                 ack_all(stream, events)
 
     # -- dead letters, fences, commits -----------------------------------------------------
+
+    def _abandons(self, error: BaseException) -> bool:
+        """Whether ``error`` abandons the work (:meth:`_abandon`) instead of dead-lettering it:
+        a dependency's failure, unless the offsets were committed before the work
+        (at_most_once), where a restart would not bring the records again: there the records
+        are dead-lettered, which keeps them."""
+        return not self.commit_first and is_dependency_failure(error)
 
     async def _abandon(self, stream: StreamT, events: list[EventT], stage_of: Callable[[Message], str],
                        error: BaseException) -> None:

@@ -58,7 +58,9 @@ def _build() -> None:
     app = current_app()
     topics = declare_topics(app)
     tables = _layer("tables").declare_tables(app)
-    faults.install_store_errors(tables.seen_events)  # a lab fault, armed by FAULT_STORE_ERROR_AT only
+    # A lab fault, armed by FAULT_STORE_ERROR_AT only. Installed here, not in create_app with
+    # the others: it wraps a table's store, and tables exist only from this root on.
+    faults.install_store_errors(tables.seen_events)
     processing = _layer("agents.processing").AppProcessing(app, dead_letters=topics.dead_letters,
                                                            counters=tables.counters)
     stages = {stage: _layer(f"agents.{stage}").register(app, topics, tables, processing)

@@ -426,25 +426,6 @@ class Ledger:
         """The last error seen (transient or refusal), password masked; kept after recovery."""
         return self._last_error
 
-    async def charge(
-        self, *, event_id: str, account: str, amount: int, currency: str,
-        created_at: str, idempotent: bool,
-    ) -> bool:
-        """Record one charge; return False when the idempotency key already charged."""
-        charge = Charge(event_id=event_id, account=account, amount=amount, currency=currency,
-                        created_at=created_at)
-        return (await self.charge_many([charge], mode="idempotent" if idempotent else "naive"))[0]
-
-    async def charge_at_offset(
-        self, *, topic: str, partition: int, offset: int, event_id: str, account: str,
-        amount: int, currency: str, created_at: str,
-    ) -> bool:
-        """Charge, with the source record's position in the same row; return False
-        (and change nothing) when that record was already charged."""
-        charge = Charge(event_id=event_id, account=account, amount=amount, currency=currency,
-                        created_at=created_at, topic=topic, partition=partition, offset=offset)
-        return (await self.charge_many([charge], mode="transactional"))[0]
-
     async def charge_many(self, charges: Sequence[Charge], *, mode: str) -> list[bool]:
         """Record ``charges`` in ONE transaction: per charge, False when the database
         already had it (its idempotency key in ``idempotent`` mode, its source record in

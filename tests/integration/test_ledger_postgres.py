@@ -16,20 +16,20 @@ from streams_app import ledger as ledger_module
 from streams_app.exceptions import ChargeRefused, SinkError
 from streams_app.ledger import Charge, Ledger
 from streams_app.retrying import RetryPolicy
+from tests.charging import PAYMENT, charge
 
 pytestmark = pytest.mark.integration
-
-PAYMENT = dict(account="acct-1", amount=100, currency="EUR", created_at="2026-01-01T00:00:00+00:00")
 
 
 def test_every_sink_mode_on_postgresql(fresh_db):
     async def scenario():
         ledger = Ledger(fresh_db)
-        naive = [await ledger.charge(event_id="e1", idempotent=False, **PAYMENT) for _ in range(2)]
-        keyed = [await ledger.charge(event_id="e2", idempotent=True, **PAYMENT) for _ in range(2)]
-        at = dict(topic="t.applied", partition=0, event_id="e3", **PAYMENT)
-        stored = [await ledger.charge_at_offset(offset=7, **at), await ledger.charge_at_offset(offset=7, **at),
-                  await ledger.charge_at_offset(offset=3, **at)]  # an earlier record, not charged yet
+        naive = [await charge(ledger, "naive", event_id="e1") for _ in range(2)]
+        keyed = [await charge(ledger, event_id="e2") for _ in range(2)]
+        at = dict(topic="t.applied", partition=0, event_id="e3")
+        stored = [await charge(ledger, "transactional", offset=7, **at),
+                  await charge(ledger, "transactional", offset=7, **at),
+                  await charge(ledger, "transactional", offset=3, **at)]  # an earlier record, not charged yet
         stats = await ledger.stats()
         await ledger.close()
         return naive, keyed, stored, stats
@@ -83,11 +83,11 @@ def test_a_postgresql_restart_mid_stream_delays_charges_and_loses_or_repeats_non
             if i == STOP_AFTER:
                 restarter = asyncio.create_task(restart())
                 await down.wait()  # the next charges certainly meet the outage
-            charged.append(await ledger.charge(event_id=f"e{i}", idempotent=True, **PAYMENT))
+            charged.append(await charge(ledger, event_id=f"e{i}"))
         await restarter
         # Redelivered, four at a time (the pool has up to 4 connections): all refused.
         redelivered = await asyncio.gather(*(
-            ledger.charge(event_id=f"e{i}", idempotent=True, **PAYMENT) for i in range(EVENTS)
+            charge(ledger, event_id=f"e{i}") for i in range(EVENTS)
         ))
         stats = await ledger.stats()
         state = (ledger.outage, ledger.retries, ledger.last_error)
@@ -122,17 +122,17 @@ def test_privileges_taken_away_make_charges_wait_not_refused(fresh_db):
         bounded = Ledger(fresh_db, retry=RetryPolicy(first_wait=0.05, max_wait=0.2, give_up_after=1.0))
         waiting = Ledger(fresh_db, retry=RetryPolicy(first_wait=0.05, max_wait=0.2))
         try:
-            assert await bounded.charge(event_id="e1", idempotent=True, **PAYMENT)
+            assert await charge(bounded, event_id="e1")
             await admin("REVOKE INSERT ON charges FROM CURRENT_USER")
             with pytest.raises(SinkError, match="InsufficientPrivilege"):
-                await bounded.charge(event_id="e2", idempotent=True, **PAYMENT)
+                await charge(bounded, event_id="e2")
             outage = bounded.outage
 
             async def grant_later() -> None:
                 await asyncio.sleep(1.0)
                 await admin("GRANT INSERT ON charges TO CURRENT_USER")
 
-            charged, _ = await asyncio.gather(waiting.charge(event_id="e2", idempotent=True, **PAYMENT), grant_later())
+            charged, _ = await asyncio.gather(charge(waiting, event_id="e2"), grant_later())
             return outage, charged, waiting.retries, await waiting.stats()
         finally:
             await bounded.close()
@@ -150,11 +150,11 @@ def test_after_a_refused_statement_the_next_charge_on_the_same_connection_works(
     async def scenario():
         ledger = Ledger(fresh_db, pool_min_size=1, pool_max_size=1)  # one connection: the same one
         with pytest.raises(ChargeRefused, match="NotNullViolation") as refused:
-            await ledger.charge(event_id=None, idempotent=True, **PAYMENT)
+            await charge(ledger, event_id=None)
         with pytest.raises(ChargeRefused, match="NumericValueOutOfRange"):
-            await ledger.charge(event_id="big", idempotent=True, **{**PAYMENT, "amount": 2**63 - 1 + 1})
-        after = [await ledger.charge(event_id="e1", idempotent=True, **PAYMENT),
-                 await ledger.charge(event_id="e1", idempotent=True, **PAYMENT)]
+            await charge(ledger, event_id="big", amount=2**63 - 1 + 1)
+        after = [await charge(ledger, event_id="e1"),
+                 await charge(ledger, event_id="e1")]
         stats = await ledger.stats()
         state = (ledger.outage, ledger.retries)
         await ledger.close()
@@ -227,12 +227,12 @@ def test_a_commit_whose_answer_is_lost_is_retried_without_a_double_charge(fresh_
         async with (proxy := CutAfterCommit(parts.port)) as proxy_port:
             via_proxy = parts._replace(netloc=f"{parts.username}:{parts.password}@127.0.0.1:{proxy_port}")
             ledger = Ledger(f"{via_proxy.geturl()}?sslmode=disable&gssencmode=disable")
-            warm = await ledger.charge(event_id="warm-up", idempotent=True, **PAYMENT)  # schema made
+            warm = await charge(ledger, event_id="warm-up")  # schema made
             proxy.armed = True
             if mode == "transactional":
-                result = await ledger.charge_at_offset(topic="t", partition=0, offset=1, event_id="e1", **PAYMENT)
+                result = await charge(ledger, "transactional", topic="t", partition=0, offset=1, event_id="e1")
             else:
-                result = await ledger.charge(event_id="e1", idempotent=mode == "idempotent", **PAYMENT)
+                result = await charge(ledger, mode, event_id="e1")
             state = (proxy.cuts, ledger.retries, ledger.outage)
             await ledger.close()
             return warm, result, state

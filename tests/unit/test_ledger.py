@@ -10,8 +10,7 @@ from streams_app import ledger as ledger_module
 from streams_app.exceptions import ChargeRefused, SinkError
 from streams_app.ledger import Charge, Ledger
 from streams_app.retrying import RetryPolicy
-
-PAYMENT = dict(account="acct-1", amount=100, currency="EUR", created_at="2026-01-01T00:00:00+00:00")
+from tests.charging import PAYMENT, charge
 
 
 def run(coro):
@@ -21,8 +20,8 @@ def run(coro):
 def test_naive_charges_every_delivery_and_idempotent_only_the_first(tmp_path):
     async def scenario():
         ledger = Ledger(f"sqlite:///{tmp_path / 'c.db'}")
-        naive = [await ledger.charge(event_id="e1", idempotent=False, **PAYMENT) for _ in range(2)]
-        keyed = [await ledger.charge(event_id="e2", idempotent=True, **PAYMENT) for _ in range(3)]
+        naive = [await charge(ledger, "naive", event_id="e1") for _ in range(2)]
+        keyed = [await charge(ledger, event_id="e2") for _ in range(3)]
         stats = await ledger.stats()
         await ledger.close()
         return naive, keyed, stats
@@ -40,15 +39,15 @@ def test_transactional_mode_refuses_a_record_charged_before_in_any_order(tmp_pat
     lab lost 3 events that way (exactly_once / transactional / crash-after-effect)."""
     async def scenario():
         ledger = Ledger(f"sqlite:///{tmp_path / 'c.db'}")
-        at = dict(topic="t.applied", partition=0, **PAYMENT)
+        at = dict(topic="t.applied", partition=0)
         results = [
-            await ledger.charge_at_offset(offset=5, event_id="e5", **at),   # first time: charged
-            await ledger.charge_at_offset(offset=5, event_id="e5", **at),   # redelivered: refused
-            await ledger.charge_at_offset(offset=3, event_id="e3", **at),   # late, never charged
-            await ledger.charge_at_offset(offset=3, event_id="e3", **at),   # redelivered: refused
-            await ledger.charge_at_offset(offset=6, event_id="e6", **at),
-            await ledger.charge_at_offset(offset=5, event_id="e5", topic="t.applied", partition=1,
-                                          **PAYMENT),                       # other partition
+            await charge(ledger, "transactional", offset=5, event_id="e5", **at),   # first time: charged
+            await charge(ledger, "transactional", offset=5, event_id="e5", **at),   # redelivered: refused
+            await charge(ledger, "transactional", offset=3, event_id="e3", **at),   # late, never charged
+            await charge(ledger, "transactional", offset=3, event_id="e3", **at),   # redelivered: refused
+            await charge(ledger, "transactional", offset=6, event_id="e6", **at),
+            await charge(ledger, "transactional", offset=5, event_id="e5", topic="t.applied",
+                         partition=1),                                       # other partition
         ]
         stats = await ledger.stats()
         await ledger.close()
@@ -76,8 +75,8 @@ def test_a_database_from_before_the_source_columns_is_upgraded(tmp_path):
 
     async def scenario():
         ledger = Ledger(f"sqlite:///{path}")
-        at = dict(topic="t.applied", partition=0, offset=0, event_id="e0", **PAYMENT)
-        results = [await ledger.charge_at_offset(**at), await ledger.charge_at_offset(**at)]
+        at = dict(topic="t.applied", partition=0, offset=0, event_id="e0")
+        results = [await charge(ledger, "transactional", **at), await charge(ledger, "transactional", **at)]
         stats = await ledger.stats()
         await ledger.close()
         return results, stats
@@ -105,9 +104,9 @@ def test_a_locked_database_is_waited_out_and_reported(tmp_path, monkeypatch):
             await asyncio.sleep(0)
 
         ledger = Ledger(f"sqlite:///{path}", retry=RetryPolicy(sleep=sleep))
-        first = await ledger.charge(event_id="e1", idempotent=True, **PAYMENT)  # creates the schema
+        first = await charge(ledger, event_id="e1")  # creates the schema
         locker.execute("BEGIN EXCLUSIVE")
-        second = await ledger.charge(event_id="e2", idempotent=True, **PAYMENT)
+        second = await charge(ledger, event_id="e2")
         state = (ledger.outage, ledger.retries, ledger.last_error)
         stats = await ledger.stats()
         await ledger.close()
@@ -128,9 +127,9 @@ def test_a_refused_charge_is_raised_at_once_and_the_next_one_works(tmp_path):
     async def scenario():
         ledger = Ledger(f"sqlite:///{tmp_path / 'c.db'}")
         with pytest.raises(ChargeRefused, match="NOT NULL constraint failed") as refused:
-            await ledger.charge(event_id=None, idempotent=True, **PAYMENT)
+            await charge(ledger, event_id=None)
         state = (ledger.outage, ledger.retries)
-        after = await ledger.charge(event_id="e1", idempotent=True, **PAYMENT)
+        after = await charge(ledger, event_id="e1")
         stats = await ledger.stats()
         await ledger.close()
         return refused.value, state, after, stats
@@ -149,12 +148,12 @@ def test_a_bounded_policy_gives_up_with_sink_error_and_keeps_reporting_the_outag
 
     async def scenario():
         ledger = Ledger(f"sqlite:///{path}", retry=RetryPolicy(first_wait=0.01, max_wait=0.01, give_up_after=0.05))
-        await ledger.charge(event_id="e1", idempotent=True, **PAYMENT)
+        await charge(ledger, event_id="e1")
         locker = sqlite3.connect(path, isolation_level=None)
         locker.execute("BEGIN EXCLUSIVE")
         try:
             with pytest.raises(SinkError, match="still unavailable after 0.05 s: OperationalError: database is locked"):
-                await ledger.charge(event_id="e2", idempotent=True, **PAYMENT)
+                await charge(ledger, event_id="e2")
             return ledger.outage, ledger.retries > 0
         finally:
             locker.close()

@@ -16,6 +16,7 @@ from streams_app.exceptions import SettingsError, SinkError
 from streams_app.ledger import Ledger
 from streams_app.retrying import RetryPolicy
 from streams_app.settings import Settings
+from tests.charging import charge
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "hunter2-topsecret"
@@ -70,8 +71,7 @@ def test_sink_error_names_the_database_without_its_password() -> None:
         ledger = Ledger(SECRET_ENV["SINK_DB"], retry=RetryPolicy(give_up_after=0.5))
         try:
             with pytest.raises(SinkError) as err:
-                await ledger.charge(event_id="e1", account="a", amount=1, currency="EUR",
-                                    created_at="2026-01-01T00:00:00+00:00", idempotent=True)
+                await charge(ledger, event_id="e1")
             return str(err.value)
         finally:
             await ledger.close()
