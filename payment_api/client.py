@@ -1,8 +1,9 @@
 """Async client of the payment API, as used by the Faust sink agents.
 
-:meth:`PaymentClient.charge` retries what may be retried: timeouts, dropped
-connections, ``409`` (the key is busy) and ``5xx``, with jittered
-exponential backoff. After a timeout or a dropped connection the client cannot
+:meth:`PaymentClient.charge` retries every failure that is not the request's
+own (timeouts, dropped connections, ``409`` (the key is busy), ``5xx``, any
+other status but the refusals ``400``/``413``/``422``, and a ``201`` whose
+body is not a charge), with jittered exponential backoff. After a timeout or a dropped connection the client cannot
 know whether the charge happened, so whether a retry is safe depends only on
 the key:
 
@@ -27,6 +28,7 @@ from types import TracebackType
 from typing import Any
 
 import aiohttp
+from pydantic import ValidationError
 from tenacity import (
     AsyncRetrying,
     before_sleep_log,
@@ -130,14 +132,28 @@ class PaymentClient:
         data: dict[str, int] = await self._get_json("/v1/stats")
         return data
 
-    async def config(self) -> dict[str, float]:
-        """Return the server's promises (``key_retention_seconds``...); :class:`RetryableError`
-        when it does not answer, :class:`RequestRejected` when it refuses (404: too old to say)."""
+    async def config(self) -> dict[str, Any]:
+        """Return the server's promises (``key_retention_seconds``...).
+
+        :class:`RequestRejected` when the API says it has no such page (404, 405, 410, 501:
+        a version too old to say); :class:`RetryableError` for every other answer that is
+        not its JSON (no answer, 5xx, 408, 429, 401/403, a gateway's page, a body cut short):
+        the promise is unknown for now, not refused."""
         try:
-            data: dict[str, float] = await self._get_json("/v1/config")
+            async with self._http().get("/v1/config") as response:
+                status, body = response.status, await response.read()
         except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             raise RetryableError(f"no response from the payment API: {mask_url(repr(exc))}") from None
-        return data
+        if status in NO_SUCH_PAGE:
+            raise _rejection(status, body)
+        if status == 200:
+            try:
+                data: dict[str, Any] = json.loads(body)
+                return data
+            except ValueError:
+                pass
+        raise RetryableError(f"payment API answered {status} to GET /v1/config: "
+                             f"{body[:200].decode(errors='replace')!r}")
 
     async def set_faults(
         self, *, delay_ms: int | None = None, drop_after_commit: bool | int | None = None
@@ -164,7 +180,13 @@ class PaymentClient:
         except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             raise RetryableError(f"no response from the payment API: {mask_url(repr(exc))}") from None
         if status == 201:
-            return Charge.model_validate_json(body), replayed
+            try:
+                return Charge.model_validate_json(body), replayed
+            except ValidationError:
+                # Not the API's answer (a gateway's page, a body cut short): the request is not
+                # at fault, and with its idempotency key a retry is answered as a replay.
+                raise RetryableError(f"payment API answered 201 without a charge: "
+                                     f"{body[:200].decode(errors='replace')!r}") from None
         if status in REQUEST_REFUSED:
             raise _rejection(status, body)
         raise RetryableError(f"payment API answered {status}: {body.decode(errors='replace')}")
@@ -191,6 +213,8 @@ class PaymentClient:
 #: the way). Those are retried: refusing every payment for them would dead-letter a whole
 #: stream for one broken dependency.
 REQUEST_REFUSED = frozenset({400, 413, 422})
+#: Answers to a GET saying the API has no such page: a version without it, not an outage.
+NO_SUCH_PAGE = frozenset({404, 405, 410, 501})
 
 
 def _rejection(status: int, body: bytes) -> RequestRejected:

@@ -48,13 +48,16 @@ class RetryableError(PaymentApiError):
     """The outcome of the attempt is unknown or the key is busy; sending it again is allowed.
 
     Raised for timeouts, dropped connections, ``409`` (the key is being
-    processed by another request) and ``5xx``. Whether a retry can charge
-    twice depends only on whether the request carries an idempotency key.
+    processed by another request), ``5xx``, and every answer that is not the
+    request's own refusal (payment_api.client ``REQUEST_REFUSED``) or not the
+    API's JSON. Whether a retry can charge twice depends only on whether the
+    request carries an idempotency key.
     """
 
 
 class RequestRejected(PaymentApiError):
-    """The API refused the request (a ``4xx`` other than ``409``); retrying cannot help."""
+    """The API refused the request itself (400, 413, 422; for a GET of a page, 404, 405, 410,
+    501: it has no such page); retrying cannot help."""
 
     def __init__(self, status: int, error_type: str, message: str) -> None:
         super().__init__(f"{status} {error_type}: {message}")

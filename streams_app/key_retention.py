@@ -24,13 +24,16 @@ default (7 days on both sides) and the demo, which starts the API with
 When the check runs (:class:`KeyRetentionGuard`):
 
 * at the worker's start, before any table or agent (``PaymentsApp.start_checks``):
-  a too-short retention stops the start (SettingsError); an API that does not
-  answer yet is logged as a warning and the start goes on;
+  a too-short retention, or an API that does not say (no ``/v1/config``, or none
+  with ``key_retention_seconds``), stops the start (SettingsError); an API that
+  does not answer yet (no answer, 5xx, 401/403, 408, 429, a
+  gateway's page) is logged as a warning and the start goes on;
 * before a charge, when the last successful check is missing or older than
   ``recheck_interval`` (the API may have started late, or been restarted with
-  other settings): an unreachable API is a retryable error (the sink retries
-  the charge later, as for any outage), and a too-short retention stops the
-  worker instead of charging.
+  other settings): an API that does not answer, or no longer says, is a
+  retryable error (the sink retries the charge later, as for any outage; no
+  charge is made unchecked), and a too-short retention stops the worker
+  instead of charging.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from common.durations import format_duration
 from payment_api.errors import RequestRejected, RetryableError
@@ -54,7 +57,7 @@ RECHECK_INTERVAL = 300.0
 class ConfigSource(Protocol):
     """What the guard needs of :class:`payment_api.client.PaymentClient`."""
 
-    async def config(self) -> dict[str, float]: ...
+    async def config(self) -> dict[str, Any]: ...
 
 
 def retention_problem(retention_s: float, dedup_horizon_s: float, api_url: str) -> str | None:
@@ -107,30 +110,45 @@ class KeyRetentionGuard:
             )
 
     async def before_charge(self) -> None:
-        """Check again when due. RetryableError: the API does not answer (retry the
-        charge later). A too-short retention is handed to ``on_refusal`` (which
-        stops the worker) and then raised."""
+        """Check again when due. RetryableError: the API does not answer, or no longer says
+        how long it keeps keys (retry the charge later: charges wait, never made unchecked).
+        A too-short retention is handed to ``on_refusal`` (which stops the worker) and then
+        raised."""
         if self.verified:
             return
         try:
             await self.verify()
+        except _Unsaid as exc:
+            # The start check passed, so this API said it before: a gateway's route, a
+            # deploy in progress. Wait, as for an outage, rather than stop the worker.
+            raise RetryableError(f"{exc.problems[0]}; the charges wait until it says") from None
         except SettingsError as exc:
             await self._on_refusal(exc)
             raise
 
     async def verify(self) -> None:
-        """Ask the API; SettingsError if its keys do not outlive DEDUP_HORIZON."""
+        """Ask the API; SettingsError if its keys do not outlive DEDUP_HORIZON or it does
+        not say how long it keeps them."""
         try:
             config = await self._api.config()
         except RequestRejected as exc:
-            raise SettingsError([
-                f"the payment API at PAYMENT_API_URL={self._api_url} does not say how long it keeps "
-                f"idempotency keys (GET /v1/config: {exc}); run a version that serves /v1/config"
-            ]) from None
-        problem = retention_problem(float(config["key_retention_seconds"]), self._horizon, self._api_url)
+            raise _Unsaid(self._api_url, f"GET /v1/config: {exc}") from None
+        try:
+            retention = float(config["key_retention_seconds"])
+        except (KeyError, TypeError, ValueError):
+            raise _Unsaid(self._api_url, f"GET /v1/config answered {str(config)[:200]!r}") from None
+        problem = retention_problem(retention, self._horizon, self._api_url)
         if problem:
             raise SettingsError([problem])
         if self._verified_at is None:
             log.info("payment API keeps idempotency keys %s >= DEDUP_HORIZON %s",
-                     format_duration(float(config["key_retention_seconds"])), format_duration(self._horizon))
+                     format_duration(retention), format_duration(self._horizon))
         self._verified_at = self._clock()
+
+
+class _Unsaid(SettingsError):
+    """The API does not say how long it keeps idempotency keys."""
+
+    def __init__(self, api_url: str, what: str) -> None:
+        super().__init__([f"the payment API at PAYMENT_API_URL={api_url} does not say how long it keeps "
+                          f"idempotency keys ({what}); run a version that serves /v1/config"])

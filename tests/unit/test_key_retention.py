@@ -149,3 +149,81 @@ def test_the_sink_crashes_the_worker_on_a_late_refusal_and_never_charges(monkeyp
 
     asyncio.run(scenario())
     assert crashed == [refusal]
+
+
+async def _guard_against(answer: tuple[int, bytes], refusals: list[SettingsError], *, verified_first: bool,
+                         at_start: bool) -> object:
+    """A real PaymentClient and guard against a server answering GET /v1/config with
+    ``answer`` (after one true answer when ``verified_first``); what the start check or the
+    check before a charge raised (None when nothing)."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    from payment_api.client import PaymentClient
+
+    asked = 0
+
+    async def config(request: web.Request) -> web.Response:
+        nonlocal asked
+        asked += 1
+        if verified_first and asked == 1:
+            return web.json_response({"key_retention_seconds": 30 * DAY})
+        return web.Response(status=answer[0], body=answer[1], content_type="application/json")
+
+    async def refuse(exc: SettingsError) -> None:
+        refusals.append(exc)
+
+    app = web.Application()
+    app.router.add_get("/v1/config", config)
+    clock = Clock()
+    async with TestServer(app) as server:
+        client = PaymentClient(str(server.make_url("")), backoff_initial_s=0.001, backoff_max_s=0.001)
+        checked = KeyRetentionGuard(client, dedup_horizon=7 * DAY, api_url=URL, on_refusal=refuse,
+                                    recheck_interval=300.0, clock=clock)
+        try:
+            if verified_first:
+                await checked.before_charge()
+                clock.now = 301.0  # the check is due again
+            await (checked.at_start() if at_start else checked.before_charge())
+        except Exception as exc:  # noqa: BLE001 (the outcome under test)
+            return exc
+        finally:
+            await client.close()
+    return None
+
+
+NOT_ITS_CONFIG = [
+    (503, b'{"error": {"type": "http_error", "message": "down"}}'), (502, b"<html>bad gateway</html>"),
+    (500, b""), (429, b""), (408, b""), (401, b""), (403, b""),
+    (200, b"<html>a proxy's page</html>"), (200, b'{"key_retention_se'),
+]
+
+
+@pytest.mark.parametrize("answer", NOT_ITS_CONFIG)
+def test_an_answer_that_is_not_the_api_s_config_makes_charges_wait_and_never_stops_the_worker(answer):
+    """An outage behind a gateway (5xx, a proxy's page, a body cut short), throttling or
+    credentials taken away: the retention is unknown for now, so the start goes on with a
+    warning and the charges wait (RetryableError: the sink retries), without stopping the
+    worker. Before, every status but 200 was a refusal: a 503 at start refused the start, and
+    a 503 at a re-check stopped the worker (and a 200 that was not JSON raised ValueError,
+    which the sink dead-lettered as the payment's processing error)."""
+    refusals: list[SettingsError] = []
+    assert asyncio.run(_guard_against(answer, refusals, verified_first=False, at_start=True)) is None
+    outcome = asyncio.run(_guard_against(answer, refusals, verified_first=True, at_start=False))
+    assert isinstance(outcome, RetryableError), outcome
+    assert refusals == []
+
+
+@pytest.mark.parametrize("answer", [(404, b""), (405, b""), (200, b'{"version": 1}'), (200, b'[]'),
+                                    (200, b'{"key_retention_seconds": "a week"}')])
+def test_an_api_that_does_not_say_refuses_the_start_but_only_holds_charges_once_running(answer):
+    """No /v1/config, or one without a retention: the start is refused with what to do. Once
+    running (the API answered before), the same answer holds the charges back (they wait, as
+    in an outage) rather than stopping the worker: it may be a gateway's route or a deploy
+    in progress, and unchecked charges are never made."""
+    refusals: list[SettingsError] = []
+    outcome = asyncio.run(_guard_against(answer, refusals, verified_first=False, at_start=True))
+    assert isinstance(outcome, SettingsError) and "does not say how long it keeps" in str(outcome), outcome
+    outcome = asyncio.run(_guard_against(answer, refusals, verified_first=True, at_start=False))
+    assert isinstance(outcome, RetryableError) and "does not say" in str(outcome), outcome
+    assert refusals == []
