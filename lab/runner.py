@@ -375,6 +375,9 @@ def _api_faults(run: _Run) -> list[WorkerProcess]:
 OUTAGE_S = 20.0
 PAUSE_S = 30.0
 ZOMBIE_PAUSE_S = 25.0
+#: How long every broker stays out of a worker's reach (kafka-outage): past the session
+#: timeout, its producer's request timeout and a restart's start-up.
+KAFKA_AWAY_S = 40.0
 #: The lab's own PostgreSQL server (db-outage stops it: never the shared one of the tests).
 LAB_PG_PORT = 5435
 
@@ -433,17 +436,23 @@ def _broker_faults(run: _Run) -> list[WorkerProcess]:
     return [worker]
 
 
-def _network_partition(run: _Run) -> list[WorkerProcess]:
+def _proxies_to_every_broker(run: _Run, cluster: LocalCluster) -> dict[int, FaultProxy]:
     """The worker reaches each broker through its own fault proxy (every node advertises its
-    proxy on its PROXIED listener); the proxy to the leader of applied[0] cuts everything for
-    PAUSE_S while the cluster itself sees that broker alive."""
-    cluster = _cluster(run)
+    proxy on its PROXIED listener); the lab itself still reaches the brokers directly."""
     proxies = {}
     for node in cluster.node_ids:
         advertised, listener = cluster.proxied_ports(node)
         proxies[node] = FaultProxy(listen_port=advertised, target_port=listener, drop_rate=0.0).start()
     run.proxies.extend(proxies.values())
     run.config.extra_env["BROKER_URL"] = "kafka://" + ";".join(cluster.proxied_bootstrap.split(","))
+    return proxies
+
+
+def _network_partition(run: _Run) -> list[WorkerProcess]:
+    """The proxy to the leader of applied[0] cuts everything for PAUSE_S while the cluster
+    itself sees that broker alive."""
+    cluster = _cluster(run)
+    proxies = _proxies_to_every_broker(run, cluster)
     worker, rest = _one_worker_half_the_traffic(run)
     node = cluster.leader_of(run.config.topic("applied"), 0)
     run.notes.append(f"network-partition: worker cut from node {node}")
@@ -451,6 +460,30 @@ def _network_partition(run: _Run) -> list[WorkerProcess]:
     run.send(rest)
     time.sleep(PAUSE_S)
     proxies[node].heal()
+    return [worker]
+
+
+def _kafka_outage(run: _Run) -> list[WorkerProcess]:
+    """Every broker out of the worker's reach for KAFKA_AWAY_S (a link down, a cluster
+    restarting, as the worker sees it) while the rest of the traffic reaches the cluster;
+    halfway through, the worker is SIGKILLed and started again: a worker starting while Kafka
+    is away must wait for it, not exit."""
+    cluster = _cluster(run)
+    proxies = _proxies_to_every_broker(run, cluster)
+    worker, rest = _one_worker_half_the_traffic(run)
+    for proxy in proxies.values():
+        proxy.cut()
+    run.send(rest)
+    time.sleep(KAFKA_AWAY_S / 2)
+    worker.kill()
+    run.injected.kills += 1
+    worker.start()
+    run.injected.restarts += 1
+    time.sleep(KAFKA_AWAY_S / 2)
+    if not worker.running:
+        run.notes.append(f"kafka-outage: the worker restarted while Kafka was away exited ({worker.returncode})")
+    for proxy in proxies.values():
+        proxy.heal()
     return [worker]
 
 
@@ -534,6 +567,7 @@ _FAULT_RUNNERS = {
     "broker-pause": _broker_faults,
     "controller-kill": _broker_faults,
     "network-partition": _network_partition,
+    "kafka-outage": _kafka_outage,
     "zombie": _zombie,
     "db-outage": _db_outage,
     "api-outage": _api_outage,

@@ -88,6 +88,13 @@ FAULTS: dict[str, Fault] = {f.name: f for f in (
         needs="cluster",
     ),
     Fault(
+        "kafka-outage",
+        "every broker out of the worker's reach for 40 s (each through a fault proxy that cuts "
+        "all connections) while traffic reaches the cluster; the worker is SIGKILLed and "
+        "started again halfway through: it must wait for Kafka, not exit",
+        needs="cluster",
+    ),
+    Fault(
         "zombie",
         "two workers; one is SIGSTOPped mid-stream past its session timeout, the other takes its "
         "partitions, then SIGCONT: the zombie is fenced and must rejoin, not crash or repeat",
@@ -113,8 +120,8 @@ FAULTS: dict[str, Fault] = {f.name: f for f in (
 #: Faults of the infrastructure rather than of a worker's process: brokers, the network
 #: between, the sink's database, the payment API, a paused worker. Under exactly_once
 #: they must change nothing; under at_least_once an idempotent sink charges once.
-OUTAGES = frozenset({"broker-kill", "broker-pause", "controller-kill", "network-partition", "zombie", "db-outage",
-                     "api-outage", "store-error"})
+OUTAGES = frozenset({"broker-kill", "broker-pause", "controller-kill", "network-partition", "kafka-outage", "zombie",
+                     "db-outage", "api-outage", "store-error"})
 
 
 def applies(sink: str, fault: str) -> bool:

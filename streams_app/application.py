@@ -21,7 +21,7 @@ import faust
 
 import faust_guarantees
 
-from . import faults, logs, metrics
+from . import admin, faults, logs, metrics
 from .exceptions import SettingsError, UnverifiedUpstream
 from .health import HealthMonitor
 from .settings import Settings
@@ -41,14 +41,17 @@ StartCheck = Callable[[], Awaitable[None]]
 
 
 class PaymentsApp(faust.App):
-    """faust.App plus start checks: coroutines a module registers in :attr:`start_checks` (the
-    sink: the payment API's key retention) that run when a worker starts, before
-    any table or agent. One that raises SettingsError refuses the start; the
-    worker exits with its message."""
+    """faust.App plus start checks: coroutines a module registers that run when a worker
+    starts, before any table or agent. One that raises SettingsError refuses the start; the
+    worker exits with its message. :attr:`start_checks` (the sink: the payment API's key
+    retention) run first; then the worker waits for Kafka for as long as it takes
+    (:func:`streams_app.admin.wait_for_brokers`), then :attr:`kafka_checks` run (the
+    topics' partition counts)."""
 
     def __init__(self, *args: Any, settings: Settings, health: HealthMonitor, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.start_checks: list[StartCheck] = []
+        self.kafka_checks: list[StartCheck] = []
         self.settings = settings
         self.health = health
         #: The kit installed into this app (set by create_app).
@@ -76,6 +79,10 @@ class PaymentsApp(faust.App):
         await super().on_first_start()
         metrics.install(self, guarantee=self.settings.processing_guarantee)
         for check in self.start_checks:
+            await check()
+        # Faust's producer tries Kafka once, then the worker exits (KafkaConnectionError).
+        await admin.wait_for_brokers(self.settings.bootstrap)
+        for check in self.kafka_checks:
             await check()
         drop_ttl_stores(Path(self.conf.tabledir))
 

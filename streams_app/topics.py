@@ -100,7 +100,7 @@ def declare_topics(app: Any) -> Topics:
         """Start check: refuse to start on pipeline topics with other partition counts."""
         await check_partition_counts(settings)
 
-    app.start_checks.append(_check_partition_counts)
+    app.kafka_checks.append(_check_partition_counts)
     return Topics(
         raw=bytes_topic("raw"), dead_letters=bytes_topic("dlq"), events=bytes_topic("events"),
         unique=bytes_topic("unique"), applied=bytes_topic("applied"),
@@ -114,7 +114,7 @@ async def check_partition_counts(settings: Settings) -> None:
     """Refuse pipeline topics with other partition counts than ``settings``' (SettingsError)."""
     try:
         problems = await partition_count_problems(settings)
-    except Exception as exc:  # the broker not answering yet: Faust waits for it itself
+    except Exception as exc:  # Kafka gone again since wait_for_brokers(): checked at the next start
         logging.getLogger(__name__).warning("could not check the topics' partition counts at start: %r", exc)
         return
     if problems:

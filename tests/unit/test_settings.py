@@ -231,7 +231,7 @@ def test_a_worker_declares_the_agents_of_its_stages_only(tmp_path):
     script = (
         "import asyncio, json, streams_app\n"
         "app = streams_app.app\n"
-        "print(json.dumps([sorted(a.split('.')[-1] for a in app.agents), sorted(c.__qualname__ for c in app.start_checks),"
+        "print(json.dumps([sorted(a.split('.')[-1] for a in app.agents), sorted(c.__qualname__ for c in app.start_checks + app.kafka_checks),"
         " asyncio.run(streams_app.pipeline.views.charges())[1]]))\n"
     )
     env = {**os.environ, "STAGES": "dedup", "SINK_TARGET": "api", "APP_DATADIR": str(tmp_path / "data")}
