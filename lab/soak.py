@@ -89,6 +89,25 @@ class SoakResult:
                 out[name] = round(sum(last) / len(last) - sum(first) / len(first), 1)
         return out
 
+    def rss_slope_after_horizon(self) -> dict[str, float]:
+        """MB per 10 minutes of each worker's RSS (least squares) over the samples from two
+        minutes past the dedup horizon on, when the dedup state has stopped growing: what a
+        leak would show. Empty without a horizon shorter than the run."""
+        if self.horizon_s is None:
+            return {}
+        late = [s for s in self.samples if s.t >= self.horizon_s + 120.0]
+        out = {}
+        for name in sorted({n for s in late for n in s.rss_mb}):
+            points = [(s.t, s.rss_mb[name]) for s in late if name in s.rss_mb]
+            if len(points) < 10:
+                continue
+            mean_t = sum(t for t, _ in points) / len(points)
+            mean_mb = sum(mb for _, mb in points) / len(points)
+            spread = sum((t - mean_t) ** 2 for t, _ in points)
+            slope = sum((t - mean_t) * (mb - mean_mb) for t, mb in points) / spread
+            out[name] = round(slope * 600.0, 1)
+        return out
+
     @property
     def exact(self) -> bool:
         keys = ("duplicate_charges", "lost", "output_duplicates", "output_missing", "balance_mismatches",
@@ -224,7 +243,9 @@ def write_report(result: SoakResult, out: Path) -> list[Path]:
 
     out.mkdir(parents=True, exist_ok=True)
     md, js, png = out / "soak.md", out / "soak.json", out / "soak.png"
-    data = asdict(result) | {"rss_growth_mb": result.rss_growth_mb(), "exact": result.exact}
+    data = asdict(result) | {"rss_growth_mb": result.rss_growth_mb(),
+                             "rss_mb_per_10_min_after_horizon": result.rss_slope_after_horizon(),
+                             "exact": result.exact}
     js.write_text(json.dumps(data, indent=1))
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
     for name in sorted({n for s in result.samples for n in s.rss_mb}):
@@ -259,7 +280,11 @@ def write_report(result: SoakResult, out: Path) -> list[Path]:
         "## Memory", "",
         "RSS of each worker (with its children), sampled every 10 s; growth = mean of the last third "
         "minus the first third after a minute of warm-up: "
-        + ", ".join(f"{k} {v:+.1f} MB" for k, v in result.rss_growth_mb().items()) + ".", "",
+        + ", ".join(f"{k} {v:+.1f} MB" for k, v in result.rss_growth_mb().items()) + ". "
+        + ("Once the dedup state stopped growing (from two minutes past the horizon on), RSS moved by "
+           + ", ".join(f"{k} {v:+.1f} MB" for k, v in result.rss_slope_after_horizon().items())
+           + " per 10 minutes (least squares; a restart restores the state and can step it up)."
+           if result.rss_slope_after_horizon() else ""), "",
         "![RSS and local state](soak.png)", "",
         "## Dedup sweep", "",
         f"One partition's sweep scans and deletes **{result.sweep_ids_per_s:,.0f} expired ids/s** of "
