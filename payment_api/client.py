@@ -3,8 +3,8 @@
 :meth:`PaymentClient.charge` retries every failure that is not the request's
 own (timeouts, dropped connections, ``409`` (the key is busy), ``5xx``, any
 other status but the refusals ``400``/``413``/``422``, and a ``201`` whose
-body is not a charge), with jittered exponential backoff. After a timeout or a dropped connection the client cannot
-know whether the charge happened, so whether a retry is safe depends only on
+body is not a charge), with jittered exponential backoff. After a timeout or a
+dropped connection the client cannot know whether the charge happened, so whether a retry is safe depends only on
 the key:
 
 * naive mode (``idempotency_key=None``): a retry is a new request and may
