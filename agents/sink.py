@@ -181,7 +181,7 @@ class Sink:
         try:
             return await self.ledger.charge_many(charges, mode=self.settings.sink_mode)
         except SinkError as exc:
-            raise Unavailable(f"{self.settings.sink_target} unavailable: {exc}") from exc
+            raise self._unavailable(exc) from exc
 
     async def _charge_through_api(self, api: PaymentClient, payment: AppliedPayment) -> bool:
         """One charge through the payment API; False when the API says it was already made
@@ -202,7 +202,11 @@ class Sink:
             return await API_OUTAGE_RETRY.run(call, retry_on=lambda exc: isinstance(exc, RetryableError),
                                               before_sleep=_log_api_retry)
         except RetryableError as exc:  # still down after TRY_S
-            raise Unavailable(f"{self.settings.sink_target} unavailable: {exc}") from exc
+            raise self._unavailable(exc) from exc
+
+    def _unavailable(self, exc: Exception) -> Unavailable:
+        """The sink's target is still down after TRY_S: the batch waits and is tried again."""
+        return Unavailable(f"{self.settings.sink_target} unavailable: {exc}")
 
     def _log_outage(self, state: RetryCallState) -> None:
         assert state.outcome is not None and state.next_action is not None

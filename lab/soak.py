@@ -243,8 +243,9 @@ def write_report(result: SoakResult, out: Path) -> list[Path]:
 
     out.mkdir(parents=True, exist_ok=True)
     md, js, png = out / "soak.md", out / "soak.json", out / "soak.png"
+    slope = result.rss_slope_after_horizon()
     data = asdict(result) | {"rss_growth_mb": result.rss_growth_mb(),
-                             "rss_mb_per_10_min_after_horizon": result.rss_slope_after_horizon(),
+                             "rss_mb_per_10_min_after_horizon": slope,
                              "exact": result.exact}
     js.write_text(json.dumps(data, indent=1))
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
@@ -282,9 +283,9 @@ def write_report(result: SoakResult, out: Path) -> list[Path]:
         "minus the first third after a minute of warm-up: "
         + ", ".join(f"{k} {v:+.1f} MB" for k, v in result.rss_growth_mb().items()) + ". "
         + ("Once the dedup state stopped growing (from two minutes past the horizon on), RSS moved by "
-           + ", ".join(f"{k} {v:+.1f} MB" for k, v in result.rss_slope_after_horizon().items())
+           + ", ".join(f"{k} {v:+.1f} MB" for k, v in slope.items())
            + " per 10 minutes (least squares; a restart restores the state and can step it up)."
-           if result.rss_slope_after_horizon() else ""), "",
+           if slope else ""), "",
         "![RSS and local state](soak.png)", "",
         "## Dedup sweep", "",
         f"One partition's sweep scans and deletes **{result.sweep_ids_per_s:,.0f} expired ids/s** of "

@@ -139,11 +139,7 @@ class PaymentClient:
         a version too old to say); :class:`RetryableError` for every other answer that is
         not its JSON (no answer, 5xx, 408, 429, 401/403, a gateway's page, a body cut short):
         the promise is unknown for now, not refused."""
-        try:
-            async with self._http().get("/v1/config") as response:
-                status, body = response.status, await response.read()
-        except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            raise RetryableError(f"no response from the payment API: {mask_url(repr(exc))}") from None
+        status, body = await self._get("/v1/config")
         if status in NO_SUCH_PAGE:
             raise _rejection(status, body)
         if status == 200:
@@ -178,7 +174,7 @@ class PaymentClient:
                 status, body = response.status, await response.read()
                 replayed = response.headers.get(REPLAYED_HEADER) == "true"
         except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            raise RetryableError(f"no response from the payment API: {mask_url(repr(exc))}") from None
+            raise _no_answer(exc) from None
         if status == 201:
             try:
                 return Charge.model_validate_json(body), replayed
@@ -192,11 +188,18 @@ class PaymentClient:
         raise RetryableError(f"payment API answered {status}: {body.decode(errors='replace')}")
 
     async def _get_json(self, path: str, params: dict[str, str | int] | None = None) -> Any:
-        async with self._http().get(path, params=params) as response:
-            status, body = response.status, await response.read()
+        status, body = await self._get(path, params)
         if status != 200:
             raise _rejection(status, body)
         return json.loads(body)
+
+    async def _get(self, path: str, params: dict[str, str | int] | None = None) -> tuple[int, bytes]:
+        """GET ``path``: its status and body; RetryableError when no answer came."""
+        try:
+            async with self._http().get(path, params=params) as response:
+                return response.status, await response.read()
+        except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            raise _no_answer(exc) from None
 
     def _http(self) -> aiohttp.ClientSession:
         """Return the session, created on first use so that it binds to the running loop."""
@@ -215,6 +218,11 @@ class PaymentClient:
 REQUEST_REFUSED = frozenset({400, 413, 422})
 #: Answers to a GET saying the API has no such page: a version without it, not an outage.
 NO_SUCH_PAGE = frozenset({404, 405, 410, 501})
+
+
+def _no_answer(exc: BaseException) -> RetryableError:
+    """The request may or may not have reached the API: retried (with its key, if any)."""
+    return RetryableError(f"no response from the payment API: {mask_url(repr(exc))}")
 
 
 def _rejection(status: int, body: bytes) -> RequestRejected:
