@@ -29,9 +29,11 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import shutil
 import tempfile
 import time
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,9 @@ class Sample:
     t: float
     rss_mb: dict[str, float]
     state_mb: dict[str, float]
+    #: per worker, its /metrics ``payments_memory_bytes`` parts in MB and its store counts
+    #: (streams_app/memory.py): where the RSS is
+    memory: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -98,14 +103,27 @@ class SoakResult:
         late = [s for s in self.samples if s.t >= self.horizon_s + 120.0]
         out = {}
         for name in sorted({n for s in late for n in s.rss_mb}):
-            points = [(s.t, s.rss_mb[name]) for s in late if name in s.rss_mb]
-            if len(points) < 10:
-                continue
-            mean_t = sum(t for t, _ in points) / len(points)
-            mean_mb = sum(mb for _, mb in points) / len(points)
-            spread = sum((t - mean_t) ** 2 for t, _ in points)
-            slope = sum((t - mean_t) * (mb - mean_mb) for t, mb in points) / spread
-            out[name] = round(slope * 600.0, 1)
+            slope = _per_10_min([(s.t, s.rss_mb[name]) for s in late if name in s.rss_mb])
+            if slope is not None:
+                out[name] = slope
+        return out
+
+    def memory_table(self) -> dict[str, dict[str, tuple[float, float, float | None]]]:
+        """Per worker and memory part: its value at the first sample past the first minute,
+        at the last sample, and its slope per 10 minutes after the horizon (as
+        :meth:`rss_slope_after_horizon`; None without one)."""
+        out: dict[str, dict[str, tuple[float, float, float | None]]] = {}
+        warm = [s for s in self.samples if s.t >= 60.0]
+        late = [s for s in warm if self.horizon_s is not None and s.t >= self.horizon_s + 120.0]
+        for name in sorted({n for s in warm for n in s.memory}):
+            parts = sorted({p for s in warm for p in s.memory.get(name, {})})
+            rows = {}
+            for part in parts:
+                values = [s.memory[name][part] for s in warm if part in s.memory.get(name, {})]
+                slope = _per_10_min([(s.t, s.memory[name][part]) for s in late
+                                     if part in s.memory.get(name, {})])
+                rows[part] = (values[0], values[-1], slope)
+            out[name] = rows
         return out
 
     @property
@@ -209,6 +227,36 @@ def measure_sweep(ids: int = 200_000, budget: int | None = None) -> float:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _memory_section(result: SoakResult) -> list[str]:
+    """Where each worker's memory is (its /metrics parts, streams_app/memory.py)."""
+    table = result.memory_table()
+    if not table:
+        return []
+    lines = ["### Where the memory is", "",
+             "Each worker's own account (`payments_memory_bytes`, `payments_table_stores` of its "
+             "/metrics): MB at the first sample past the first minute, at the last, and per 10 "
+             "minutes after the horizon (a restart starts a process again: its parts restart too).", ""]
+    for name, rows in table.items():
+        lines += [f"| {name} | first | last | per 10 min after the horizon |", "|---|---:|---:|---:|"]
+        lines += [f"| {part} | {first:,.1f} | {last:,.1f} | "
+                  f"{'' if slope is None else f'{slope:+.1f}'} |" for part, (first, last, slope) in rows.items()]
+        lines.append("")
+    return lines
+
+
+def _per_10_min(points: list[tuple[float, float]]) -> float | None:
+    """The least-squares slope of ``(seconds, value)`` points, per 10 minutes; None for
+    fewer than 10 points."""
+    if len(points) < 10:
+        return None
+    mean_t = sum(t for t, _ in points) / len(points)
+    mean_v = sum(v for _, v in points) / len(points)
+    spread = sum((t - mean_t) ** 2 for t, _ in points)
+    if spread == 0:
+        return None
+    return round(sum((t - mean_t) * (v - mean_v) for t, v in points) / spread * 600.0, 1)
+
+
 def _horizon(seconds: float | None) -> str:
     if seconds is None:
         return "7 days (the default)"
@@ -220,7 +268,7 @@ def _send(config: PipelineConfig, records: list) -> None:
 
 
 def _sample(t: float, workers: list[WorkerProcess], config: PipelineConfig) -> Sample:
-    rss, state = {}, {}
+    rss, state, memory = {}, {}, {}
     for worker in workers:
         if worker.running:
             try:
@@ -228,10 +276,32 @@ def _sample(t: float, workers: list[WorkerProcess], config: PipelineConfig) -> S
                 rss[worker.name] = round(sum(p.memory_info().rss for p in [proc, *proc.children(True)]) / 2**20, 1)
             except psutil.Error:
                 pass
+            memory[worker.name] = scrape_memory(worker.url)
         data = config.workdir / f"{worker.name}-data"
         state[worker.name] = round(sum(f.stat().st_size for f in data.rglob("*") if f.is_file()) / 2**20, 2) \
             if data.exists() else 0.0
-    return Sample(round(t, 1), rss, state)
+    return Sample(round(t, 1), rss, state, {name: parts for name, parts in memory.items() if parts})
+
+
+#: ``payments_memory_bytes{part="rss"} 1.2e+08`` and ``payments_table_stores{held="tables"} 24.0``
+_MEMORY_LINE = re.compile(r'^payments_(memory_bytes|table_stores)\{(?:part|held)="([a-z_]+)"\} (\S+)$', re.M)
+
+
+def scrape_memory(url: str) -> dict[str, float]:
+    """A worker's memory parts from its /metrics, in MB (store counts as they are); empty
+    when it does not answer (starting, restoring with its web server busy)."""
+    try:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=3.0) as response:
+            text = response.read().decode()
+    except (OSError, ValueError):
+        return {}
+    out = {}
+    for kind, part, value in _MEMORY_LINE.findall(text):
+        if kind == "memory_bytes":
+            out[part] = round(float(value) / 2**20, 1)
+        else:
+            out[f"stores_{part}"] = float(value)
+    return out
 
 
 def write_report(result: SoakResult, out: Path) -> list[Path]:
@@ -287,6 +357,7 @@ def write_report(result: SoakResult, out: Path) -> list[Path]:
            + " per 10 minutes (least squares; a restart restores the state and can step it up)."
            if slope else ""), "",
         "![RSS and local state](soak.png)", "",
+        *_memory_section(result),
         "## Dedup sweep", "",
         f"One partition's sweep scans and deletes **{result.sweep_ids_per_s:,.0f} expired ids/s** of "
         f"CPU (200,000 ids, one tick's budget at a time, this machine); it is configured to look at "

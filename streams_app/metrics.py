@@ -21,7 +21,8 @@ Three kinds of source feed it:
   of faust_guarantees report to :func:`fix_intervened`; the sink its retries.
 - **Read at scrape time** (:func:`refresh`, awaited by the ``/metrics`` view):
   charges counted by the external system itself, true lag per partition, the
-  dedup table's key count, the sink's outage state.
+  dedup table's key count, the sink's outage state, the worker's memory by part
+  and its open table stores (streams_app/memory.py).
 
 These are per-process counters: they start at 0 when the worker starts (use
 ``rate()``/``increase()``), and they count processing, not unique events:
@@ -182,6 +183,15 @@ DEDUP_SWEEP_PASSES = Counter(
 DEDUP_SWEEP_LAST = Gauge(
     f"{PREFIX}_dedup_sweep_last_run_timestamp_seconds", "When the sweep last ran (Unix time)",
     registry=REGISTRY)
+MEMORY = Gauge(
+    f"{PREFIX}_memory_bytes", "The worker's memory by part: rss, rss_anon (its heap), malloc_in_use "
+    "and malloc_free_held (glibc's malloc: live, and freed but kept), rocksdb_memtables, "
+    "rocksdb_block_cache, rocksdb_table_readers (summed over the table stores)", ["part"],
+    registry=REGISTRY)
+STORES = Gauge(
+    f"{PREFIX}_table_stores", "RocksDB stores (one per table and partition) held by the tables, and "
+    "open in the process (held=process: more than held=tables is a store dropped but not closed)",
+    ["held"], registry=REGISTRY)
 
 
 def metric_names() -> set[str]:
@@ -469,6 +479,17 @@ def set_dedup_keys(dbs: dict[int, Any] | None, fallback: Callable[[], int]) -> N
         return
     for partition, db in list(dbs.items()):
         DEDUP_KEYS.labels(str(partition)).set(db.property_int_value("rocksdb.estimate-num-keys") or 0)
+
+
+def set_memory(parts: dict[str, float]) -> None:
+    """Publish :func:`streams_app.memory.breakdown`'s parts."""
+    for part, value in parts.items():
+        if part == "table_stores":
+            STORES.labels("tables").set(value)
+        elif part == "open_stores":
+            STORES.labels("process").set(value)
+        else:
+            MEMORY.labels(part).set(value)
 
 
 def set_charges(target: str, charges: int, charged_events: int, duplicate_charges: int) -> None:

@@ -29,7 +29,7 @@ from aiokafka import TopicPartition
 from faust.web import Request, Response, View
 
 from agents.sink import Sink
-from streams_app import metrics
+from streams_app import memory, metrics
 from streams_app.dlq import dlq_place, latest_dead_letters
 from streams_app.health import SAMPLE_S, started, stream_positions
 from streams_app.ledger import ChargeStats
@@ -144,6 +144,8 @@ class WebViews:
         metrics.set_lag(stream_positions(self.app), exactly_once=self.exactly_once, fetched=self._fetched)
         seen_events = self.tables.seen_events.table
         metrics.set_dedup_keys(getattr(seen_events.data, "_dbs", None), lambda: len(seen_events))
+        metrics.set_memory(memory.breakdown(memory.table_stores(self.app.tables.values()),
+                                            store_dir=Path(self.app.conf.tabledir)))
         sink = self.sink
         if sink is None:
             return

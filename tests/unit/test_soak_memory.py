@@ -3,7 +3,7 @@ stopped growing (what a leak would show)."""
 
 from __future__ import annotations
 
-from lab.soak import Sample, SoakResult
+from lab.soak import Sample, SoakResult, scrape_memory
 
 
 def _result(rss: list[tuple[float, float]], horizon_s: float | None = 600.0) -> SoakResult:
@@ -32,3 +32,42 @@ def test_no_horizon_or_too_few_late_samples_give_no_slope():
 
 def result_slope(rss: list[tuple[float, float]]) -> float:
     return _result(rss).rss_slope_after_horizon()["w1"]
+
+
+def test_the_memory_table_says_which_part_grows_after_the_horizon():
+    samples = [Sample(t=t, rss_mb={"w1": 200 + t / 60}, state_mb={},
+                      memory={"w1": {"rss": 200 + t / 60, "rocksdb_memtables": 20.0}})
+               for t in range(0, 1800, 10)]
+    result = SoakResult(guarantee="exactly_once", minutes=30, rate=200, events=360_000, horizon_s=600.0,
+                        samples=samples)
+    rows = result.memory_table()["w1"]
+    assert rows["rss"] == (201.0, 200 + 1790 / 60, 10.0)
+    assert rows["rocksdb_memtables"] == (20.0, 20.0, 0.0)
+
+
+def test_a_worker_s_memory_parts_are_read_from_its_metrics_page():
+    import http.server
+    import threading
+
+    from streams_app import metrics
+
+    metrics.set_memory({"rss": 3 * 2**20, "rocksdb_memtables": 2**20, "table_stores": 4, "open_stores": 5})
+    page = metrics.generate_latest(metrics.REGISTRY)
+
+    class Metrics(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        parts = scrape_memory(f"http://127.0.0.1:{server.server_port}")
+    finally:
+        server.shutdown()
+    assert parts == {"rss": 3.0, "rocksdb_memtables": 1.0, "stores_tables": 4.0, "stores_process": 5.0}
+    assert scrape_memory("http://127.0.0.1:9") == {}  # nobody there: nothing, no error

@@ -1,0 +1,117 @@
+"""Where a worker's memory is: the parts /metrics exports as ``payments_memory_bytes``.
+
+A worker's resident memory is mostly not Python's: the tables' RocksDB stores (their
+memtables, block caches and index readers) and glibc's malloc, which keeps memory freed
+by C code (RocksDB, the Kafka client's buffers) for reuse instead of returning it. A
+growing RSS is read by comparing these parts over time (the soak samples them from each
+worker's ``/metrics``, lab/soak.py), and a store that should be closed but is still open
+shows as ``open_stores`` above ``table_stores``.
+
+Everything here is read from the running process at scrape time, cheaply: RocksDB's
+properties, ``mallinfo2()`` (glibc 2.33 and later; absent elsewhere), ``/proc/self``.
+Nothing is imported that the worker does not already have.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+#: RocksDB's own account of a store's memory, by part.
+ROCKSDB_PROPERTIES = {
+    "rocksdb_memtables": "rocksdb.cur-size-all-mem-tables",
+    "rocksdb_block_cache": "rocksdb.block-cache-usage",
+    "rocksdb_table_readers": "rocksdb.estimate-table-readers-mem",
+}
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def _mallinfo2() -> Any | None:
+    """glibc's ``mallinfo2``, or None where there is none (musl, macOS, glibc < 2.33)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        call = libc.mallinfo2
+    except (OSError, AttributeError):
+        return None
+    call.restype = _MallInfo2
+    return call
+
+
+_MALLINFO2 = _mallinfo2()
+
+
+def table_stores(tables: Iterable[Any]) -> list[Any]:
+    """The RocksDB databases Faust holds open for ``tables``: one per table and partition."""
+    return [db for table in tables for db in list(getattr(table.data, "_dbs", {}).values())]
+
+
+def breakdown(stores: list[Any], *, store_dir: Path | None = None) -> dict[str, float]:
+    """This process's memory by part, in bytes, and its open stores (counts).
+
+    ``rss``, ``rss_anon`` (the heap: what a leak grows), ``malloc_in_use`` (live blocks of
+    glibc's malloc, RocksDB's included), ``malloc_free_held`` (freed, kept by malloc),
+    the RocksDB parts of :data:`ROCKSDB_PROPERTIES` summed over ``stores``; counts
+    ``table_stores`` (``len(stores)``) and ``open_stores`` (RocksDB ``LOCK`` files this
+    process holds under ``store_dir``: a store dropped by Faust but still referenced
+    stays open, with its memtables)."""
+    out: dict[str, float] = {}
+    out.update(_proc_status())
+    if _MALLINFO2 is not None:
+        info = _MALLINFO2()
+        out["malloc_in_use"] = float(info.uordblks + info.hblkhd)
+        out["malloc_free_held"] = float(info.fordblks)
+    for part, name in ROCKSDB_PROPERTIES.items():
+        out[part] = float(sum(_int_property(db, name) for db in stores))
+    out["table_stores"] = float(len(stores))
+    if store_dir is not None:
+        out["open_stores"] = float(_open_locks(store_dir))
+    return out
+
+
+def _int_property(db: Any, name: str) -> int:
+    try:
+        return int(db.property_int_value(name) or 0)
+    except Exception:  # noqa: BLE001 - a closed or non-RocksDB store: nothing to count
+        return 0
+
+
+def _proc_status() -> dict[str, float]:
+    """VmRSS and RssAnon of /proc/self/status, in bytes; empty where there is no /proc."""
+    fields = {"VmRSS:": "rss", "RssAnon:": "rss_anon"}
+    out = {}
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                words = line.split()  # "VmRSS:", "91234", "kB"
+                if len(words) == 3 and words[0] in fields:
+                    out[fields[words[0]]] = float(int(words[1]) * 1024)
+    except OSError:
+        pass
+    return out
+
+
+def _open_locks(store_dir: Path) -> int:
+    """RocksDB LOCK files under ``store_dir`` this process holds open (one per open store)."""
+    root = str(store_dir.resolve())
+    count = 0
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return 0
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.endswith("/LOCK") and target.startswith(root):
+            count += 1
+    return count
