@@ -102,9 +102,11 @@ def test_the_same_app_in_stock_faust_does_not(kafka_bootstrap, tmp_path):
 def test_killed_at_its_own_crash_point_the_kit_s_app_stays_exact_and_stock_faust_does_not(kafka_bootstrap, tmp_path):
     """The lab's named crash points in someone else's app: both examples mark
     ``orders.after_forward`` (an output sent, its offset not committed); each worker start is
-    armed to SIGKILL itself there."""
-    kit = _run("examples.order_dedup", kafka_bootstrap, tmp_path / "kit-point", seed=7, crash_at="orders.after_forward")
-    assert kit.kills == 4 and kit.holds, kit.summary()
-    stock = _run("examples.order_dedup_stock", kafka_bootstrap, tmp_path / "stock-point", seed=7,
+    armed to SIGKILL itself there. Two kills each (CI time): every one lands where stock
+    Faust has already sent an output it will send again."""
+    kit = _run("examples.order_dedup", kafka_bootstrap, tmp_path / "kit-point", seed=7, kills=2,
+               crash_at="orders.after_forward")
+    assert kit.kills == 2 and kit.holds, kit.summary()
+    stock = _run("examples.order_dedup_stock", kafka_bootstrap, tmp_path / "stock-point", seed=7, kills=2,
                  crash_at="orders.after_forward")
-    assert stock.kills == 4 and not stock.holds, stock.summary()
+    assert stock.kills == 2 and not stock.holds, stock.summary()
