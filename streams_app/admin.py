@@ -9,11 +9,8 @@ from collections.abc import Callable, Iterable
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.client import AIOKafkaClient
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
-from tenacity import RetryCallState
+from aiokafka.errors import TopicAlreadyExistsError, for_code
 
-from .retrying import RetryPolicy
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -23,35 +20,6 @@ PIPELINE_TOPICS = ("raw", "dlq", "events", "unique", "applied")
 #: A record to send: key, value and its headers ``[(name, bytes), ...]``.
 Record = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
 TOPIC_READY_TIMEOUT_S = 15.0
-#: How a worker waits for Kafka at its start: for as long as it takes, tries 0.5 s apart at
-#: first, at most 30 s apart (with jitter: workers restarted together do not knock in step).
-BROKER_WAIT = RetryPolicy(first_wait=0.5, max_wait=30.0)
-
-
-async def wait_for_brokers(bootstrap: str, policy: RetryPolicy = BROKER_WAIT) -> None:
-    """Return once a broker of ``bootstrap`` answers a metadata request.
-
-    Faust's producer tries once at start: a worker started while Kafka is unreachable (a
-    cluster restarting, a deploy that starts workers first, a DNS name not resolvable yet,
-    a worker restarting after a dependency failure) exits at once with
-    ``KafkaConnectionError: Unable to bootstrap``. Run before the app starts, this waits
-    instead, logging each try."""
-
-    async def reach() -> None:
-        client = AIOKafkaClient(bootstrap_servers=bootstrap)
-        try:
-            await client.bootstrap()
-        finally:
-            await client.close()
-
-    def waiting(state: RetryCallState) -> None:
-        assert state.outcome is not None and state.next_action is not None
-        log.warning("Kafka at %s does not answer (%s); waiting %.1f s before try %d", bootstrap,
-                    state.outcome.exception(), state.next_action.sleep, state.attempt_number + 1)
-
-    await policy.run(reach, retry_on=lambda exc: isinstance(exc, KafkaError), before_sleep=waiting)
-
-
 async def ensure_topics(settings: Settings) -> list[str]:
     """Create the pipeline's topics with TOPIC_PARTITIONS partitions if missing.
 

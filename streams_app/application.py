@@ -13,16 +13,18 @@ from __future__ import annotations
 import gc
 import os
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Set
 from pathlib import Path
 from typing import Any
 
 import faust
+from faust.types import TP
 
 import faust_guarantees
+from faust_guarantees.brokers import wait_for_brokers
 
-from . import admin, faults, logs, metrics
-from .exceptions import SettingsError, UnverifiedUpstream
+from . import faults, logs, metrics
+from .exceptions import PartitionsAdded, SettingsError, UnverifiedUpstream
 from .health import HealthMonitor
 from .settings import Settings
 from .stores import Table, drop_ttl_stores
@@ -45,7 +47,7 @@ class PaymentsApp(faust.App):
     starts, before any table or agent. One that raises SettingsError refuses the start; the
     worker exits with its message. :attr:`start_checks` (the sink: the payment API's key
     retention) run first; then the worker waits for Kafka for as long as it takes
-    (:func:`streams_app.admin.wait_for_brokers`), then :attr:`kafka_checks` run (the
+    (:func:`faust_guarantees.brokers.wait_for_brokers`), then :attr:`kafka_checks` run (the
     topics' partition counts)."""
 
     def __init__(self, *args: Any, settings: Settings, health: HealthMonitor, **kwargs: Any) -> None:
@@ -70,6 +72,14 @@ class PaymentsApp(faust.App):
         self.health.agent_crashed(agent.name, exc)
         await super()._on_agent_error(agent, exc)
 
+    async def _on_partitions_assigned(self, assigned: Set[TP], generation_id: int = 0) -> None:
+        # Faust's rebalance callback (the consumer's on_partitions_assigned), before any of it.
+        beyond = sorted(tp for tp in assigned if tp.partition >= self.settings.partitions)
+        if beyond:
+            await self.crash(PartitionsAdded(partitions_added(beyond, self.settings.partitions)))
+            return
+        await super()._on_partitions_assigned(assigned, generation_id)
+
     async def on_started(self) -> None:
         await super().on_started()
         if self.settings.gc_tuning:
@@ -80,11 +90,30 @@ class PaymentsApp(faust.App):
         metrics.install(self, guarantee=self.settings.processing_guarantee)
         for check in self.start_checks:
             await check()
-        # Faust's producer tries Kafka once, then the worker exits (KafkaConnectionError).
-        await admin.wait_for_brokers(self.settings.bootstrap)
+        # The kit's kafka-wait-at-start waits before the producer starts; the Kafka checks
+        # come before that, so they wait here (a settings error above is refused at once).
+        await wait_for_brokers(self.settings.bootstrap)
         for check in self.kafka_checks:
             await check()
         drop_ttl_stores(Path(self.conf.tabledir))
+
+
+def partitions_added(beyond: list[TP], partitions: int) -> str:
+    """Why a worker assigned ``beyond`` (partitions numbered from TOPIC_PARTITIONS on) stops.
+
+    Partitions were added to a topic while the pipeline ran (the start check refuses other
+    counts; Kafka only ever adds). An event id's dedup state and an account's balance live
+    in the partition its key hashes to among ``partitions``: with more, a key would be
+    looked up where its state is not, and a repeated payment charged again. Kafka Streams
+    stops a task whose source topic changed its partition count, for the same reason."""
+    topics = sorted({tp.topic for tp in beyond})
+    return (f"partitions were added to {', '.join(topics)} while the worker ran (assigned "
+            f"{', '.join(f'{tp.topic}[{tp.partition}]' for tp in beyond[:4])}); every pipeline topic "
+            f"and changelog must keep TOPIC_PARTITIONS={partitions}: an id's dedup state and an "
+            f"account's balance would be looked up in another partition and payments charged twice. "
+            f"Stopped without committing anything of those partitions. To go on: move the pipeline to "
+            f"new topics with the new count (another TOPIC_PREFIX and APP_ID, TOPIC_PARTITIONS set), "
+            f"or recreate these topics with {partitions} partitions")
 
 
 #: gc thresholds once started: a young generation of 50,000 allocations (Python's default 700

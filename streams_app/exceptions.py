@@ -22,6 +22,11 @@ class SettingsError(StreamsAppError):
         super().__init__(f"invalid settings:\n{lines}")
 
 
+class PartitionsAdded(StreamsAppError):
+    """A pipeline topic or changelog got more partitions while the worker ran: the keyed
+    state would be looked up in the wrong partitions (streams_app.application)."""
+
+
 class UnverifiedUpstream(SettingsError):
     """The installed faust-streaming or aiokafka is not the code the Faust fixes were
     verified on: each problem names the fixes to re-verify (faust_guarantees.guard)."""

@@ -22,6 +22,7 @@ from . import (
     direct_delivery,
     exact_gaps,
     fenced_restart,
+    kafka_wait_at_start,
     livelock_position,
     lso_consistency_check,
     no_head_of_line_blocking,
@@ -67,6 +68,7 @@ MODULES: tuple[ModuleType, ...] = (
     route_metadata,
     no_head_of_line_blocking,
     bounded_stop,
+    kafka_wait_at_start,
 )
 
 BY_NAME: dict[str, ModuleType] = {module.NAME: module for module in MODULES}
