@@ -27,7 +27,7 @@ from . import faults, logs, metrics
 from .exceptions import PartitionsAdded, SettingsError, UnverifiedUpstream
 from .health import HealthMonitor
 from .settings import Settings
-from .stores import Table, drop_ttl_stores
+from .stores import StoreMemory, Table, drop_ttl_stores
 
 
 def load_settings() -> Settings:
@@ -56,6 +56,8 @@ class PaymentsApp(faust.App):
         self.kafka_checks: list[StartCheck] = []
         self.settings = settings
         self.health = health
+        #: What the tables' stores hold in memory together (streams_app/stores.py).
+        self.store_memory = StoreMemory(settings.store_memory_mb * 2**20)
         #: The kit installed into this app (set by create_app).
         self.guarantees: faust_guarantees.Guarantees | None = None
 

@@ -77,6 +77,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise ValueError(f"expected a whole number of at least {low}")
+        return value
+    return parse
+
+
 def _positive_duration(text: str) -> float:
     value = parse_duration(text)
     if value <= 0:
@@ -248,6 +257,13 @@ class Settings:
     store: str = _setting(
         "STORE_URL", "rocksdb://", _store_url,
         "Table store: rocksdb:// (rocksdict, survives restarts) or memory://.",
+    )
+    store_memory_mb: int = _setting(
+        "STORE_MEMORY_MB", 128, _at_least(16),
+        "Memory of all the worker's RocksDB table stores together, in MB: three quarters "
+        "memtables (split over every table partition, each flushed to disk when full), a "
+        "quarter one shared block cache. Faust's defaults (3 x 64 MB memtables and a 2 GiB "
+        "cache per store) let RSS grow with every row written (streams_app/stores.py).",
     )
     datadir: str = _setting(
         "APP_DATADIR", "", str,
