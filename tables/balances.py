@@ -15,6 +15,8 @@ from typing import Any
 
 from faust_guarantees.batching import RecordBatches
 
+from .changelog import COMPACTED_CHANGELOG
+
 
 class Balances:
     """The ``balances`` table of one app, and how the apply stage reads and writes it."""
@@ -27,6 +29,7 @@ class Balances:
             # would make Faust look for a Record class and fail to decode).
             default=dict,
             partitions=app.settings.partitions,
+            extra_topic_configs=COMPACTED_CHANGELOG,
             help="account -> {currency: minor units}",
         )
 

@@ -23,6 +23,8 @@ from faust.streams import current_event
 from faust_guarantees.processing import as_current, current_event_kept
 from streams_app import metrics
 
+from .changelog import COMPACTED_CHANGELOG
+
 #: The counts of the batch in progress in this task (agents.processing sets it),
 #: written once per key when the batch is done: one table write (and changelog
 #: record) per counter and partition per batch instead of one per record.
@@ -39,6 +41,7 @@ class Counters:
             value_type=int,
             default=int,
             partitions=app.settings.partitions,
+            extra_topic_configs=COMPACTED_CHANGELOG,
             help="stage.counter@partition -> count",
         )
 
