@@ -82,6 +82,14 @@ async def _have_leaders(admin: AIOKafkaAdminClient, names: list[str], partitions
     )
 
 
+def partition_rule(partitions: int) -> str:
+    """The partition-count rule, as the start check and a worker assigned an added
+    partition (application.partitions_added) both state it."""
+    return (f"every pipeline topic and changelog must keep TOPIC_PARTITIONS={partitions} partitions: an "
+            f"event id's dedup state and an account's balance live in the partition its key hashes to, "
+            f"so with another count a key is looked up where its state is not and a payment charged twice")
+
+
 async def partition_count_problems(settings: Settings) -> list[str]:
     """What is wrong with the partition counts of the pipeline topics that exist: each
     needs TOPIC_PARTITIONS (the dedup state of an event id lives in one partition of
@@ -99,8 +107,8 @@ async def partition_count_problems(settings: Settings) -> list[str]:
         found = len(described[name]["partitions"]) if name in described else None
         if found is not None and found != settings.partitions:
             problems.append(
-                f"topic {name} has {found} partitions but TOPIC_PARTITIONS={settings.partitions}: every "
-                f"pipeline topic needs the same count; set TOPIC_PARTITIONS={found} if the others have it "
+                f"topic {name} has {found} partitions but TOPIC_PARTITIONS={settings.partitions}: "
+                f"{partition_rule(settings.partitions)}. Set TOPIC_PARTITIONS={found} if the others have it "
                 f"too, or recreate {name} with {settings.partitions} partitions (or use another TOPIC_PREFIX)")
     return problems
 

@@ -24,6 +24,7 @@ import faust_guarantees
 from faust_guarantees.brokers import wait_for_brokers
 
 from . import faults, logs, metrics
+from .admin import partition_rule
 from .exceptions import PartitionsAdded, SettingsError, UnverifiedUpstream
 from .health import HealthMonitor
 from .settings import Settings
@@ -104,15 +105,12 @@ def partitions_added(beyond: list[TP], partitions: int) -> str:
     """Why a worker assigned ``beyond`` (partitions numbered from TOPIC_PARTITIONS on) stops.
 
     Partitions were added to a topic while the pipeline ran (the start check refuses other
-    counts; Kafka only ever adds). An event id's dedup state and an account's balance live
-    in the partition its key hashes to among ``partitions``: with more, a key would be
-    looked up where its state is not, and a repeated payment charged again. Kafka Streams
-    stops a task whose source topic changed its partition count, for the same reason."""
+    counts; Kafka only ever adds), which breaks :func:`~streams_app.admin.partition_rule`.
+    Kafka Streams stops a task whose source topic changed its partition count, for the
+    same reason."""
     topics = sorted({tp.topic for tp in beyond})
     return (f"partitions were added to {', '.join(topics)} while the worker ran (assigned "
-            f"{', '.join(f'{tp.topic}[{tp.partition}]' for tp in beyond[:4])}); every pipeline topic "
-            f"and changelog must keep TOPIC_PARTITIONS={partitions}: an id's dedup state and an "
-            f"account's balance would be looked up in another partition and payments charged twice. "
+            f"{', '.join(f'{tp.topic}[{tp.partition}]' for tp in beyond[:4])}); {partition_rule(partitions)}. "
             f"Stopped without committing anything of those partitions. To go on: move the pipeline to "
             f"new topics with the new count (another TOPIC_PREFIX and APP_ID, TOPIC_PARTITIONS set), "
             f"or recreate these topics with {partitions} partitions")

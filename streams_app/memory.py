@@ -21,6 +21,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from streams_app.stores import open_databases
+
 #: RocksDB's own account of a store's memory, by part.
 ROCKSDB_PROPERTIES = {
     "rocksdb_memtables": "rocksdb.cur-size-all-mem-tables",
@@ -51,7 +53,7 @@ _MALLINFO2 = _mallinfo2()
 
 def table_stores(tables: Iterable[Any]) -> list[Any]:
     """The RocksDB databases Faust holds open for ``tables``: one per table and partition."""
-    return [db for table in tables for db in list(getattr(table.data, "_dbs", {}).values())]
+    return [db for table in tables for db in open_databases(table).values()]
 
 
 def breakdown(stores: list[Any], *, store_dir: Path | None = None) -> dict[str, float]:
@@ -85,7 +87,11 @@ def _int_property(db: Any, name: str) -> int:
 
 
 def _proc_status() -> dict[str, float]:
-    """VmRSS and RssAnon of /proc/self/status, in bytes; empty where there is no /proc."""
+    """VmRSS and RssAnon of /proc/self/status, in bytes; empty where there is no /proc.
+
+    VmRSS is also ``process_resident_memory_bytes`` (prometheus_client's ProcessCollector,
+    streams_app/metrics.py); it is read here again, in the same read as RssAnon, so that
+    the parts of one breakdown are of one instant."""
     fields = {"VmRSS:": "rss", "RssAnon:": "rss_anon"}
     out = {}
     try:

@@ -46,6 +46,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 
@@ -122,6 +123,10 @@ REGISTRY.register(TALLY)
 
 #: Faust's own sensor metrics, prefixed ``payments_faust_``.
 FAUST = FaustMetrics.create(REGISTRY, f"{PREFIX}_faust")
+
+#: The standard ``process_*`` metrics (CPU seconds, resident memory, open files), as every
+#: Prometheus client exports them, for the dashboards that expect them.
+ProcessCollector(registry=REGISTRY)
 
 _LATENCY_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 

@@ -23,6 +23,16 @@ from faust.stores.rocksdb import RocksDBOptions
 log = logging.getLogger(__name__)
 
 
+def open_databases(table: Any) -> dict[int, Any]:
+    """The RocksDB databases Faust holds open for ``table``, by partition; empty for a
+    store that is not RocksDB (``memory://`` in tests).
+
+    Faust's RocksDB store keeps them in its private ``_dbs``; this is the one place that
+    reads it (the dedup sweep, the memory parts and the dedup-keys gauge go through here).
+    """
+    return dict(getattr(table.data, "_dbs", None) or {})
+
+
 def drop_ttl_stores(tabledir: Path) -> list[Path]:
     """Delete local table stores written as RocksDB TTL databases; return them.
 

@@ -43,7 +43,7 @@ from faust.types import EventT
 
 from faust_guarantees.batching import RecordBatches
 from faust_guarantees.processing import as_current
-from streams_app import metrics
+from streams_app import metrics, stores
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class SeenEvents:
         """Delete the ids older than the horizon from this worker's local partitions;
         return how many. Each partition resumes where the previous tick stopped; the
         agents run between partitions."""
-        dbs = getattr(self.table.data, "_dbs", None)
+        dbs = stores.open_databases(self.table)
         if not dbs:
             return 0  # not a RocksDB store (memory:// in tests): nothing accumulates on disk
         now = time.time() if now is None else now

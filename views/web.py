@@ -33,6 +33,7 @@ from streams_app import memory, metrics
 from streams_app.dlq import dlq_place, latest_dead_letters
 from streams_app.health import SAMPLE_S, started, stream_positions
 from streams_app.ledger import ChargeStats
+from streams_app.stores import open_databases
 from tables import Tables
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ class WebViews:
         and the stores. An external system that does not answer leaves its last values."""
         metrics.set_lag(stream_positions(self.app), exactly_once=self.exactly_once, fetched=self._fetched)
         seen_events = self.tables.seen_events.table
-        metrics.set_dedup_keys(getattr(seen_events.data, "_dbs", None), lambda: len(seen_events))
+        metrics.set_dedup_keys(open_databases(seen_events), lambda: len(seen_events))
         metrics.set_memory(memory.breakdown(memory.table_stores(self.app.tables.values()),
                                             store_dir=Path(self.app.conf.tabledir)))
         sink = self.sink

@@ -36,3 +36,17 @@ def test_the_parts_are_exported():
     text = metrics.generate_latest(metrics.REGISTRY).decode()
     assert 'payments_memory_bytes{part="rocksdb_memtables"} 5e+06' in text
     assert 'payments_table_stores{held="process"} 5.0' in text
+    assert "process_resident_memory_bytes " in text  # the standard process metrics beside them
+
+
+def test_a_tables_databases_are_read_through_one_accessor(tmp_path):
+    class Data:
+        _dbs = {0: "db-0", 3: "db-3"}
+
+    class Table:
+        data = Data()
+
+    class MemoryTable:
+        data = object()  # memory:// stores hold no databases
+
+    assert memory.table_stores([Table(), MemoryTable()]) == ["db-0", "db-3"]
