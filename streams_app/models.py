@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -104,7 +105,39 @@ def _object(raw: bytes | None, max_bytes: int) -> dict[str, Any]:
         raise InvalidPayment("not_json", f"value is not UTF-8 JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidPayment("not_object", f"expected a JSON object, got {type(data).__name__}")
+    repeated = _repeated_keys(raw, data)
+    if repeated:
+        raise InvalidPayment(
+            "repeated_field", f"key {repeated[0]!r} appears more than once in one object: JSON readers "
+            "disagree on which one counts (this one keeps the last, many the first)")
     return data
+
+
+def _repeated_keys(raw: bytes, data: dict[str, Any]) -> list[str]:
+    """The keys some object of ``raw`` holds more than once (``data`` is ``raw`` read).
+
+    orjson, like Python's json, keeps the last of a repeated key; other readers of the same
+    topic keep the first or refuse it, so ``{"amount": 1, "amount": 100000}`` would be a
+    different payment to each. Free for a compact record (the pipeline's own, and any
+    producer writing compact JSON): when ``raw`` is exactly ``data`` written again, no key
+    was dropped. Any other record is read again by the stdlib parser, key by key."""
+    try:
+        if orjson.dumps(data) == raw:
+            return []
+    except orjson.JSONEncodeError:  # read but not written back (an integer past 64 bits)
+        pass
+    repeated: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        counts = Counter(key for key, _ in items)
+        repeated.extend(key for key, count in counts.items() if count > 1)
+        return dict(items)
+
+    try:
+        json.loads(raw, object_pairs_hook=pairs)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidPayment("not_json", f"value is JSON to one parser and not to another: {exc}") from None
+    return repeated
 
 
 def _field(data: Mapping[str, Any], name: str, kind: type) -> Any:

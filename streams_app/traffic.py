@@ -18,7 +18,7 @@ CURRENCY_OF = ("EUR", "USD", "GBP")
 #: Kinds of malformed record, each caught by a different validation rule.
 BAD_KINDS = (
     "not_json", "not_object", "missing_field", "wrong_type",
-    "negative_amount", "absurd_amount", "bad_currency", "oversize", "empty",
+    "negative_amount", "absurd_amount", "bad_currency", "oversize", "empty", "repeated_field",
 )
 
 
@@ -118,4 +118,6 @@ def _malformed(kind: str, i: int, rng: random.Random, max_bytes: int) -> bytes:
         base["note"] = "x" * (max_bytes + 1)
     elif kind == "empty":
         return b""
+    elif kind == "repeated_field":  # a reader keeping the first amount and one keeping the last disagree
+        return payment_bytes(base)[:-1] + b',"amount":' + str(base["amount"] * 1000).encode() + b"}"
     return payment_bytes(base)

@@ -3,6 +3,8 @@
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from streams_app.exceptions import InvalidPayment
 from streams_app.models import parse_payment
@@ -40,6 +42,10 @@ def test_valid_payment_parses():
     (raw(created_at="yesterday"), "bad_format"),
     (raw(created_at="2026-01-01T10:00:00"), "bad_format"),
     (b"{" + b" " * 20000 + b"}", "oversize"),
+    (raw()[:-1] + b',"amount":99999}', "repeated_field"),  # last wins here, the first elsewhere
+    (raw()[:-1] + b', "am\\u006funt": 99999}', "repeated_field"),  # spelt with an escape
+    (b'{"amount" : 1, ' + raw()[1:], "repeated_field"),  # not compact: read key by key
+    (raw()[:-1] + b',"note":{"a":1,"a":2}}', "repeated_field"),  # in any object of the record
 ])
 def test_malformed_records_are_rejected_with_a_reason(value, code):
     with pytest.raises(InvalidPayment) as err:
@@ -95,3 +101,28 @@ def test_re_sends_stay_inside_their_window():
     ages = _resend_ages(generate(3000, duplicate_rate=0.3, seed=4, resend_window=25).records)
     assert len(ages) > 500 and max(ages) < 25
     assert max(_resend_ages(generate(3000, duplicate_rate=0.3, seed=4).records)) > 25  # no window: any
+
+
+@pytest.mark.parametrize("value", [
+    json.dumps(VALID).encode(),  # spaces: the stdlib's default, read key by key
+    raw(note='"amount": 5, "amount": 6'),  # the key's text inside a string is not a key
+    raw(note={"amount": 5}),  # the same key in another object
+    raw(note="caf\u00e9"),  # escaped here, UTF-8 when written again: read key by key
+])
+def test_a_record_without_a_repeated_key_is_not_refused_for_one(value):
+    assert parse_payment(value, **LIMITS).amount == 250
+
+
+@given(st.dictionaries(st.text(max_size=4), st.integers() | st.text(max_size=4), max_size=6),
+       st.sampled_from([(",", ":"), (", ", ": "), (",", " : ")]))
+def test_repeating_any_key_of_any_object_is_refused(data, separators):
+    items = [*VALID.items(), *data.items()]
+    body = ",".join(json.dumps(k) + separators[1] + json.dumps(v) for k, v in items)
+    once = ("{" + body + "}").encode()
+    twice = ("{" + body + "," + json.dumps(items[-1][0]) + separators[1] + "1}").encode()
+    with pytest.raises(InvalidPayment) as err:
+        parse_payment(twice, **LIMITS)
+    assert err.value.code == "repeated_field"
+    keys = [k for k, _ in items]
+    if len(set(keys)) == len(keys):
+        parse_payment(once, **LIMITS)  # no key twice: not refused for one (valid fields kept)
