@@ -49,6 +49,9 @@ class PipelineConfig:
     extra_env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # Absolute: the workers run in the repository (REPO), the lab wherever it was started,
+        # and both must mean the same sink database and data directories.
+        self.workdir = self.workdir.resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         if not self.sink_db:
             self.sink_db = f"sqlite:///{self.workdir / 'sink.db'}"
