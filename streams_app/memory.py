@@ -56,7 +56,7 @@ def table_stores(tables: Iterable[Any]) -> list[Any]:
     return [db for table in tables for db in open_databases(table).values()]
 
 
-def breakdown(stores: list[Any], *, store_dir: Path | None = None) -> dict[str, float]:
+def breakdown(stores: list[Any], *, store_dir: Path | None = None, shared_cache: Any = None) -> dict[str, float]:
     """This process's memory by part, in bytes, and its open stores (counts).
 
     ``rss``, ``rss_anon`` (the heap: what a leak grows), ``malloc_in_use`` (live blocks of
@@ -64,7 +64,9 @@ def breakdown(stores: list[Any], *, store_dir: Path | None = None) -> dict[str, 
     the RocksDB parts of :data:`ROCKSDB_PROPERTIES` summed over ``stores``; counts
     ``table_stores`` (``len(stores)``) and ``open_stores`` (RocksDB ``LOCK`` files this
     process holds under ``store_dir``: a store dropped by Faust but still referenced
-    stays open, with its memtables)."""
+    stays open, with its memtables). With ``shared_cache`` (the one block cache all the
+    stores use, streams_app/stores.py ``StoreMemory``) the block cache is its usage: each
+    store reports the shared cache's whole usage, which a sum would count once per store."""
     out: dict[str, float] = {}
     out.update(_proc_status())
     if _MALLINFO2 is not None:
@@ -73,6 +75,8 @@ def breakdown(stores: list[Any], *, store_dir: Path | None = None) -> dict[str, 
         out["malloc_free_held"] = float(info.fordblks)
     for part, name in ROCKSDB_PROPERTIES.items():
         out[part] = float(sum(_int_property(db, name) for db in stores))
+    if shared_cache is not None:
+        out["rocksdb_block_cache"] = float(shared_cache.get_usage())
     out["table_stores"] = float(len(stores))
     if store_dir is not None:
         out["open_stores"] = float(_open_locks(store_dir))

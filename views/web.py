@@ -145,8 +145,10 @@ class WebViews:
         metrics.set_lag(stream_positions(self.app), exactly_once=self.exactly_once, fetched=self._fetched)
         seen_events = self.tables.seen_events.table
         metrics.set_dedup_keys(open_databases(seen_events), lambda: len(seen_events))
+        store_memory = getattr(self.app, "store_memory", None)
         metrics.set_memory(memory.breakdown(memory.table_stores(self.app.tables.values()),
-                                            store_dir=Path(self.app.conf.tabledir)))
+                                            store_dir=Path(self.app.conf.tabledir),
+                                            shared_cache=store_memory and store_memory.block_cache()))
         sink = self.sink
         if sink is None:
             return

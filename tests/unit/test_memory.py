@@ -50,3 +50,21 @@ def test_a_tables_databases_are_read_through_one_accessor(tmp_path):
         data = object()  # memory:// stores hold no databases
 
     assert memory.table_stores([Table(), MemoryTable()]) == ["db-0", "db-3"]
+
+
+def test_a_block_cache_all_stores_share_is_counted_once(tmp_path):
+    from streams_app.stores import StoreMemory, UnloggedRocksDBOptions
+
+    options = UnloggedRocksDBOptions()
+    options.memory = StoreMemory(64 * 2**20)
+    dbs = [options.open(tmp_path / f"balances-{p}.db") for p in range(4)]
+    for db in dbs:
+        for i in range(5_000):
+            db[f"acct-{i}".encode()] = b"x" * 100
+        db.flush()
+        for i in range(5_000):
+            assert db[f"acct-{i}".encode()]  # read back: blocks into the shared cache
+    cache = options.memory.block_cache()
+    parts = memory.breakdown(dbs, shared_cache=cache)
+    assert 0 < parts["rocksdb_block_cache"] == cache.get_usage() <= 16 * 2**20
+    assert memory.breakdown(dbs)["rocksdb_block_cache"] == 4 * cache.get_usage()  # the sum: 4 times
