@@ -21,6 +21,14 @@ BAD_KINDS = (
     "negative_amount", "absurd_amount", "bad_currency", "oversize", "empty", "repeated_field",
 )
 
+#: Each kind of malformed record -> the code ingest dead-letters it with (streams_app/models.py).
+CODE_OF_KIND = {
+    "not_json": "not_json", "not_object": "not_object", "missing_field": "missing_field",
+    "wrong_type": "wrong_type", "negative_amount": "bad_amount", "absurd_amount": "bad_amount",
+    "bad_currency": "bad_format", "oversize": "oversize", "empty": "empty",
+    "repeated_field": "repeated_field",
+}
+
 
 @dataclass
 class Traffic:

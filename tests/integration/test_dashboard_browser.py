@@ -12,12 +12,12 @@ import tempfile
 
 import pytest
 
-from streams_app.traffic import generate
+from streams_app.traffic import CODE_OF_KIND, generate
 
 pytestmark = pytest.mark.integration
 
 #: The reason codes ingest gives the traffic's malformed records (streams_app/models.py).
-CODES = ("not_json", "not_object", "missing_field", "wrong_type", "bad_amount", "bad_format", "oversize", "empty")
+CODES = set(CODE_OF_KIND.values())
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

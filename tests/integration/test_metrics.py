@@ -9,16 +9,9 @@ from collections import Counter
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams_app.traffic import generate
+from streams_app.traffic import CODE_OF_KIND, generate
 
 pytestmark = pytest.mark.integration
-
-#: The traffic's kinds of malformed record -> the code ingest dead-letters them with (models.py).
-CODE_OF_KIND = {
-    "not_json": "not_json", "not_object": "not_object", "missing_field": "missing_field",
-    "wrong_type": "wrong_type", "negative_amount": "bad_amount", "absurd_amount": "bad_amount",
-    "bad_currency": "bad_format", "oversize": "oversize", "empty": "empty",
-}
 
 
 def scrape(url: str) -> tuple[str, dict[str, list]]:

@@ -1,6 +1,7 @@
 """Validation: every malformed kind is caught with a stable code; valid input passes."""
 
 import json
+import random
 
 import pytest
 from hypothesis import given
@@ -8,7 +9,7 @@ from hypothesis import strategies as st
 
 from streams_app.exceptions import InvalidPayment
 from streams_app.models import parse_payment
-from streams_app.traffic import BAD_KINDS, generate
+from streams_app.traffic import BAD_KINDS, CODE_OF_KIND, _malformed, generate
 
 LIMITS = {"max_bytes": 16 * 1024, "max_amount": 10**10}
 VALID = {"event_id": "evt-1", "account": "acct-1", "amount": 250, "currency": "EUR",
@@ -126,3 +127,10 @@ def test_repeating_any_key_of_any_object_is_refused(data, separators):
     keys = [k for k, _ in items]
     if len(set(keys)) == len(keys):
         parse_payment(once, **LIMITS)  # no key twice: not refused for one (valid fields kept)
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
+def test_each_generated_bad_kind_gets_its_code(kind):
+    with pytest.raises(InvalidPayment) as err:
+        parse_payment(_malformed(kind, 3, random.Random(3), LIMITS["max_bytes"]), **LIMITS)
+    assert err.value.code == CODE_OF_KIND[kind]
