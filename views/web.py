@@ -10,6 +10,8 @@
     GET /health/live              200 while the worker answers (streams_app/health.py)
     GET /metrics                  Prometheus text format (streams_app/metrics.py)
     GET /api/dead-letters         the latest dead letters, with the command that replays each
+    GET /debug/memory             where the Python heap was allocated, largest first, while
+                                  tracemalloc traces (PYTHONTRACEMALLOC=10); ?by=traceback
 
 Counters come from the ``pipeline-counters`` table on this worker (active and
 standby partitions); charges are counted in the database itself, so the two
@@ -266,5 +268,12 @@ def register(app: Any, tables: Tables, sink: Sink | None) -> WebViews:
                 "dead_letters": await views.dead_letter_rows(),
                 "replay_help": "faust -A streams_app dlq replay --code CODE | --source PLACE [--dry-run]",
             })
+
+    @app.page("/debug/memory")
+    class PythonHeap(View):
+        async def get(self, request: Request) -> Response:
+            limit = request.query.get("limit", "")
+            return self.json(memory.python_heap_top(int(limit) if limit.isdigit() else 25,
+                                                    by=request.query.get("by", "lineno")))
 
     return views

@@ -68,3 +68,18 @@ def test_a_block_cache_all_stores_share_is_counted_once(tmp_path):
     parts = memory.breakdown(dbs, shared_cache=cache)
     assert 0 < parts["rocksdb_block_cache"] == cache.get_usage() <= 16 * 2**20
     assert memory.breakdown(dbs)["rocksdb_block_cache"] == 4 * cache.get_usage()  # the sum: 4 times
+
+
+def test_the_python_heap_is_shown_by_where_it_was_allocated_while_traced():
+    import tracemalloc
+
+    assert memory.python_heap_top()["tracing"] is False  # says how to turn it on
+    tracemalloc.start(5)
+    try:
+        held = [bytearray(1000) for _ in range(2000)]  # ~2 MB from one line
+        top = memory.python_heap_top(5)
+        assert top["tracing"] and top["traced_bytes"] >= 2_000_000
+        assert top["top"][0]["bytes"] >= 2_000_000 and "test_memory.py" in top["top"][0]["where"][-1]
+        del held
+    finally:
+        tracemalloc.stop()
