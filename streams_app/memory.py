@@ -166,13 +166,14 @@ def _open_locks(store_dir: Path) -> int:
 def python_heap_top(limit: int = 25, *, by: str = "lineno") -> dict[str, Any]:
     """Where the live Python heap was allocated, largest first (``/debug/memory``).
 
-    Only while tracemalloc traces (start the worker with ``PYTHONTRACEMALLOC=10``: each
+    Only while tracemalloc traces (start the worker with ``PYTHONTRACEMALLOC=4``: each
     allocation is slower, so on one worker and for a while). ``traced_bytes`` against the
     ``py`` part of :func:`breakdown` (rss_anon minus malloc's account) tells live objects
     from memory Python's allocator holds in arenas a few live objects pin. The snapshot
-    holds the event loop for as long as it takes (a second or more on a large heap)."""
+    holds the event loop for as long as it takes: seconds on a large heap, and 71 s for a
+    soak worker traced 25 frames deep (session 19), so keep tracebacks short."""
     if not tracemalloc.is_tracing():
-        return {"tracing": False, "how": "start the worker with PYTHONTRACEMALLOC=10 (allocations get slower) "
+        return {"tracing": False, "how": "start the worker with PYTHONTRACEMALLOC=4 (allocations get slower) "
                                           "to see where its Python heap was allocated"}
     traced, peak = tracemalloc.get_traced_memory()
     snapshot = tracemalloc.take_snapshot().filter_traces((

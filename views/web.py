@@ -11,7 +11,7 @@
     GET /metrics                  Prometheus text format (streams_app/metrics.py)
     GET /api/dead-letters         the latest dead letters, with the command that replays each
     GET /debug/memory             where the Python heap was allocated, largest first, while
-                                  tracemalloc traces (PYTHONTRACEMALLOC=10); ?by=traceback
+                                  tracemalloc traces (PYTHONTRACEMALLOC=4); ?by=traceback
 
 Counters come from the ``pipeline-counters`` table on this worker (active and
 standby partitions); charges are counted in the database itself, so the two
