@@ -23,7 +23,7 @@ from faust.types import TP
 import faust_guarantees
 from faust_guarantees.brokers import wait_for_brokers
 
-from . import faults, logs, memory, metrics
+from . import faults, logs, metrics
 from .admin import partition_rule
 from .exceptions import PartitionsAdded, SettingsError, UnverifiedUpstream
 from .health import HealthMonitor
@@ -204,7 +204,6 @@ def create_app(settings: Settings) -> PaymentsApp:
     app.guarantees = guarantees
     faults.install_seek_backs(app)
     faults.install_slow_restore(app)
-    memory.release_freed_regularly(app)
     return app
 
 

@@ -52,41 +52,6 @@ def _mallinfo2() -> Any | None:
 _MALLINFO2 = _mallinfo2()
 
 
-def _malloc_trim() -> Any | None:
-    """glibc's ``malloc_trim``, or None where there is none."""
-    try:
-        call = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-    call.argtypes, call.restype = [ctypes.c_size_t], ctypes.c_int
-    return call
-
-
-_MALLOC_TRIM = _malloc_trim()
-
-#: How often a worker hands back to the OS what malloc keeps freed (:func:`release_freed`).
-RELEASE_EVERY_S = 60.0
-
-
-def release_freed() -> bool:
-    """Hand back to the OS the pages glibc's malloc keeps freed (``malloc_trim(0)``); False
-    where there is no glibc.
-
-    malloc keeps what C code frees (a restore's fetched record batches, RocksDB's flushed
-    memtables) for reuse, and returns only the top of its heap by itself: after a restart
-    20-37 MB of a worker's RSS were freed memory kept (decision 0052). A trim takes ~20 ms
-    on a fragmented 200 MB heap, between batches (an asyncio timer)."""
-    return _MALLOC_TRIM is not None and bool(_MALLOC_TRIM(0))
-
-
-def release_freed_regularly(app: Any, interval: float = RELEASE_EVERY_S) -> None:
-    """Declare the timer that runs :func:`release_freed` on ``app`` every ``interval`` s."""
-    async def release() -> None:
-        release_freed()
-
-    app.timer(interval, name="streams_app.memory.release_freed")(release)
-
-
 def table_stores(tables: Iterable[Any]) -> list[Any]:
     """The RocksDB databases Faust holds open for ``tables``: one per table and partition."""
     return [db for table in tables for db in open_databases(table).values()]
