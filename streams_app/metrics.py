@@ -190,7 +190,9 @@ DEDUP_SWEEP_LAST = Gauge(
     registry=REGISTRY)
 MEMORY = Gauge(
     f"{PREFIX}_memory_bytes", "The worker's memory by part: rss, rss_anon (its heap), malloc_in_use "
-    "and malloc_free_held (glibc's malloc: live, and freed but kept), rocksdb_memtables, "
+    "and malloc_free_held (glibc's malloc: live, and freed but kept), python_arenas, python_allocated "
+    "and python_arenas_highwater (Python's small-object arenas, outside malloc: held, their live "
+    "objects, the most ever held), rocksdb_memtables, "
     "rocksdb_block_cache, rocksdb_table_readers (summed over the table stores)", ["part"],
     registry=REGISTRY)
 STORES = Gauge(

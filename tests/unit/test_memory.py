@@ -83,3 +83,31 @@ def test_the_python_heap_is_shown_by_where_it_was_allocated_while_traced():
         del held
     finally:
         tracemalloc.stop()
+
+
+def test_python_arenas_count_a_burst_of_small_objects_and_keep_the_arenas_its_survivors_pin():
+    before = memory.pymalloc()
+    burst = [(i, str(i)) for i in range(300_000)]  # small objects: tuples, ints, short strs
+    during = memory.pymalloc()
+    assert during["python_allocated"] - before["python_allocated"] > 300_000 * 48
+    assert during["python_arenas"] >= during["python_allocated"]
+    survivors = burst[::64]  # one object in 64 kept: about one per pool
+    del burst
+    gc.collect()
+    after = memory.pymalloc()
+    grown = during["python_allocated"] - before["python_allocated"]
+    assert after["python_allocated"] - before["python_allocated"] < grown / 4  # the objects are gone ...
+    assert after["python_arenas"] - before["python_arenas"] > grown / 2  # ... not their arenas
+    assert after["python_arenas_highwater"] >= during["python_arenas"]
+    assert survivors
+
+
+def test_the_allocator_report_is_parsed_as_cpython_prints_it():
+    text = ("# arenas allocated total           =                  105\n"
+            "# arenas highwater mark            =                  105\n"
+            "# arenas allocated current         =                   78\n"
+            "78 arenas * 1048576 bytes/arena    =           81,788,928\n\n"
+            "# bytes in allocated blocks        =           39,471,904\n")
+    assert memory.pymalloc(text) == {
+        "python_arenas": 81_788_928, "python_allocated": 39_471_904, "python_arenas_highwater": 105 * 1_048_576}
+    assert memory.pymalloc("") == {}
