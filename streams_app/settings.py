@@ -302,6 +302,14 @@ class Settings:
         "worker is busy: at 1 MiB the dedup stage waited for records a fifth of the time, at "
         "4 MiB almost never (reports/bench.md). Memory: up to this much per assigned partition.",
     )
+    max_poll_records: int = _setting(
+        "MAX_POLL_RECORDS", 2000, _positive_int,
+        "Most records the consumer decodes in one poll, over every partition (Faust's "
+        "broker_max_poll_records: unlimited by default). Fetched bytes wait in the client, "
+        "compact; a decoded record is a few hundred bytes of Python objects, and unbounded, a "
+        "worker catching up a backlog decoded every fetched partition at once (CONSUMER_MAX_FETCH_SIZE "
+        "each): its Python heap rose with the partitions it had, and kept the arenas after.",
+    )
     batch_max: int = _setting(
         "BATCH_MAX", 1000, _positive_int,
         "Most records a stage takes in one batch: what is already fetched, never waited "
