@@ -49,13 +49,18 @@ STOP_TIMEOUT_S = 45.0
 KEEP_SUFFIXES = (".log", ".txt")
 
 
-def _fetch_size() -> int:
-    """The pipeline's fetch size per partition (its default: the benchmark does not set it)."""
+def _app_default(name: str) -> int:
+    """A setting's default in the pipeline (the benchmark does not set it)."""
     import dataclasses
 
     from streams_app.settings import Settings
 
-    return int(next(f.default for f in dataclasses.fields(Settings) if f.name == "consumer_max_fetch_size"))
+    return int(next(f.default for f in dataclasses.fields(Settings) if f.name == name))
+
+
+def _fetch_size() -> int:
+    """The pipeline's fetch size per partition."""
+    return _app_default("consumer_max_fetch_size")
 
 
 @dataclass(frozen=True)
@@ -78,7 +83,8 @@ class SystemSpec:
             text += " whole pipeline" if self.variant.stages == PIPELINE else " dedup stage"
             text += (f" (commit interval {self.commit_interval_s:g} s, "
                      f"stream buffer {self.variant.buffer_maxsize}, "
-                     f"fetch {_fetch_size() // 2**20:g} MiB per partition"
+                     f"fetch {_fetch_size() // 2**20:g} MiB per partition, "
+                     f"{_app_default('max_poll_records'):,} records per poll"
                      + (f", {self.variant.workers} worker processes)" if self.variant.workers > 1 else ")"))
         return text
 
@@ -104,6 +110,7 @@ class SystemSpec:
             return {"broker_commit_interval_s": self.commit_interval_s,
                     "stream_buffer_maxsize": int(self.variant.buffer_maxsize),
                     "consumer_max_fetch_size": _fetch_size(),
+                    "broker_max_poll_records": _app_default("max_poll_records"),
                     "worker_processes": self.variant.workers,
                     "stages": "dedup -> apply -> sink" if self.variant.stages == PIPELINE else "dedup"}
         if self.kind in ("quix", "faust_min"):
