@@ -205,11 +205,12 @@ def python_heap_top(limit: int = 25, *, by: str = "lineno") -> dict[str, Any]:
     """Where the live Python heap was allocated, largest first (``/debug/memory``).
 
     Only while tracemalloc traces (start the worker with ``PYTHONTRACEMALLOC=4``: each
-    allocation is slower, so on one worker and for a while). ``traced_bytes`` against the
-    ``py`` part of :func:`breakdown` (rss_anon minus malloc's account) tells live objects
-    from memory Python's allocator holds in arenas a few live objects pin. The snapshot
-    holds the event loop for as long as it takes: seconds on a large heap, and 71 s for a
-    soak worker traced 25 frames deep (session 19), so keep tracebacks short."""
+    allocation is slower, so on one worker and for a while). To tell live objects from
+    arenas a few survivors pin, read ``python_allocated`` against ``python_arenas`` of
+    :func:`breakdown` instead: free, and it leaves the heap as it was. A snapshot here is a
+    burst of its own (an object per traced block: a soak worker's arenas grew by 25 MB at
+    one call and kept them), and holds the event loop for as long as it takes: seconds on a
+    large heap, 71 s for a soak worker traced 25 frames deep, so keep tracebacks short."""
     if not tracemalloc.is_tracing():
         return {"tracing": False, "how": "start the worker with PYTHONTRACEMALLOC=4 (allocations get slower) "
                                           "to see where its Python heap was allocated"}
