@@ -208,8 +208,8 @@ def python_heap_top(limit: int = 25, *, by: str = "lineno") -> dict[str, Any]:
     allocation is slower, so on one worker and for a while). To tell live objects from
     arenas a few survivors pin, read ``python_allocated`` against ``python_arenas`` of
     :func:`breakdown` instead: free, and it leaves the heap as it was. A snapshot here is a
-    burst of its own (an object per traced block: a soak worker's arenas grew by 25 MB at
-    one call and kept them), and holds the event loop for as long as it takes: seconds on a
+    burst of its own (an object per traced block: a soak worker's heap rose by some 25 MB
+    around one call, and by 6 MB at a takeover without one), and holds the event loop for as long as it takes: seconds on a
     large heap, 71 s for a soak worker traced 25 frames deep, so keep tracebacks short."""
     if not tracemalloc.is_tracing():
         return {"tracing": False, "how": "start the worker with PYTHONTRACEMALLOC=4 (allocations get slower) "
