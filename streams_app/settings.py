@@ -70,13 +70,6 @@ def _choice(allowed: tuple[str, ...]) -> Callable[[str], str]:
     return parse
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise ValueError("expected a whole number greater than 0")
-    return value
-
-
 def _at_least(low: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         value = int(text)
@@ -84,6 +77,9 @@ def _at_least(low: int) -> Callable[[str], int]:
             raise ValueError(f"expected a whole number of at least {low}")
         return value
     return parse
+
+
+_positive_int = _at_least(1)
 
 
 def _positive_duration(text: str) -> float:
