@@ -23,7 +23,7 @@ from faust.types import TP
 import faust_guarantees
 from faust_guarantees.brokers import wait_for_brokers
 
-from . import faults, logs, metrics
+from . import faults, logs, memory, metrics
 from .admin import partition_rule
 from .exceptions import PartitionsAdded, SettingsError, UnverifiedUpstream
 from .health import HealthMonitor
@@ -90,6 +90,8 @@ class PaymentsApp(faust.App):
 
     async def on_first_start(self) -> None:
         await super().on_first_start()
+        if self.settings.mmap_threshold:
+            memory.fix_mmap_threshold(self.settings.mmap_threshold)
         metrics.install(self, guarantee=self.settings.processing_guarantee)
         for check in self.start_checks:
             await check()

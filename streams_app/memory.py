@@ -58,6 +58,32 @@ def _mallinfo2() -> Any | None:
 
 _MALLINFO2 = _mallinfo2()
 
+#: glibc's mallopt parameter for the mmap threshold (malloc.h).
+_M_MMAP_THRESHOLD = -3
+#: The largest threshold glibc takes (HEAP_MAX_SIZE / 2 on 64-bit builds).
+MMAP_THRESHOLD_MAX = 32 * 2**20
+
+
+def fix_mmap_threshold(size: int) -> bool:
+    """Make glibc's malloc serve every block of ``size`` bytes or more with a mapping of its
+    own, returned to the system when freed; True when set (glibc), False elsewhere.
+
+    glibc's threshold is dynamic by default: it starts at 128 KiB and rises to the size of
+    the largest mapped block freed (up to 32 MiB), after which the Kafka client's fetch
+    buffers (up to CONSUMER_MAX_FETCH_SIZE each) come from the heap, where the small blocks
+    allocated between them keep the freed space from going back. Fixing the threshold
+    (which also turns the rise off) kept malloc's freed-but-held memory at 1-5 MB through a
+    soak's restarts, against 13-32 MB (decision 0053)."""
+    if not 0 < size <= MMAP_THRESHOLD_MAX:
+        raise ValueError(f"an mmap threshold from 1 byte to {MMAP_THRESHOLD_MAX} bytes, not {size}")
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, size))
+
 #: The lines of CPython's allocator report read, and the part each one gives.
 _PYMALLOC_LINES = {
     "python_arenas": re.compile(r"^\d+ arenas \* \d+ bytes/arena\s*=\s*([\d,]+)", re.M),
@@ -209,8 +235,9 @@ def python_heap_top(limit: int = 25, *, by: str = "lineno") -> dict[str, Any]:
     arenas a few survivors pin, read ``python_allocated`` against ``python_arenas`` of
     :func:`breakdown` instead: free, and it leaves the heap as it was. A snapshot here is a
     burst of its own (an object per traced block: a soak worker's heap rose by some 25 MB
-    around one call, and by 6 MB at a takeover without one), and holds the event loop for as long as it takes: seconds on a
-    large heap, 71 s for a soak worker traced 25 frames deep, so keep tracebacks short."""
+    around one call, and by 6 MB at a takeover without one), and holds the event loop for
+    as long as it takes: seconds on a large heap, 71 s for a soak worker traced 25 frames
+    deep, so keep tracebacks short."""
     if not tracemalloc.is_tracing():
         return {"tracing": False, "how": "start the worker with PYTHONTRACEMALLOC=4 (allocations get slower) "
                                           "to see where its Python heap was allocated"}
