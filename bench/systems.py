@@ -63,6 +63,12 @@ def _fetch_size() -> int:
     return _app_default("consumer_max_fetch_size")
 
 
+def _poll_text() -> str:
+    """The pipeline's bound on records per poll, as the label says it (0: none)."""
+    bound = _app_default("max_poll_records")
+    return f"{bound:,}" if bound else "unbounded"
+
+
 @dataclass(frozen=True)
 class SystemSpec:
     """A system and its settings: one row of the report."""
@@ -84,7 +90,7 @@ class SystemSpec:
             text += (f" (commit interval {self.commit_interval_s:g} s, "
                      f"stream buffer {self.variant.buffer_maxsize}, "
                      f"fetch {_fetch_size() // 2**20:g} MiB per partition, "
-                     f"{_app_default('max_poll_records'):,} records per poll"
+                     f"{_poll_text()} records per poll"
                      + (f", {self.variant.workers} worker processes)" if self.variant.workers > 1 else ")"))
         return text
 

@@ -165,7 +165,7 @@ def create_app(settings: Settings) -> PaymentsApp:
         broker_commit_interval=settings.commit_interval,
         producer_linger=settings.producer_linger,
         consumer_max_fetch_size=settings.consumer_max_fetch_size,
-        broker_max_poll_records=settings.max_poll_records,
+        broker_max_poll_records=settings.max_poll_records or None,
         store=settings.store,
         datadir=str(settings.table_dir),
         topic_partitions=settings.partitions,
