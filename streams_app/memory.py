@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import re
 import tracemalloc
@@ -84,6 +85,7 @@ def fix_mmap_threshold(size: int) -> bool:
     mallopt.restype = ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, size))
 
+
 #: The lines of CPython's allocator report read, and the part each one gives.
 _PYMALLOC_LINES = {
     "python_arenas": re.compile(r"^\d+ arenas \* \d+ bytes/arena\s*=\s*([\d,]+)", re.M),
@@ -94,14 +96,16 @@ _PYMALLOC_LINES = {
 _ARENA_BYTES = re.compile(r"^\d+ arenas \* (\d+) bytes/arena", re.M)
 
 
+@functools.cache
 def _pymalloc_report() -> Any | None:
     """A function returning CPython's small-object allocator report as text (what
     ``sys._debugmallocstats()`` prints to stderr, here into memory), or None where there
-    is none (another interpreter, no ``open_memstream``)."""
+    is none (another interpreter, no ``open_memstream``). Built at the first call, on
+    handles of its own (not on ``ctypes.pythonapi``, which other code shares)."""
     try:
         libc = ctypes.CDLL(None)
         open_memstream, fclose, free = libc.open_memstream, libc.fclose, libc.free
-        report = ctypes.pythonapi._PyObject_DebugMallocStats
+        report = ctypes.PyDLL(None)._PyObject_DebugMallocStats
     except (OSError, AttributeError):
         return None
     open_memstream.restype = ctypes.c_void_p
@@ -128,16 +132,14 @@ def _pymalloc_report() -> Any | None:
     return read
 
 
-_PYMALLOC_REPORT = _pymalloc_report()
-
-
 def pymalloc(text: str | None = None) -> dict[str, float]:
     """``python_arenas`` (bytes of arenas held now), ``python_allocated`` (bytes of live
     small objects in them) and ``python_arenas_highwater`` (the most arenas ever held, in
     bytes), read from ``text`` (the allocator's report; this process's when None); empty
     where the report is not available."""
     if text is None:
-        text = _PYMALLOC_REPORT() if _PYMALLOC_REPORT is not None else ""
+        read = _pymalloc_report()
+        text = read() if read is not None else ""
     out: dict[str, float] = {}
     for part, pattern in _PYMALLOC_LINES.items():
         found = pattern.search(text)
