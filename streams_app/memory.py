@@ -46,10 +46,17 @@ class _MallInfo2(ctypes.Structure):
         "fordblks", "keepcost")]
 
 
+@functools.cache
+def _libc() -> Any:
+    """The C library, on a handle of this module's own (its functions' argtypes set here
+    touch no other code's). Raises OSError where there is none to load."""
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
 def _mallinfo2() -> Any | None:
     """glibc's ``mallinfo2``, or None where there is none (musl, macOS, glibc < 2.33)."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = _libc()
         call = libc.mallinfo2
     except (OSError, AttributeError):
         return None
@@ -78,7 +85,7 @@ def fix_mmap_threshold(size: int) -> bool:
     if not 0 < size <= MMAP_THRESHOLD_MAX:
         raise ValueError(f"an mmap threshold from 1 byte to {MMAP_THRESHOLD_MAX} bytes, not {size}")
     try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+        mallopt = _libc().mallopt
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
@@ -103,7 +110,7 @@ def _pymalloc_report() -> Any | None:
     is none (another interpreter, no ``open_memstream``). Built at the first call, on
     handles of its own (not on ``ctypes.pythonapi``, which other code shares)."""
     try:
-        libc = ctypes.CDLL(None)
+        libc = _libc()
         open_memstream, fclose, free = libc.open_memstream, libc.fclose, libc.free
         report = ctypes.PyDLL(None)._PyObject_DebugMallocStats
     except (OSError, AttributeError):
