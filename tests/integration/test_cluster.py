@@ -302,11 +302,21 @@ async def _topics_containing(bootstrap: str, fragment: str) -> list[str]:
 
 
 async def _replica_counts(bootstrap: str, names: list[str]) -> dict[str, list[int]]:
-    """Replicas of each partition of each topic in ``names`` (all topics described: no auto-creation)."""
+    """Replicas of each partition of each topic in ``names`` (all topics described: no auto-creation).
+
+    This client may ask another broker than the one that saw the topics made: in KRaft
+    each broker learns new topics from the metadata log on its own, a moment later (CI
+    once described them before that broker knew them), so it asks until all are known.
+    """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        described = {entry["topic"]: entry for entry in await admin.describe_topics()}
+        deadline = time.monotonic() + 20
+        while True:
+            described = {entry["topic"]: entry for entry in await admin.describe_topics()}
+            if set(names) <= set(described) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
     finally:
         await admin.close()
     return {
@@ -316,19 +326,24 @@ async def _replica_counts(bootstrap: str, names: list[str]) -> dict[str, list[in
 
 
 async def _topic_config(bootstrap: str, names: list[str], key: str) -> dict[str, tuple[str, int]]:
-    """``key``'s (value, config source) for each topic in ``names``, from DescribeConfigs."""
+    """``key``'s (value, config source) for each topic in ``names``, from DescribeConfigs
+    (asked until every topic answers: see :func:`_replica_counts`)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        responses = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, name, configs={key: None}) for name in names]
-        )
+        deadline = time.monotonic() + 20
+        while True:
+            responses = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, name, configs={key: None}) for name in names]
+            )
+            found: dict[str, tuple[str, int]] = {}
+            for response in responses:
+                for resource in response.to_object()["resources"]:
+                    for entry in resource["config_entries"]:
+                        if entry["config_names"] == key:
+                            found[resource["resource_name"]] = (entry["config_value"], entry["config_source"])
+            if set(names) <= set(found) or time.monotonic() > deadline:
+                return found
+            await asyncio.sleep(0.1)
     finally:
         await admin.close()
-    found: dict[str, tuple[str, int]] = {}
-    for response in responses:
-        for resource in response.to_object()["resources"]:
-            for entry in resource["config_entries"]:
-                if entry["config_names"] == key:
-                    found[resource["resource_name"]] = (entry["config_value"], entry["config_source"])
-    return found
