@@ -18,7 +18,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -33,6 +35,8 @@ from streams_app.settings import Settings, broker_hosts
 from streams_app.traffic import generate
 from tests.fixtures.kafka import read_all, wait_for
 from tests.fixtures.kafka_cluster import CLUSTER_BROKERS, cluster_under_test
+
+T = TypeVar("T")
 
 pytestmark = pytest.mark.integration
 
@@ -301,22 +305,29 @@ async def _topics_containing(bootstrap: str, fragment: str) -> list[str]:
         await admin.close()
 
 
-async def _replica_counts(bootstrap: str, names: list[str]) -> dict[str, list[int]]:
-    """Replicas of each partition of each topic in ``names`` (all topics described: no auto-creation).
+async def _until_all_known(names: list[str], ask: Callable[[], Awaitable[dict[str, T]]]) -> dict[str, T]:
+    """``ask()`` again until its answer has every topic of ``names`` (or 20 s passed).
 
-    This client may ask another broker than the one that saw the topics made: in KRaft
-    each broker learns new topics from the metadata log on its own, a moment later (CI
-    once described them before that broker knew them), so it asks until all are known.
-    """
+    The client may ask another broker than the one that saw the topics made: in KRaft each
+    broker learns new topics from the metadata log on its own, a moment later (CI once
+    described them before that broker knew them)."""
+    deadline = time.monotonic() + 20
+    while True:
+        answer = await ask()
+        if set(names) <= set(answer) or time.monotonic() > deadline:
+            return answer
+        await asyncio.sleep(0.1)
+
+
+async def _replica_counts(bootstrap: str, names: list[str]) -> dict[str, list[int]]:
+    """Replicas of each partition of each topic in ``names`` (all topics described: no auto-creation)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            described = {entry["topic"]: entry for entry in await admin.describe_topics()}
-            if set(names) <= set(described) or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.1)
+        async def described_topics() -> dict[str, Any]:
+            return {entry["topic"]: entry for entry in await admin.describe_topics()}
+
+        described = await _until_all_known(names, described_topics)
     finally:
         await admin.close()
     return {
@@ -326,24 +337,23 @@ async def _replica_counts(bootstrap: str, names: list[str]) -> dict[str, list[in
 
 
 async def _topic_config(bootstrap: str, names: list[str], key: str) -> dict[str, tuple[str, int]]:
-    """``key``'s (value, config source) for each topic in ``names``, from DescribeConfigs
-    (asked until every topic answers: see :func:`_replica_counts`)."""
+    """``key``'s (value, config source) for each topic in ``names``, from DescribeConfigs."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
+
+    async def configs() -> dict[str, tuple[str, int]]:
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, name, configs={key: None}) for name in names]
+        )
+        found: dict[str, tuple[str, int]] = {}
+        for response in responses:
+            for resource in response.to_object()["resources"]:
+                for entry in resource["config_entries"]:
+                    if entry["config_names"] == key:
+                        found[resource["resource_name"]] = (entry["config_value"], entry["config_source"])
+        return found
+
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            responses = await admin.describe_configs(
-                [ConfigResource(ConfigResourceType.TOPIC, name, configs={key: None}) for name in names]
-            )
-            found: dict[str, tuple[str, int]] = {}
-            for response in responses:
-                for resource in response.to_object()["resources"]:
-                    for entry in resource["config_entries"]:
-                        if entry["config_names"] == key:
-                            found[resource["resource_name"]] = (entry["config_value"], entry["config_source"])
-            if set(names) <= set(found) or time.monotonic() > deadline:
-                return found
-            await asyncio.sleep(0.1)
+        return await _until_all_known(names, configs)
     finally:
         await admin.close()
