@@ -224,6 +224,15 @@ class Processing:
         self.commit_first = guarantees.at_most_once
         #: A fenced worker stops, its stop marked unclean (exactly_once with fenced-restart).
         self.stop_when_fenced = guarantees.exactly_once and guarantees.enabled("fenced-restart")
+        #: Records a stage holds, unacked, for a dependency (holding.py): ``holdings.hold(events)``.
+        self.holdings = guarantees.holdings
+
+    def sends_only_dead_letters(self, topic: Any) -> None:
+        """Declare that the stage reading ``topic`` sends nothing to Kafka but dead letters
+        (its effects are outside Kafka, and idempotent): under exactly_once a hole in it (a
+        record held for a dependency while later ones are done) does not hold its partition's
+        transaction open (whole-transactions); a redelivery repeats at most a dead letter."""
+        self.guarantees.dead_letters_only.add(getattr(topic, "get_topic_name", lambda: topic)())
 
     # -- which records a stage processes -------------------------------------------------
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from .classes import AppClasses, standalone
 from .gate import CommitGate
+from .holding import Holdings
 from .memory import ProcessedMemory
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,12 @@ class Guarantees:
         self.unclean_stop: str | None = None
         self.gate = CommitGate()
         self.memory = ProcessedMemory()
+        #: Records the stages hold, unacked, for a dependency (holding.py): released at a
+        #: revocation or a stop (held-records-released).
+        self.holdings = Holdings()
+        #: Topics whose stage sends nothing to Kafka but dead letters (its effects are outside
+        #: Kafka and idempotent): a hole in them does not hold a transaction (whole-transactions).
+        self.dead_letters_only: set[str] = set()
         #: How often each fix did something stock Faust would not have: (fix, action) -> n.
         self.interventions: Counter[tuple[str, str]] = Counter()
         #: Why this worker was fenced (fenced-restart), once it was.

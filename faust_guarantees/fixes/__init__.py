@@ -22,6 +22,7 @@ from . import (
     direct_delivery,
     exact_gaps,
     fenced_restart,
+    held_records_released,
     kafka_wait_at_start,
     livelock_position,
     lso_consistency_check,
@@ -68,6 +69,7 @@ MODULES: tuple[ModuleType, ...] = (
     route_metadata,
     no_head_of_line_blocking,
     bounded_stop,
+    held_records_released,
     kafka_wait_at_start,
 )
 

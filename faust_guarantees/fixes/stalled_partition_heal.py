@@ -19,7 +19,8 @@ took up to 0.46 s, and the heal sought partitions back 40 times in 17 s of a ben
 run). A partition behind its high watermark with nothing acked after its committed
 offset (records lost at its tail, where no hole shows) is probed the same way once the
 worker has had nothing in progress for 5 s; a range that holds only transaction markers
-is probed once.
+is probed once. A hole holding a record an agent still has in hand (delivered since the
+last rebalance, not acked) is work in progress, not a stall: it is left alone.
 
 Regression tests: tests/unit/test_stall_heal.py; on the broker,
 test_the_stall_heal_tells_transaction_markers... and
@@ -90,7 +91,7 @@ def _heal_stalled_partitions_for(guarantees: Guarantees) -> Any:
                 continue
             idle_since.pop(tp, None)
             hole = _hole(consumer, tp, acked, committed)
-            if hole is None:
+            if hole is None or _in_progress(app, tp, hole):
                 stalled_since.pop(tp, None)
                 continue
             seen_at, checks = stalled_since.get(tp, (hole, 0))
@@ -102,6 +103,17 @@ def _heal_stalled_partitions_for(guarantees: Guarantees) -> Any:
             await _heal(app, consumer, tp, committed, hole[1], start=hole[0])
 
     return heal_stalled_partitions
+
+
+def _in_progress(app: Any, tp: Any, hole: tuple[int, int]) -> bool:
+    """Whether a record in ``hole`` is in an agent's hands (delivered since the last
+    rebalance, not yet acked): a stage holding it (a sink waiting for its database, or
+    setting aside a record its target keeps failing while it goes on) is no stall, and
+    seeking back would deliver it a second time while the first is still worked on."""
+    generation = app.consumer_generation_id
+    start, end = hole
+    return any(message.tp == tp and start <= message.offset < end and not message.acked
+               and message.generation_id == generation for message in list(app.consumer._unacked_messages))
 
 
 def _worker_idle(app: Any) -> bool:

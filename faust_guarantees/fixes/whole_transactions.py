@@ -15,7 +15,11 @@ offset, faust-streaming#606 on gaps; its transaction commit covers everything se
 Fix: a commit leaves out every transaction one of whose partitions has a hole (the
 transactional producer of a source partition commits the offsets of every topic's
 partition of that number); it stays open until the stall heal resolves the hole, and
-then commits whole. Where a transaction must end (a revocation, a stop), each hole is
+then commits whole. A hole in a topic whose stage sends nothing to Kafka but dead letters
+(declared by the app: ``Processing.sends_only_dead_letters``, e.g. a sink whose effects are
+idempotent) holds no transaction: what commits past it is at most a dead letter that a
+redelivery sends again (a record held while its dependency fails leaves such a hole,
+held-records-released). Where a transaction must end (a revocation, a stop), each hole is
 probed first with a read_committed reader: one that holds no committed record is a gap
 and the commit goes on. A transaction that still cannot commit whole is left to be
 aborted (the next owner's producer, or the broker's transaction timeout, aborts it);
@@ -32,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from typing import Any
 
 from ..fencing import stop_uncommitted
@@ -55,21 +59,23 @@ UPSTREAM = {
 SETTLE_TIMEOUT_S = 5.0
 
 
-def held_transactions(consumer: Any) -> dict[str, dict[Any, tuple[int, int]]]:
+def held_transactions(consumer: Any, exempt: Container[str] = ()) -> dict[str, dict[Any, tuple[int, int]]]:
     """The transactions that cannot commit whole: by transactional id, their partitions
-    with a hole and the first hole of each."""
+    with a hole and the first hole of each; a hole in an ``exempt`` topic (whose stage sends
+    only dead letters to Kafka) holds none."""
     held: dict[str, dict[Any, tuple[int, int]]] = {}
     for tp, hole in held_partitions(consumer).items():
-        held.setdefault(transactional_id(consumer.app, tp), {})[tp] = hole
+        if tp.topic not in exempt:
+            held.setdefault(transactional_id(consumer.app, tp), {})[tp] = hole
     return held
 
 
-async def settle(consumer: Any, timeout: float = SETTLE_TIMEOUT_S) -> None:
-    """Probe the holes of every assigned partition, registering each that holds no
-    committed record as a gap, until a hole holds one or ``timeout`` runs out."""
+async def settle(consumer: Any, exempt: Container[str] = (), timeout: float = SETTLE_TIMEOUT_S) -> None:
+    """Probe the holes of every assigned partition (but ``exempt`` topics'), registering
+    each that holds no committed record as a gap, until a hole holds one or ``timeout`` runs out."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    for tp in list(held_partitions(consumer)):
+    for tp in [tp for tp in held_partitions(consumer) if tp.topic not in exempt]:
         while (hole := first_hole(consumer._acked.get(tp) or (), consumer._gap.get(tp),
                                   consumer._committed_offset.get(tp))) is not None:
             left = deadline - loop.time()
@@ -93,9 +99,10 @@ def install(guarantees: Guarantees) -> None:
     stock_commit_tps = Consumer._commit_tps
 
     async def _commit_tps(self: Consumer, tps: Iterable[Any], start_new_transaction: bool) -> bool:
+        exempt = guarantees.dead_letters_only
         if not start_new_transaction:  # the transactions end here (a revocation or a stop)
-            await settle(self)
-        held = held_transactions(self)
+            await settle(self, exempt)
+        held = held_transactions(self, exempt)
         if held:
             guarantees.intervened(NAME, "held")
             tps = [tp for tp in tps if transactional_id(self.app, tp) not in held]

@@ -22,11 +22,18 @@ from faust_guarantees.state import Guarantees
 PARTITION = TP("payments.unique", 0)
 
 
+class InHand:
+    """A message an agent holds (delivered, not acked)."""
+
+    def __init__(self, offset: int, generation_id: int = 1) -> None:
+        self.tp, self.offset, self.generation_id, self.acked = PARTITION, offset, generation_id, False
+
+
 class StubConsumer:
     """The consumer state the heal reads: acked 908-909 while committed is 864."""
 
     def __init__(self, commit_in_flight: bool = False, acked: tuple[int, ...] = (908, 909),
-                 highwater: int = 910, in_progress: int = 0) -> None:
+                 highwater: int = 910, in_progress: int = 0, in_hand: tuple[InHand, ...] = ()) -> None:
         self._acked = {PARTITION: list(acked)}
         self._acked_index = {PARTITION: set(acked)}
         self._committed_offset = {PARTITION: 864}
@@ -34,7 +41,7 @@ class StubConsumer:
         self._commit_fut = asyncio.get_running_loop().create_future() if commit_in_flight else None
         self._new_offset = SimpleNamespace(_fixed=True)  # exact-gaps installed: no tolerance
         self.flow_active = True
-        self._unacked_messages = set(range(in_progress))
+        self._unacked_messages = {InHand(10_000 + i) for i in range(in_progress)} | set(in_hand)
         self._highwater = highwater
 
     def assignment(self) -> set[TP]:
@@ -68,6 +75,7 @@ async def _heal_ticks(monkeypatch, *, ticks: int, pause: float = 0.0, probes: li
     monkeypatch.setattr(stalled_partition_heal, "first_committed_record", first_committed_record)
     monkeypatch.setattr(seeking, "quiescent_seek", quiescent_seek)
     app = SimpleNamespace(consumer=consumer, conf=SimpleNamespace(broker=[]), in_recovery=False,
+                          consumer_generation_id=1,
                           topics=SimpleNamespace(_topics=set(), acks_enabled_for=lambda topic: True))
     heal = stalled_partition_heal._heal_stalled_partitions_for(Guarantees(app))
     for _ in range(ticks):
@@ -78,6 +86,18 @@ async def _heal_ticks(monkeypatch, *, ticks: int, pause: float = 0.0, probes: li
 
 def test_a_head_gap_that_lasts_three_checks_is_sought_back(monkeypatch):
     seeks = asyncio.run(_heal_ticks(monkeypatch, ticks=3))
+    assert seeks == [(PARTITION, 864)]
+
+
+def test_a_head_gap_holding_a_record_an_agent_still_has_in_hand_is_not_a_stall(monkeypatch):
+    """A sink setting aside a record its target keeps failing (agents/sink.py) goes on and
+    acks later ones: the record's offset is a head gap, but it is in progress; seeking back
+    would deliver it a second time, every three commit intervals."""
+    assert asyncio.run(_heal_ticks(monkeypatch, ticks=10, in_hand=(InHand(870),))) == []
+
+
+def test_a_record_in_hand_from_before_a_rebalance_does_not_hold_the_heal_back(monkeypatch):
+    seeks = asyncio.run(_heal_ticks(monkeypatch, ticks=3, in_hand=(InHand(870, generation_id=0),)))
     assert seeks == [(PARTITION, 864)]
 
 
