@@ -61,6 +61,8 @@ class AppProcessing:
         self.first_deliveries = self.discipline.first_deliveries
         self.batches = self.discipline.batches
         self.processing = self.discipline.processing
+        self.holdings = self.discipline.holdings
+        self.sends_only_dead_letters = self.discipline.sends_only_dead_letters
 
     def _dead_lettered(self, message: Message, stage: str, code: str, reference: bool) -> None:
         if reference:

@@ -16,6 +16,17 @@ payment API gets one call per event. The batch is acked after all its effects,
 so a crash repeats the whole batch, and each mode below answers that as it
 answers any redelivery.
 
+A record the target never takes while it takes the others (an API that answers 500 to one
+account, a database trigger that raises for one row) is not an outage, though it looks like
+one: retried as one, it held its batch, and every later charge, for good. The sink tells them
+apart by evidence (:class:`FailingCharges`): once a batch failed, its records are charged one
+by one, those that never failed first, and the first failure ends the try (in an outage, one
+call's wait per try, as before); a record that keeps failing while others are charged is
+set aside (left unacked, so no commit passes it) when more records wait behind it, tried
+again with a later batch after a backoff, and after SINK_GIVE_UP_AFTER of failures with
+other charges made meanwhile, dead-lettered (``effect_failed``, the target's last answer as
+the reason). While nothing is charged at all, nothing is dead-lettered.
+
 - SINK_MODE=naive: a plain insert. A redelivery is a second charge: the lab's
   crash point ``sink.after_effect`` shows duplicates > 0 even under exactly_once.
 - SINK_MODE=idempotent: the idempotency key is the event id, guarded by a
@@ -47,16 +58,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from typing import Any
 
 from faust.types import EventT
 from tenacity import RetryCallState
 
 from agents.processing import AppProcessing, Batch
+from faust_guarantees.holding import Held, Holdings, Released
 from payment_api.client import PaymentClient
 from payment_api.errors import RetryableError
 from streams_app import metrics
-from streams_app.exceptions import ChargeRefused, SettingsError, SinkError, Unavailable
+from streams_app.exceptions import ChargeGivenUp, ChargeRefused, SettingsError, SinkError, Unavailable
 from streams_app.faults import crashpoint
 from streams_app.key_retention import KeyRetentionGuard
 from streams_app.ledger import Charge, ChargeStats, Ledger
@@ -80,6 +96,151 @@ API_RETRIES = 3
 #: A refusal of the request itself (RequestRejected: 400, 413, 422) is not retried: it is
 #: dead-lettered; any other answer is the API's, not the record's (payment_api/client.py).
 API_OUTAGE_RETRY = RetryPolicy(give_up_after=TRY_S)
+#: One call, no retry: a record's charge right after another went through (:meth:`Sink._charge_each`).
+ONE_ATTEMPT = RetryPolicy(give_up_after=0.0)
+
+
+#: Most records the sink sets aside (unacked) at once; past it, a batch waits as in an outage.
+SET_ASIDE_MAX = 100
+#: Failures of one record, each after other charges went through, before it can be given up.
+GIVE_UP_TRIES = 3
+#: A failure this soon after another charge went through also counts as evidence: the target
+#: was working (the record's last tries may come once the stream has gone quiet).
+EVIDENCE_WINDOW_S = 30.0
+
+
+@dataclass
+class _Failure:
+    first: float
+    last: float
+    count: int
+    error: str
+    next_try: float
+    #: failures with another charge gone through since the previous one: the target works
+    evidence: int = 0
+
+
+class FailingCharges:
+    """What the sink knows of charges its target failed, across tries and batches.
+
+    A failure is not the record's fault until there is evidence that the target works:
+    the record failed again GIVE_UP_TRIES times, each after some other charge went through
+    since its previous failure or within EVIDENCE_WINDOW_S, ``give_up_after`` seconds or
+    more after its first, the last of them with such evidence too. Then it is given up
+    (dead-lettered). An outage (nothing goes through), even one that begins after other
+    charges, or a quiet stream never gives one up (the window is at most half of
+    ``give_up_after``: a record whose first failure came after the last charge cannot have
+    fresh evidence that late). Until then it is tried again, after the records that never
+    failed (so that the evidence comes); once set aside, no sooner than its backoff (1 s doubling to 30 s)
+    while other records keep the sink busy. A record of a batch that failed as a whole
+    (one database transaction) is a *suspect*: tried alone next time, not yet failed
+    itself. Records are keyed by ``id()``: the sink holds every one it tracks (its batch,
+    or :attr:`set_aside`) and forgets it once it is done (:meth:`forget`).
+    """
+
+    def __init__(self, give_up_after: float, *, set_aside_max: int = SET_ASIDE_MAX,
+                 clock: Callable[[], float] = time.monotonic, holdings: Holdings | None = None) -> None:
+        self.give_up_after = give_up_after
+        self.window = min(EVIDENCE_WINDOW_S, give_up_after / 2)
+        self.set_aside_max = set_aside_max
+        self.clock = clock
+        self.failures: dict[int, _Failure] = {}
+        self.suspects: set[int] = set()
+        #: records left unacked while the sink went on (tried again with a next batch), held
+        #: for the kit to release at a revocation or a stop (faust_guarantees/holding.py)
+        self.holdings = holdings if holdings is not None else Holdings()
+        self._held: Held | None = None
+        self.charged_at = -math.inf
+
+    @property
+    def set_aside(self) -> list[EventT]:
+        return list(self._held.events) if self._held is not None else []
+
+    def _set_aside(self, events: list[EventT]) -> None:
+        if self._held is not None:
+            self.holdings.close(self._held)
+        self._held = self.holdings.open(events) if events else None
+
+    def charged(self, event: EventT) -> None:
+        self.forget([event])
+        self.charged_at = self.clock()
+
+    def suspect(self, events: Iterable[EventT]) -> None:
+        """``events`` failed together (one transaction): try each alone next time."""
+        self.suspects.update(id(event) for event in events)
+
+    def failed(self, event: EventT, error: BaseException) -> str | None:
+        """Note a failure of ``event``'s charge; the reason to give it up, or None to try again."""
+        now = self.clock()
+        failure = self.failures.get(id(event))
+        evident = False
+        if failure is None:
+            failure = self.failures[id(event)] = _Failure(now, now, 0, "", now)
+        elif self.charged_at > failure.last or now - self.charged_at <= self.window:
+            failure.evidence += 1
+            evident = True
+        failure.count += 1
+        failure.last = now
+        failure.error = str(error)
+        failure.next_try = now + min(30.0, 2.0 ** (failure.count - 1))
+        if (self.give_up_after > 0 and evident and failure.evidence >= GIVE_UP_TRIES
+                and now - failure.first >= self.give_up_after):
+            return (f"its charge failed {failure.count} times over {now - failure.first:.0f} s, "
+                    f"{failure.evidence} of them after other charges went through; last: {failure.error}")
+        return None
+
+    def failed_alone(self, event: EventT) -> bool:
+        return id(event) in self.failures
+
+    def failing(self, event: EventT) -> bool:
+        """Whether ``event``'s charge failed, alone or in its batch: it is tried alone."""
+        return id(event) in self.failures or id(event) in self.suspects
+
+    def in_order(self, items: Iterable[Any], event_of: Callable[[Any], EventT] = lambda item: item) -> list[Any]:
+        """``items``: those that never failed first, then the suspects, then those that failed
+        alone (each part in its order)."""
+        def rank(item: Any) -> int:
+            key = id(event_of(item))
+            return 2 if key in self.failures else 1 if key in self.suspects else 0
+
+        return sorted(items, key=rank)
+
+    def resume(self, batch: list[EventT], generation: int, *, quiet: bool) -> list[EventT]:
+        """The records set aside that are due (all of them when ``quiet``: nothing waits
+        behind ``batch``), followed by ``batch``. Records delivered before the last rebalance
+        are dropped: they come again from the committed offset."""
+        now = self.clock()
+        if self._held is not None and self._held.released.is_set():
+            self.forget(self._held.events)  # released at a revocation or a stop
+            self._held = None
+        set_aside = self.set_aside
+        stale = [event for event in set_aside if event.message.generation_id != generation]
+        self.forget(stale)
+        current = [event for event in set_aside if event.message.generation_id == generation]
+        due = [event for event in current
+               if quiet or id(event) not in self.failures or self.failures[id(event)].next_try <= now]
+        self._set_aside([event for event in current if not any(event is d for d in due)])
+        return due + batch
+
+    def set_aside_if_waiting(self, unanswered: list[EventT], *, more_waiting: bool) -> bool:
+        """Set ``unanswered`` aside when every one of them failed alone, records wait behind
+        them, and there is room; whether it did."""
+        if (not unanswered or not more_waiting or not all(id(e) in self.failures for e in unanswered)
+                or len(self.set_aside) + len(unanswered) > self.set_aside_max):
+            return False
+        self._set_aside(self.set_aside + unanswered)
+        return True
+
+    def forget(self, events: Iterable[EventT]) -> None:
+        for event in events:
+            self.failures.pop(id(event), None)
+            self.suspects.discard(id(event))
+
+
+def _queued(stream: Any) -> int:
+    """Records waiting in ``stream``'s queue (0 when it has none to look at)."""
+    queue = getattr(stream.channel, "queue", None)
+    return queue.qsize() if queue is not None else 0
 
 
 def effect_target(settings: Settings) -> str:
@@ -108,19 +269,55 @@ class Sink:
         if self.retention_guard is not None:
             app.start_checks.append(self.retention_guard.at_start)
         app.on_before_shutdown.connect(self._close_clients)
+        self.failing = FailingCharges(settings.sink_give_up_after, holdings=processing.holdings)
+        # Its only Kafka outputs are dead letters, and its charges are idempotent: under exactly_once
+        # a record set aside (a hole) does not hold its partition's transaction (whole-transactions).
+        processing.sends_only_dead_letters(topics.applied)
 
         async def charge_payments(stream: Any) -> None:
             """Perform the external side effect once per delivery (naive) or per event id."""
             stream = stream.noack()  # acked by processing_batch(): after the effects, or before them in at_most_once
+            failing = self.failing
             async for batch in processing.batches(stream):
+                events = failing.resume(batch, app.consumer_generation_id, quiet=_queued(stream) == 0)
                 # What each event's charge answered, kept across tries: an outage in the middle of a
                 # batch of API calls must not repeat the calls that went through (without a key,
                 # each repeat would be a charge that no crash or redelivery caused).
                 answers: dict[int, bool] = {}
-                # The wait between tries is outside processing_batch(): the commit gate is free meanwhile.
-                await OUTAGE_WAIT.run(lambda: self._charge_batch(stream, batch, answers),  # noqa: B023 (awaited here)
-                                      retry_on=lambda exc: isinstance(exc, Unavailable),
-                                      before_sleep=self._log_outage)
+                # Held for the kit: at a revocation or a stop it ends the waits and releases the
+                # records, unacked (a rebalance must not wait for the database).
+                with processing.holdings.hold(events) as held:
+
+                    async def one_try() -> None:
+                        nonlocal events
+                        async with held.attempt():  # noqa: B023 (awaited here)
+                            generation = app.consumer_generation_id
+                            if any(e.message.generation_id != generation for e in events):  # noqa: B023
+                                # A rebalance while the batch waited: those records come again from the
+                                # committed offset, to this worker or another (Faust drops them too).
+                                stale = [e for e in events if e.message.generation_id != generation]  # noqa: B023
+                                log.info("sink: %d records delivered before a rebalance left to their next "
+                                         "delivery", len(stale))
+                                failing.forget(stale)
+                                events = held.events = [  # noqa: B023
+                                    e for e in events if e.message.generation_id == generation]  # noqa: B023
+                            unanswered = [e for e in events if id(e) not in answers]  # noqa: B023
+                            if failing.set_aside_if_waiting(unanswered, more_waiting=_queued(stream) > 0):
+                                log.warning("sink: %d records whose charges keep failing set aside (unacked) "
+                                            "while the sink goes on; first %s", len(unanswered),
+                                            place(unanswered[0].message))
+                                events = held.events = [e for e in events if id(e) in answers]  # noqa: B023
+                            if events:  # noqa: B023
+                                await self._charge_batch(stream, events, answers)  # noqa: B023
+
+                    # The wait between tries is outside processing_batch(): the commit gate is free meanwhile.
+                    try:
+                        await replace(OUTAGE_WAIT, sleep=held.sleep).run(
+                            one_try, retry_on=lambda exc: isinstance(exc, Unavailable), before_sleep=self._log_outage)
+                    except Released:
+                        log.info("sink: %d records released unacked at a revocation or a stop; they come "
+                                 "again from the committed offset", len(events))
+                failing.forget(events)
 
         self.agent = app.agent(topics.applied, name="agents.sink.charge_payments")(charge_payments)
 
@@ -134,8 +331,9 @@ class Sink:
     async def _charge_batch(self, stream: Any, events: list[EventT], answers: dict[int, bool]) -> None:
         """One try at a batch's charges, inside processing_batch(): to the database in one
         transaction (a refusal: one by one, to dead-letter only the refused), or to the API
-        one call per event. Crash point ``sink.after_effect`` per event, after the batch's
-        effects and before its offsets can be committed."""
+        one call per event; once any of them failed, one by one (:meth:`_charge_each`).
+        Crash point ``sink.after_effect`` per event, after the batch's effects and before
+        its offsets can be committed."""
         settings = self.settings
         async with self.processing.processing_batch(stream, events, stage="sink") as work:
             payments: list[tuple[EventT, AppliedPayment]] = []
@@ -143,14 +341,11 @@ class Sink:
                 with work.record(event):
                     payments.append((event, parse_applied(event.value, max_bytes=settings.max_record_bytes,
                                                           max_amount=settings.max_amount)))
-            api = self.payments_api
-            if api is None:
-                await self._charge_in_database(work, [p for p in payments if id(p[0]) not in answers], answers)
+            pending = [p for p in payments if id(p[0]) not in answers]
+            if self.payments_api is None and not any(self.failing.failing(event) for event, _ in pending):
+                await self._charge_in_database(work, pending, answers)
             else:
-                for event, payment in payments:
-                    if id(event) not in answers:
-                        with work.record(event):
-                            answers[id(event)] = await self._charge_through_api(api, payment)
+                await self._charge_each(work, pending, answers)
             metrics.sink_answered(settings.sink_target)
             for event, payment in payments:
                 if work.ok(event):
@@ -160,10 +355,65 @@ class Sink:
                                                                            event_id=payment.event_id))
                     crashpoint("sink.after_effect")
 
+    async def _charge_each(self, work: Batch, payments: list[tuple[EventT, AppliedPayment]],
+                           answers: dict[int, bool]) -> None:
+        """Charge ``payments`` one by one, those that never failed first.
+
+        A record that failed alone before, or whose turn comes right after a charge went
+        through, gets one attempt (no retries: the target answers, or the record is known to
+        fail). Any other record's failure ends the try (Unavailable: the batch waits and is
+        tried again) unless a charge went through since the previous such failure: in an
+        outage one call's wait per try, as before. So does TRY_S spent on failures in the try
+        (the commit gate is held meanwhile). Each failure is noted
+        (:meth:`FailingCharges.failed`); a record given up is dead-lettered."""
+        failing = self.failing
+        loop = asyncio.get_running_loop()
+        charged_since_failure = False
+        spent = 0.0
+        last: Unavailable | None = None
+        for event, payment in failing.in_order(payments, lambda p: p[0]):
+            with work.record(event):
+                known = failing.failed_alone(event)
+                started = loop.time()
+                try:
+                    answers[id(event)] = await self._charge_one(event, payment, once=known or charged_since_failure)
+                except Unavailable as exc:
+                    spent += loop.time() - started
+                    reason = failing.failed(event, exc)
+                    if reason is not None:
+                        log.error("sink: giving up %s: %s", place(event.message), reason,
+                                  extra=record_fields(event.message, stage="sink", event_id=payment.event_id))
+                        raise ChargeGivenUp(reason) from exc
+                    if spent >= TRY_S or not (known or charged_since_failure):
+                        raise
+                    if not known:
+                        charged_since_failure = False
+                    last = exc
+                    continue
+                except ChargeRefused:
+                    failing.forget([event])
+                    raise
+                failing.charged(event)
+                charged_since_failure = True
+        if last is not None and any(id(event) not in answers and work.ok(event) for event, _ in payments):
+            raise last
+
+    async def _charge_one(self, event: EventT, payment: AppliedPayment, *, once: bool) -> bool:
+        """One record's charge (False: the target had it already); ``once``: one attempt."""
+        if self.payments_api is not None:
+            return await self._charge_through_api(self.payments_api, payment, once=once)
+        try:
+            return (await self.ledger.charge_many([_charge_row(event, payment)], mode=self.settings.sink_mode,
+                                                  policy=ONE_ATTEMPT if once else None))[0]
+        except SinkError as exc:
+            raise self._unavailable(exc) from exc
+
     async def _charge_in_database(self, work: Batch, payments: list[tuple[EventT, AppliedPayment]],
                                   answers: dict[int, bool]) -> None:
         """All of ``payments`` in one database transaction; if the database refuses any of
-        them, each on its own, so that only the refused ones are dead-lettered."""
+        them, each on its own, so that only the refused ones are dead-lettered. If the
+        transaction fails as in an outage, every record of it is noted as failed: the next
+        try goes one by one (:meth:`_charge_each`), which tells an outage from a record."""
         try:
             results = await self._charge_rows([_charge_row(event, payment) for event, payment in payments])
         except ChargeRefused:
@@ -171,8 +421,12 @@ class Sink:
                 with work.record(event):  # a refusal (ChargeRefused) dead-letters this one
                     answers[id(event)] = (await self._charge_rows([_charge_row(event, payment)]))[0]
             return
+        except Unavailable:
+            self.failing.suspect(event for event, _ in payments)
+            raise
         for (event, _), result in zip(payments, results):
             answers[id(event)] = result
+            self.failing.charged(event)
 
     async def _charge_rows(self, charges: list[Charge]) -> list[bool]:
         """Charge ``charges`` in one database transaction; per charge, False when the database
@@ -183,7 +437,7 @@ class Sink:
         except SinkError as exc:
             raise self._unavailable(exc) from exc
 
-    async def _charge_through_api(self, api: PaymentClient, payment: AppliedPayment) -> bool:
+    async def _charge_through_api(self, api: PaymentClient, payment: AppliedPayment, *, once: bool = False) -> bool:
         """One charge through the payment API; False when the API says it was already made
         (the same idempotency key). A refusal of the request (RequestRejected) is raised for
         the DLQ; an outage past TRY_S is Unavailable, as for the database."""
@@ -194,13 +448,13 @@ class Sink:
                 await guard.before_charge()
             result = await api.charge(
                 payment.amount, payment.currency, payment.account, reference=payment.event_id,
-                idempotency_key=payment.event_id if self.idempotent else None, retries=API_RETRIES,
+                idempotency_key=payment.event_id if self.idempotent else None, retries=0 if once else API_RETRIES,
             )
             return not result.replayed
 
         try:
-            return await API_OUTAGE_RETRY.run(call, retry_on=lambda exc: isinstance(exc, RetryableError),
-                                              before_sleep=_log_api_retry)
+            return await (ONE_ATTEMPT if once else API_OUTAGE_RETRY).run(
+                call, retry_on=lambda exc: isinstance(exc, RetryableError), before_sleep=_log_api_retry)
         except RetryableError as exc:  # still down after TRY_S
             raise self._unavailable(exc) from exc
 

@@ -60,6 +60,14 @@ class Unavailable(StreamsAppError, kit.Unavailable):
     so the other stages keep committing) and tries the same records again (agents/sink.py)."""
 
 
+class ChargeGivenUp(RejectedRecord):
+    """The sink's target kept failing one record's charge while it took others (agents/sink.py
+    ``FailingCharges``): dead-lettered with the target's last answer, to replay once fixed."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("effect_failed", reason)
+
+
 class ChargeRefused(StreamsAppError):
     """The sink's database refused a statement (a constraint, a data error, bad SQL).
 

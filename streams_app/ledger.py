@@ -426,11 +426,13 @@ class Ledger:
         """The last error seen (transient or refusal), password masked; kept after recovery."""
         return self._last_error
 
-    async def charge_many(self, charges: Sequence[Charge], *, mode: str) -> list[bool]:
+    async def charge_many(self, charges: Sequence[Charge], *, mode: str,
+                          policy: RetryPolicy | None = None) -> list[bool]:
         """Record ``charges`` in ONE transaction: per charge, False when the database
         already had it (its idempotency key in ``idempotent`` mode, its source record in
         ``transactional`` mode; never in ``naive``). All or nothing: a refusal of any one
-        (ChargeRefused) or an outage leaves none of them charged."""
+        (ChargeRefused) or an outage leaves none of them charged. ``policy``: the retries
+        of this call (the ledger's own by default)."""
         if not charges:
             return []
         if mode == "transactional":
@@ -446,7 +448,7 @@ class Ledger:
         what = (f"charge {first.event_id}" + (f" from {first.topic}[{first.partition}]@{first.offset}"
                                               if mode == "transactional" else "")
                 if len(charges) == 1 else f"charge {len(charges)} events from {first.event_id}")
-        counts = await self._call(what, lambda: self._backend.execute_many(sql, rows))
+        counts = await self._call(what, lambda: self._backend.execute_many(sql, rows), policy)
         return [count == 1 for count in counts]
 
     async def stats(self) -> ChargeStats:

@@ -363,6 +363,15 @@ class Settings:
         "PAYMENT_API_TIMEOUT", 2.0, parse_duration,
         "Seconds the sink waits for the payment API before it retries the charge.",
     )
+    sink_give_up_after: float = _setting(
+        "SINK_GIVE_UP_AFTER", 300.0, parse_duration,
+        "How long the sink keeps trying ONE record's charge that its target keeps failing (an "
+        "error, a 5xx, a timeout) while it takes other records' charges: then the record is "
+        "dead-lettered (code effect_failed, the target's last answer as the reason; `dlq replay` "
+        "sends it again once the target is fixed). While no charge goes through (an outage) "
+        "nothing is dead-lettered, however long it lasts. 0: never give up (the record holds "
+        "its batch until the target takes it).",
+    )
     producer_idempotence: bool = _setting(
         "PRODUCER_IDEMPOTENCE", True, parse_bool,
         "Idempotent producer (KIP-98) under at_least_once too, so a retry after a lost "

@@ -16,9 +16,9 @@ import time
 
 import pytest
 
+from common.readback import read_topic
 from infra import postgres
 from lab.checker import check
-from common.readback import read_topic
 from streams_app.traffic import generate
 from tests.fixtures.kafka import wait_for
 
@@ -123,8 +123,9 @@ def test_sigterm_during_a_sink_outage_stops_the_worker_and_loses_nothing(pipelin
                                                                          own_fresh_db, guarantee):
     """The sink holds its records (neither acked nor dead-lettered) while the database is
     down; Faust's stop waited for them without end (still running 90 s after SIGTERM, until
-    the database came back). Now the stop gives up on them after the kit's stop_timeout,
-    without the last commit: the restarted worker charges them, each once."""
+    the database came back). Now the kit releases them, unacked (held-records-released), and
+    the stop goes on (bounded-stop limits whatever else is in progress): the restarted worker
+    charges them, each once."""
     pipeline, worker, warm = _warmed_up(pipeline_factory, guarantee, own_fresh_db, seed=41)
     config = pipeline.config
 
@@ -137,7 +138,9 @@ def test_sigterm_during_a_sink_outage_stops_the_worker_and_loses_nothing(pipelin
         stopping = time.monotonic()
         worker.stop(timeout=60)  # raises if SIGTERM is ignored for 60 s
         assert time.monotonic() - stopping < 60
-        assert "bounded-stop" in worker.log_path.read_text()
+        # The held records were released (held-records-released): the stop made its last
+        # commit of what was done, without waiting out bounded-stop's timeout.
+        assert "held-records-released" in worker.log_path.read_text()
     finally:
         postgres.start(own_pg_server.port)
     worker.start()
@@ -149,6 +152,45 @@ def test_sigterm_during_a_sink_outage_stops_the_worker_and_loses_nothing(pipelin
         assert counts.duplicate_charges == 0 and counts.lost == 0
         if guarantee == "exactly_once":
             assert counts.output_duplicates == 0 and counts.output_missing == 0
+
+
+def test_a_rebalance_during_a_sink_outage_does_not_stop_the_other_stages(pipeline_factory, own_pg_server,
+                                                                        own_fresh_db):
+    """The sink holds its records (neither acked nor dead-lettered) while the database is down.
+    At a revocation Faust waits, without a bound, until every delivered record is acked
+    (Consumer.wait_empty): a worker joining during the outage left the whole group's
+    rebalance waiting for the database (no new payment applied in 90 s, and again at the next
+    rebalance). Now the kit releases the records the sink holds, unacked
+    (held-records-released): the rebalance goes on, the other stages apply new payments, and
+    once the database is back every payment is charged once."""
+    pipeline, w1, warm = _warmed_up(pipeline_factory, "exactly_once", own_fresh_db, seed=61)
+    config = pipeline.config
+    postgres.stop(own_pg_server.port)
+    try:
+        held = generate(300, seed=62, id_prefix=f"{config.run_id}-held")
+        pipeline.send(held)
+        wait_for(lambda: "other stages go on" in w1.log_path.read_text(), 60,
+                 "expected the sink to wait for the database")
+        w2 = pipeline.worker("w2")
+        fresh = generate(100, seed=63, id_prefix=f"{config.run_id}-fresh")
+        pipeline.send(fresh)
+        seen: set[str] = set()
+
+        def fresh_applied() -> bool:
+            seen.update(_applied_ids(config) & set(fresh.unique_events))
+            return len(seen) == len(fresh.unique_events)
+
+        wait_for(fresh_applied, 90, lambda: f"{len(fresh.unique_events) - len(seen)} of "
+                 f"{len(fresh.unique_events)} new payments not applied after a worker joined during the outage")
+        assert "held-records-released" in w1.log_path.read_text() + w2.log_path.read_text()
+    finally:
+        postgres.start(own_pg_server.port)
+    pipeline.drain(timeout=240)
+    for sent in (warm, held, fresh):
+        counts = asyncio.run(check(config, sent))
+        assert counts.charged_unique == counts.unique_events == len(sent.unique_events) > 0
+        assert counts.duplicate_charges == 0 and counts.lost == 0
+        assert counts.output_duplicates == 0 and counts.output_missing == 0
 
 
 def _warmed_up(pipeline_factory, guarantee: str, sink_db: str, seed: int):
