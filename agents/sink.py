@@ -277,49 +277,52 @@ class Sink:
         async def charge_payments(stream: Any) -> None:
             """Perform the external side effect once per delivery (naive) or per event id."""
             stream = stream.noack()  # acked by processing_batch(): after the effects, or before them in at_most_once
-            failing = self.failing
             async for batch in processing.batches(stream):
-                events = failing.resume(batch, app.consumer_generation_id, quiet=_queued(stream) == 0)
-                # What each event's charge answered, kept across tries: an outage in the middle of a
-                # batch of API calls must not repeat the calls that went through (without a key,
-                # each repeat would be a charge that no crash or redelivery caused).
-                answers: dict[int, bool] = {}
-                # Held for the kit: at a revocation or a stop it ends the waits and releases the
-                # records, unacked (a rebalance must not wait for the database).
-                with processing.holdings.hold(events) as held:
-
-                    async def one_try() -> None:
-                        nonlocal events
-                        async with held.attempt():  # noqa: B023 (awaited here)
-                            generation = app.consumer_generation_id
-                            if any(e.message.generation_id != generation for e in events):  # noqa: B023
-                                # A rebalance while the batch waited: those records come again from the
-                                # committed offset, to this worker or another (Faust drops them too).
-                                stale = [e for e in events if e.message.generation_id != generation]  # noqa: B023
-                                log.info("sink: %d records delivered before a rebalance left to their next "
-                                         "delivery", len(stale))
-                                failing.forget(stale)
-                                events = held.events = [  # noqa: B023
-                                    e for e in events if e.message.generation_id == generation]  # noqa: B023
-                            unanswered = [e for e in events if id(e) not in answers]  # noqa: B023
-                            if failing.set_aside_if_waiting(unanswered, more_waiting=_queued(stream) > 0):
-                                log.warning("sink: %d records whose charges keep failing set aside (unacked) "
-                                            "while the sink goes on; first %s", len(unanswered),
-                                            place(unanswered[0].message))
-                                events = held.events = [e for e in events if id(e) in answers]  # noqa: B023
-                            if events:  # noqa: B023
-                                await self._charge_batch(stream, events, answers)  # noqa: B023
-
-                    # The wait between tries is outside processing_batch(): the commit gate is free meanwhile.
-                    try:
-                        await replace(OUTAGE_WAIT, sleep=held.sleep).run(
-                            one_try, retry_on=lambda exc: isinstance(exc, Unavailable), before_sleep=self._log_outage)
-                    except Released:
-                        log.info("sink: %d records released unacked at a revocation or a stop; they come "
-                                 "again from the committed offset", len(events))
-                failing.forget(events)
+                events = self.failing.resume(batch, app.consumer_generation_id, quiet=_queued(stream) == 0)
+                await self._charge_until_answered(stream, events)
 
         self.agent = app.agent(topics.applied, name="agents.sink.charge_payments")(charge_payments)
+
+    async def _charge_until_answered(self, stream: Any, events: list[EventT]) -> None:
+        """Try ``events``' charges until the target answered each (charged, refused: dead-lettered,
+        or given up) or they were set aside; while the target is down, wait between tries
+        (OUTAGE_WAIT, outside processing_batch(): the commit gate is free meanwhile). The
+        records are held through the kit: at a revocation or a stop it ends the waits and
+        releases them, unacked (a rebalance must not wait for the database)."""
+        failing = self.failing
+        # What each event's charge answered, kept across tries: an outage in the middle of a
+        # batch of API calls must not repeat the calls that went through (without a key,
+        # each repeat would be a charge that no crash or redelivery caused).
+        answers: dict[int, bool] = {}
+        with self.processing.holdings.hold(events) as held:
+
+            async def one_try() -> None:
+                async with held.attempt():
+                    generation = self.app.consumer_generation_id
+                    stale = [e for e in held.events if e.message.generation_id != generation]
+                    if stale:
+                        # Delivered before a rebalance (the kit releases a waiting batch at a revocation,
+                        # unless its fix is off): they come again from the committed offset, to this
+                        # worker or another (Faust drops them too).
+                        log.info("sink: %d records delivered before a rebalance left to their next delivery",
+                                 len(stale))
+                        failing.forget(stale)
+                        held.events = [e for e in held.events if e.message.generation_id == generation]
+                    unanswered = [e for e in held.events if id(e) not in answers]
+                    if failing.set_aside_if_waiting(unanswered, more_waiting=_queued(stream) > 0):
+                        log.warning("sink: %d records whose charges keep failing set aside (unacked) while the "
+                                    "sink goes on; first %s", len(unanswered), place(unanswered[0].message))
+                        held.events = [e for e in held.events if id(e) in answers]
+                    if held.events:
+                        await self._charge_batch(stream, held.events, answers)
+
+            try:
+                await replace(OUTAGE_WAIT, sleep=held.sleep).run(
+                    one_try, retry_on=lambda exc: isinstance(exc, Unavailable), before_sleep=self._log_outage)
+            except Released:
+                log.info("sink: %d records released unacked at a revocation or a stop; they come again "
+                         "from the committed offset", len(held.events))
+        failing.forget(held.events)
 
     async def _stop_worker(self, reason: SettingsError) -> None:
         """The API's key retention turned out too short after the start: stop the worker
