@@ -109,7 +109,19 @@ RECONNECT_TIMEOUT_S = 5.0
 #: rebalance) is idle in one; without this limit its row locks would hold every worker
 #: that charges the same keys (and the rebalance that waits for them) until it resumed.
 IDLE_IN_TRANSACTION_TIMEOUT_MS = 10_000
-_SESSION_OPTIONS = f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}"
+#: A statement waiting this long for a lock (a migration's ALTER TABLE, an operator's LOCK
+#: TABLE, another worker's rows) or running this long fails, as an outage does: the sink's
+#: try must end (under exactly_once it holds the commit gate, and with it every stage's
+#: commits, and the broker aborts a transaction open for 60 s).
+LOCK_TIMEOUT_MS = 2_000
+STATEMENT_TIMEOUT_MS = 5_000
+_SESSION_OPTIONS = (f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS} "
+                    f"-c lock_timeout={LOCK_TIMEOUT_MS} -c statement_timeout={STATEMENT_TIMEOUT_MS}")
+#: A server that stops answering (a paused VM, a network that drops packets, SIGSTOP) sends no
+#: error at all: each wait for it (a statement, the commit) is bounded on this side too, longer
+#: than STATEMENT_TIMEOUT_MS so that a server that answers says why. psycopg then tries to
+#: cancel the query for up to 10 s more before it gives the connection up (the pool drops it).
+NO_ANSWER_S = 8.0
 #: How long SQLite waits for another writer's lock before "database is locked".
 SQLITE_BUSY_TIMEOUT_S = 30.0
 #: stats() serves the dashboard: it must answer, so it gives up after this long.
@@ -316,6 +328,9 @@ class _PostgresBackend:
         self._setup = asyncio.Lock()  # binds to a loop on first use, not here
 
     async def execute(self, sql: str, params: tuple[Any, ...] | None) -> _Result:
+        return await _answered(self._execute(sql, params))
+
+    async def _execute(self, sql: str, params: tuple[Any, ...] | None) -> _Result:
         pool = await self._ready_pool()
         # connection(): a broken connection is discarded on return, not reused.
         # transaction(): COMMIT on success, ROLLBACK on any error.
@@ -326,13 +341,20 @@ class _PostgresBackend:
         return _Result(rowcount, row)
 
     async def execute_many(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> list[int]:
-        pool = await self._ready_pool()
-        async with pool.connection() as conn, conn.transaction():
-            cursor = conn.cursor()
-            counts = []
-            for params in rows:
-                await cursor.execute(sql, params)
-                counts.append(cursor.rowcount)
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(NO_ANSWER_S) as answer:
+                pool = await self._ready_pool()
+                async with pool.connection() as conn, conn.transaction():
+                    cursor = conn.cursor()
+                    counts = []
+                    for params in rows:
+                        answer.reschedule(loop.time() + NO_ANSWER_S)  # per statement, not per batch
+                        await cursor.execute(sql, params)
+                        counts.append(cursor.rowcount)
+                    answer.reschedule(loop.time() + NO_ANSWER_S)  # the COMMIT
+        except TimeoutError as exc:
+            raise _no_answer() from exc
         return counts
 
     async def _ready_pool(self) -> AsyncConnectionPool:
@@ -368,6 +390,19 @@ async def _create_postgres_schema(pool: AsyncConnectionPool) -> None:
         for name, kind in _SOURCE_COLUMNS:
             await conn.execute(f"ALTER TABLE charges ADD COLUMN IF NOT EXISTS {name} {kind}")
         await conn.execute(_SOURCE_INDEX)
+
+
+async def _answered(call: Awaitable[T]) -> T:
+    """``await call``, bounded to NO_ANSWER_S: a server that stops answering is an outage."""
+    try:
+        async with asyncio.timeout(NO_ANSWER_S):
+            return await call
+    except TimeoutError as exc:
+        raise _no_answer() from exc
+
+
+def _no_answer() -> psycopg.OperationalError:
+    return psycopg.OperationalError(f"the database did not answer within {NO_ANSWER_S:.0f} s")
 
 
 def _backend_for(url: str, *, pool_min_size: int, pool_max_size: int, checkout_timeout: float) -> _Backend:

@@ -5,6 +5,9 @@ middle of a stream, a refused statement, an answer to COMMIT that never comes.""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
 import time
 from urllib.parse import urlsplit
 
@@ -142,6 +145,77 @@ def test_privileges_taken_away_make_charges_wait_not_refused(fresh_db):
     assert outage is True
     assert charged is True and retries > 0
     assert (stats.charges, stats.charged_events) == (2, 2)
+
+
+def test_a_charge_waiting_for_a_lock_is_an_outage_not_a_hang(fresh_db):
+    """A migration or an operator holds a lock on the charges table (LOCK TABLE, a long
+    ALTER TABLE). Before: the sink's INSERT waited for it without end, inside the commit
+    gate under exactly_once (every stage's commits stopped; the broker aborts a transaction
+    open 60 s). Now the server ends the wait (lock_timeout): an outage, retried until the
+    lock is gone, then charged once."""
+    async def scenario():
+        bounded = Ledger(fresh_db, retry=RetryPolicy(first_wait=0.05, max_wait=0.2, give_up_after=1.0))
+        try:
+            assert await charge(bounded, event_id="e1")
+            async with await psycopg.AsyncConnection.connect(fresh_db) as holder:
+                await holder.execute("LOCK TABLE charges IN ACCESS EXCLUSIVE MODE")
+                started = time.monotonic()
+                with pytest.raises(SinkError, match="LockNotAvailable"):
+                    await charge(bounded, event_id="e2")
+                waited = time.monotonic() - started
+                await holder.rollback()
+            charged = await charge(bounded, event_id="e2")
+            return waited, charged, await bounded.stats()
+        finally:
+            await bounded.close()
+
+    waited, charged, stats = asyncio.run(scenario())
+    assert waited < 2 * ledger_module.LOCK_TIMEOUT_MS / 1000 + 1.0, waited
+    assert charged is True
+    assert (stats.charges, stats.charged_events) == (2, 2)
+
+
+def test_a_database_that_stops_answering_is_an_outage_not_a_hang(own_pg_server, own_fresh_db):
+    """The server stops answering without closing anything (a paused VM, a network that drops
+    packets: here SIGSTOP to every server process). No error ever comes: before, the charge
+    waited for ever on its pooled connection. Now each wait for an answer is bounded
+    (NO_ANSWER_S, then psycopg's cancel attempt): an outage; once the server answers again
+    the charge is made, once."""
+    async def scenario():
+        bounded = Ledger(own_fresh_db, retry=RetryPolicy(first_wait=0.05, max_wait=0.2, give_up_after=1.0))
+        try:
+            assert await charge(bounded, event_id="e1")  # a pooled connection, in use
+            pids = _server_pids(own_pg_server)  # with the backends serving it
+            for pid in pids:
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                with pytest.raises(SinkError, match="did not answer|timeout|Timeout"):
+                    await charge(bounded, event_id="e2")
+                waited = time.monotonic() - started
+            finally:
+                for pid in pids:
+                    os.kill(pid, signal.SIGCONT)
+            waiting = Ledger(own_fresh_db, retry=RetryPolicy(first_wait=0.05, max_wait=0.2))
+            try:
+                charged = await asyncio.wait_for(charge(waiting, event_id="e2"), 60)
+                return waited, charged, await waiting.stats()
+            finally:
+                await waiting.close()
+        finally:
+            await bounded.close()
+
+    waited, charged, stats = asyncio.run(scenario())
+    assert waited < ledger_module.NO_ANSWER_S + 15.0, waited
+    assert charged is True
+    assert (stats.charges, stats.charged_events) == (2, 2)
+
+
+def _server_pids(server: postgres.PgInfo) -> list[int]:
+    """The postmaster's pid and its children's (every backend and helper process)."""
+    postmaster = int((server.data_dir / "postmaster.pid").read_text().split()[0])
+    children = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True, text=True).stdout.split()
+    return [postmaster, *map(int, children)]
 
 
 def test_after_a_refused_statement_the_next_charge_on_the_same_connection_works(fresh_db):
