@@ -132,6 +132,10 @@ async def delete_topics_containing(bootstrap: str, fragment: str) -> int:
         await admin.close()
 
 
+#: How long :func:`send_records` waits for a broker's answer (aiokafka's default: 40 s).
+SEND_TIMEOUT_MS = 120_000
+
+
 async def send_records(
     bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes | None] | Record],
     *, idempotent: bool = True, on_sent: Callable[[int], None] | None = None,
@@ -143,8 +147,13 @@ async def send_records(
     sequence numbers), so the only duplicates in the topic are the ones the
     traffic generator wrote on purpose.
     """
+    # A leader that hangs (the lab's broker-pause: SIGSTOP for 30 s) holds its partitions'
+    # batches until its requests time out; aiokafka's default (40 s) then failed the send
+    # (KafkaTimeoutError) before the cluster had moved the leadership. A producer that
+    # waits longer gets its answer, or NotLeader and a retry to the new leader.
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks="all", enable_idempotence=idempotent, linger_ms=5,
+        request_timeout_ms=SEND_TIMEOUT_MS,
     )
     await producer.start()
     sent = 0

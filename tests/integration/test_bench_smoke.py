@@ -34,7 +34,7 @@ def report(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> tu
     config = preset("quick").replace(
         bootstrap=kafka_bootstrap, records=RECORDS, runs=1, partition_counts=(4,),
         faust_variants=(FaustVariant(),), latency_warmup_s=1.0, latency_duration_s=1.5,
-        broker_records=20_000, transaction_durations_ms=(100,), restore_keys=2_000,
+        broker_records=5_000, transaction_durations_ms=(100,), restore_keys=500,
         restart_events=500, profile_s=0, max_run_s=300.0,
         # Other tests share the broker: do not pin it to one core under their feet.
         pin_cpus=False, workdir=tmp_path_factory.mktemp("bench-work"),
