@@ -1,10 +1,10 @@
-"""The sink's evidence that a charge fails for the record, not for an outage (agents/sink.py)."""
+"""The sink's evidence that a charge fails for the record, not for an outage (agents/failing_charges.py)."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
-from agents.sink import EVIDENCE_WINDOW_S, GIVE_UP_TRIES, FailingCharges
+from agents.failing_charges import EVIDENCE_WINDOW_S, GIVE_UP_TRIES, FailingCharges
 
 
 class Clock:
