@@ -152,12 +152,14 @@ class PaymentClient:
                              f"{body[:200].decode(errors='replace')!r}")
 
     async def set_faults(
-        self, *, delay_ms: int | None = None, drop_after_commit: bool | int | None = None
+        self, *, delay_ms: int | None = None, drop_after_commit: bool | int | None = None,
+        fail_accounts: list[str] | None = None,
     ) -> dict[str, Any]:
         """Change the server's injected faults; return all of them."""
         update = {
             name: value
-            for name, value in (("delay_ms", delay_ms), ("drop_after_commit", drop_after_commit))
+            for name, value in (("delay_ms", delay_ms), ("drop_after_commit", drop_after_commit),
+                                ("fail_accounts", fail_accounts))
             if value is not None
         }
         async with self._http().post("/v1/_faults", json=update) as response:

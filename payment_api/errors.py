@@ -23,6 +23,7 @@ class ErrorType(StrEnum):
     METHOD_NOT_ALLOWED = "method_not_allowed"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     HTTP_ERROR = "http_error"
+    INTERNAL = "internal"
 
 
 def error_body(error_type: ErrorType, message: str) -> dict[str, Any]:

@@ -101,6 +101,9 @@ class Faults:
 
     delay_ms: int = 0
     drop_after_commit: bool | int = False
+    #: accounts whose every charge fails with a 500 (a shard down, a bug for one customer):
+    #: the other accounts' charges go through
+    fail_accounts: list[str] = dataclasses.field(default_factory=list)
 
     def consume_drop(self) -> bool:
         """Return whether to drop the current response, using up one drop of a count."""
@@ -119,6 +122,7 @@ class FaultsUpdate(BaseModel):
 
     delay_ms: Annotated[int, Field(ge=0, le=600_000)] | None = None
     drop_after_commit: bool | Annotated[int, Field(ge=0)] | None = None
+    fail_accounts: list[Annotated[str, Field(max_length=128)]] | None = None
 
 
 class ChargeListQuery(BaseModel):
@@ -174,6 +178,8 @@ async def create_charge(request: web.Request) -> web.Response:
     """``POST /v1/charges``: charge once per idempotency key, or on every call without one."""
     key = _idempotency_key(request)
     params = _parse(ChargeRequest, await request.read())
+    if params.account in request.app[FAULTS].fail_accounts:
+        raise ApiError(500, ErrorType.INTERNAL, f"account {params.account} cannot be charged (injected fault)")
     if key is None:
         return await _charge_without_key(request, params)
     return await _charge_with_key(request, params, key)
@@ -285,6 +291,8 @@ async def update_faults(request: web.Request) -> web.Response:
         faults.delay_ms = update.delay_ms
     if update.drop_after_commit is not None:
         faults.drop_after_commit = update.drop_after_commit
+    if update.fail_accounts is not None:
+        faults.fail_accounts = update.fail_accounts
     log.warning("faults changed: %s", faults)
     return web.json_response(dataclasses.asdict(faults))
 

@@ -206,14 +206,21 @@ def test_client_timeouts_and_409s_are_retried_until_the_replay(db_url: str) -> N
 def test_faults_can_be_changed_at_runtime(db_url: str) -> None:
     async def scenario() -> None:
         async with serve(db_url) as api, PaymentClient(api.base_url) as client:
-            assert await client.set_faults(delay_ms=50) == {"delay_ms": 50, "drop_after_commit": False}
-            assert await client.set_faults(drop_after_commit=True) == {"delay_ms": 50, "drop_after_commit": True}
+            assert await client.set_faults(delay_ms=50) == {"delay_ms": 50, "drop_after_commit": False,
+                                                            "fail_accounts": []}
+            assert await client.set_faults(drop_after_commit=True) == {"delay_ms": 50, "drop_after_commit": True,
+                                                                       "fail_accounts": []}
             with pytest.raises(RequestRejected) as rejected:
                 await client.set_faults(delay_ms=-1)
             assert rejected.value.status == 400
             with pytest.raises(RetryableError):
                 await client.charge(1999, "EUR", "acct-1", retries=1)
             assert (await client.stats())["charges"] == 2
+            await client.set_faults(drop_after_commit=False, delay_ms=0, fail_accounts=["acct-7"])
+            with pytest.raises(RetryableError, match="acct-7 cannot be charged"):
+                await client.charge(1999, "EUR", "acct-7", idempotency_key="evt-7", retries=0)
+            assert not (await client.charge(1999, "EUR", "acct-8", idempotency_key="evt-8")).replayed
+            assert (await client.stats())["charges"] == 3
 
     asyncio.run(scenario())
 

@@ -13,6 +13,7 @@ during an outage (nothing charged) nothing is dead-lettered (test_sink_outage.py
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import psycopg
@@ -20,9 +21,11 @@ import pytest
 
 from common.readback import read_topic
 from faust_guarantees.dead_letters import DeadLetter
-from lab.checker import check
+from lab.checker import charges_by_event, check
+from payment_api.client import PaymentClient
 from streams_app.traffic import generate
 from tests.fixtures.kafka import wait_for
+from tests.fixtures.payment_api import payment_api
 
 pytestmark = pytest.mark.integration
 
@@ -39,15 +42,33 @@ CREATE TRIGGER refuse_blocked BEFORE INSERT ON charges FOR EACH ROW EXECUTE FUNC
 """
 
 
-def test_a_charge_the_database_always_refuses_does_not_stop_the_others(pipeline_factory, own_fresh_db):
-    pipeline = pipeline_factory("exactly_once", sink_db=own_fresh_db, SINK_GIVE_UP_AFTER="5s")
+@pytest.mark.parametrize("target", ["database", "api"])
+def test_a_charge_the_target_always_fails_does_not_stop_the_others(pipeline_factory, own_fresh_db, tmp_path, target):
+    """``database``: the trigger above raises for one account. ``api``: the payment API
+    answers 500 to every charge of one account (its ``fail_accounts`` fault), as a shard
+    down or a bug for one customer would; the API path shares the evidence rule."""
+    with contextlib.ExitStack() as stack:
+        if target == "api":
+            api_url = stack.enter_context(payment_api(tmp_path))
+            pipeline = pipeline_factory("exactly_once", payment_api=(api_url, f"sqlite:///{tmp_path / 'api.db'}"),
+                                        SINK_GIVE_UP_AFTER="5s")
+        else:
+            pipeline = pipeline_factory("exactly_once", sink_db=own_fresh_db, SINK_GIVE_UP_AFTER="5s")
+        _a_charge_that_always_fails(pipeline, target, own_fresh_db,
+                                    api_url if target == "api" else "")
+
+
+def _a_charge_that_always_fails(pipeline, target: str, sink_db: str, api_url: str) -> None:
     config = pipeline.config
     pipeline.worker()
     warm = generate(20, seed=51, accounts=5, id_prefix=f"{config.run_id}-warm")  # acct-0..4: creates the table
     pipeline.send(warm)
     pipeline.drain()
-    with psycopg.connect(own_fresh_db, autocommit=True) as conn:
-        conn.execute(TRIGGER)
+    if target == "api":
+        asyncio.run(_fail_account(api_url, BLOCKED))
+    else:
+        with psycopg.connect(sink_db, autocommit=True) as conn:
+            conn.execute(TRIGGER)
 
     traffic = generate(600, seed=52, accounts=20, id_prefix=f"{config.run_id}-poison")
     blocked = {i for i, p in traffic.unique_events.items() if p["account"] == BLOCKED}
@@ -57,12 +78,12 @@ def test_a_charge_the_database_always_refuses_does_not_stop_the_others(pipeline_
     charged: set[str] = set()
 
     def others_charged() -> bool:
-        with psycopg.connect(own_fresh_db) as conn:
-            charged.update(row[0] for row in conn.execute("SELECT event_id FROM charges"))
+        charged.update(charges_by_event(config.payment_api_db if target == "api" else sink_db,
+                                        column="reference" if target == "api" else "event_id"))
         return others <= charged
 
     wait_for(others_charged, 60, lambda: f"{len(others - charged)} of {len(others)} payments of other "
-             f"accounts not charged while {BLOCKED}'s are refused by the trigger")
+             f"accounts not charged while {BLOCKED}'s always fail")
     # A record is given up only after failing again while other charges went through: more
     # payments keep coming (of other accounts), as they would.
     later = [generate(30, seed=53 + i, accounts=5, id_prefix=f"{config.run_id}-later{i}") for i in range(8)]
@@ -78,5 +99,11 @@ def test_a_charge_the_database_always_refuses_does_not_stop_the_others(pipeline_
     assert counts.dead_lettered == len(blocked)
     letters = [DeadLetter.from_record(r) for r in asyncio.run(read_topic(config.bootstrap, config.topic("dlq")))]
     assert {letter.code for letter in letters} == {"effect_failed"}
-    assert all("is blocked" in letter.reason for letter in letters)
+    reason = "cannot be charged" if target == "api" else "is blocked"
+    assert all(reason in letter.reason for letter in letters), letters[0].reason
+
+
+async def _fail_account(api_url: str, account: str) -> None:
+    async with PaymentClient(api_url) as client:
+        await client.set_faults(fail_accounts=[account])
 

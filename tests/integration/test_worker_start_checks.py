@@ -8,65 +8,21 @@ Kafka (BROKER_URL names a closed port, so a worker that passes the check just wa
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from tests.fixtures.payment_api import free_port as _free_port
+from tests.fixtures.payment_api import payment_api
+from tests.fixtures.payment_api import stop_process as _stop
 
 pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SECRET = "hunter2-topsecret"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-
-
-@contextmanager
-def payment_api(tmp_path: Path, *options: str) -> Iterator[str]:
-    """``python -m payment_api serve`` on a free port; yields its base URL."""
-    port = _free_port()
-    log_path = tmp_path / "api.log"
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "payment_api", "serve", "--port", str(port),
-             "--db", f"sqlite:///{tmp_path / 'api.db'}", *options],
-            cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"payment API did not start:\n{log_path.read_text()}")
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        _stop(process)
 
 
 def launch_worker(tmp_path: Path, command: list[str], **env: str) -> tuple[subprocess.Popen[bytes], Path]:
