@@ -22,6 +22,7 @@ import random
 import re
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -423,9 +424,14 @@ def _broker_faults(run: _Run) -> list[WorkerProcess]:
     run.notes.append(f"{name}: node {node}")
     if name == "broker-pause":
         cluster.pause(node)
-        run.send(rest)
-        time.sleep(PAUSE_S)
-        cluster.resume(node)
+        # The traffic's producer waits, as any would, for the partitions the paused leader
+        # holds (its requests hang until the broker answers or they time out): sent beside
+        # the pause, not before it ends, or the send outlives its timeout while paused.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lab-send") as sender:
+            sent = sender.submit(run.send, rest)
+            time.sleep(PAUSE_S)
+            cluster.resume(node)
+            sent.result()
     else:
         cluster.kill(node)
         run.injected.kills += 1
