@@ -40,7 +40,7 @@ a charge (not to replays):
   aborted without a response (``true``: every time; an integer ``n``: the
   next ``n`` charges). The client cannot tell whether it was charged; only
   its retry, with or without a key, decides whether a second charge happens.
-* ``fail_accounts``: every charge of these accounts is answered 500 (a shard down, a
+* ``fail_accounts``: every charge request of these accounts, replays too, is answered 500 (a shard down, a
   bug for one customer) while the others go through: the sink must tell that from an
   outage (agents/failing_charges.py).
 """
