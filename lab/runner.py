@@ -637,4 +637,7 @@ def wait_drained(
             clean_reads = 0
         time.sleep(2.0 if clean_reads else 1.0)
     notes.append(f"not drained after {timeout:.0f} s: {uncommitted_records(config)} records uncommitted")
+    for worker in workers:  # the evidence of a stall, before the stop changes it
+        if (stacks := worker.dump_stacks()) is not None:
+            notes.append(f"{worker.name}'s stacks: {stacks}")
     return False

@@ -187,6 +187,21 @@ class FaustWorker:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=30)
 
+    def dump_stacks(self) -> Path | None:
+        """Every thread's Python stack (py-spy, if installed), into ``{name}.stacks.txt`` beside
+        the log: what a worker that stopped making progress was waiting on. None if it could not."""
+        py_spy = Path(sys.executable).with_name("py-spy")
+        if not self.running or not py_spy.exists():
+            return None
+        out = self.log_path.with_suffix(".stacks.txt")
+        try:
+            result = subprocess.run([str(py_spy), "dump", "--pid", str(self.process.pid)],
+                                    capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        out.write_text(result.stdout + result.stderr)
+        return out
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
