@@ -22,6 +22,7 @@ from streams_app.traffic import generate
 pytestmark = pytest.mark.integration
 
 RECORDS = 3_000
+RESTORE_KEYS = 500
 SYSTEMS = ("raw_alo", "raw_eos", "quix_alo", "quix_eos", "faust_alo", "faust_eos")
 FIGURES = ("throughput_eps", "cpu_s_per_million", "peak_rss_mb", "p50_ms", "p99_ms", "events_in", "events_out")
 RATIOS = ("faust_alo_over_raw_alo", "faust_eos_over_faust_alo", "faust_alo_over_quix_alo", "faust_eos_over_quix_eos")
@@ -34,7 +35,7 @@ def report(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> tu
     config = preset("quick").replace(
         bootstrap=kafka_bootstrap, records=RECORDS, runs=1, partition_counts=(4,),
         faust_variants=(FaustVariant(),), latency_warmup_s=1.0, latency_duration_s=1.5,
-        broker_records=5_000, transaction_durations_ms=(100,), restore_keys=500,
+        broker_records=5_000, transaction_durations_ms=(100,), restore_keys=RESTORE_KEYS,
         restart_events=500, profile_s=0, max_run_s=300.0,
         # Other tests share the broker: do not pin it to one core under their feet.
         pin_cpus=False, workdir=tmp_path_factory.mktemp("bench-work"),
@@ -81,7 +82,7 @@ def test_every_system_outputs_exactly_the_unique_events(report: tuple[dict, Path
 
 def test_state_experiments_ran(report: tuple[dict, Path]) -> None:
     state = report[0]["state"]
-    assert state["restore"]["keys_restored"] == state["restore"]["keys_written"] == 2_000
+    assert state["restore"]["keys_restored"] == state["restore"]["keys_written"] == RESTORE_KEYS
     assert {r["guarantee"] for r in state["restarts"]} == {"at_least_once", "exactly_once"}
     assert all(r["changelog_records"] > 0 for r in state["restarts"])
     assert state["size_by_horizon"]
