@@ -266,11 +266,7 @@ class Sink:
         """One record's charge (False: the target had it already); ``once``: one attempt."""
         if self.payments_api is not None:
             return await self._charge_through_api(self.payments_api, payment, once=once)
-        try:
-            return (await self.ledger.charge_many([_charge_row(event, payment)], mode=self.settings.sink_mode,
-                                                  policy=ONE_ATTEMPT if once else None))[0]
-        except SinkError as exc:
-            raise self._unavailable(exc) from exc
+        return (await self._charge_rows([_charge_row(event, payment)], policy=ONE_ATTEMPT if once else None))[0]
 
     async def _charge_in_database(self, work: Batch, payments: list[tuple[EventT, AppliedPayment]],
                                   answers: dict[int, bool]) -> None:
@@ -292,12 +288,12 @@ class Sink:
             answers[id(event)] = result
             self.failing.charged(event)
 
-    async def _charge_rows(self, charges: list[Charge]) -> list[bool]:
+    async def _charge_rows(self, charges: list[Charge], policy: RetryPolicy | None = None) -> list[bool]:
         """Charge ``charges`` in one database transaction; per charge, False when the database
-        says it was already made. An outage past TRY_S is Unavailable: the batch is tried
-        again later, its effects delayed, never skipped."""
+        says it was already made. An outage past TRY_S (``policy``: the ledger's retries by
+        default) is Unavailable: the batch is tried again later, its effects delayed, never skipped."""
         try:
-            return await self.ledger.charge_many(charges, mode=self.settings.sink_mode)
+            return await self.ledger.charge_many(charges, mode=self.settings.sink_mode, policy=policy)
         except SinkError as exc:
             raise self._unavailable(exc) from exc
 

@@ -61,7 +61,7 @@ class Unavailable(StreamsAppError, kit.Unavailable):
 
 
 class ChargeGivenUp(RejectedRecord):
-    """The sink's target kept failing one record's charge while it took others (agents/sink.py
+    """The sink's target kept failing one record's charge while it took others (agents/failing_charges.py
     ``FailingCharges``): dead-lettered with the target's last answer, to replay once fixed."""
 
     def __init__(self, reason: str) -> None:
