@@ -56,11 +56,7 @@ def test_other_stages_keep_committing_while_the_sink_database_is_down(pipeline_f
         postgres.start(own_pg_server.port)
     pipeline.drain()
 
-    for sent in (warm, traffic):
-        counts = asyncio.run(check(config, sent))
-        assert counts.charged_unique == counts.unique_events == len(sent.unique_events) > 0
-        assert counts.duplicate_charges == 0 and counts.lost == 0
-        assert counts.output_duplicates == 0 and counts.output_missing == 0
+    counts = _each_charged_once(config, warm, traffic, exact_output=True)
     assert counts.dead_lettered == 0, "an outage is not the record's fault: nothing dead-lettered"
     assert down_s > 2.0  # longer than one try (agents/sink.py TRY_S): the gate was released
 
@@ -106,10 +102,19 @@ def test_a_worker_restarted_during_the_outage_with_a_backlog_for_the_sink_still_
     finally:
         postgres.start(own_pg_server.port)
     pipeline.drain(timeout=240)
-    for sent in (warm, backlog, fresh):
+    _each_charged_once(config, warm, backlog, fresh)
+
+
+def _each_charged_once(config, *sent_traffic, exact_output: bool = False):
+    """Every payment of each traffic charged once, none lost; with ``exact_output``, none
+    missing or repeated in ``applied`` either (exactly_once). The last traffic's counts."""
+    for sent in sent_traffic:
         counts = asyncio.run(check(config, sent))
         assert counts.charged_unique == counts.unique_events == len(sent.unique_events) > 0
         assert counts.duplicate_charges == 0 and counts.lost == 0
+        if exact_output:
+            assert counts.output_duplicates == 0 and counts.output_missing == 0
+    return counts
 
 
 def _applied_ids(config) -> set[str]:
@@ -146,12 +151,7 @@ def test_sigterm_during_a_sink_outage_stops_the_worker_and_loses_nothing(pipelin
     worker.start()
     worker.wait_ready()
     pipeline.drain()
-    for sent in (warm, held):
-        counts = asyncio.run(check(config, sent))
-        assert counts.charged_unique == counts.unique_events == len(sent.unique_events) > 0
-        assert counts.duplicate_charges == 0 and counts.lost == 0
-        if guarantee == "exactly_once":
-            assert counts.output_duplicates == 0 and counts.output_missing == 0
+    _each_charged_once(config, warm, held, exact_output=guarantee == "exactly_once")
 
 
 def test_a_rebalance_during_a_sink_outage_does_not_stop_the_other_stages(pipeline_factory, own_pg_server,
@@ -186,11 +186,7 @@ def test_a_rebalance_during_a_sink_outage_does_not_stop_the_other_stages(pipelin
     finally:
         postgres.start(own_pg_server.port)
     pipeline.drain(timeout=240)
-    for sent in (warm, held, fresh):
-        counts = asyncio.run(check(config, sent))
-        assert counts.charged_unique == counts.unique_events == len(sent.unique_events) > 0
-        assert counts.duplicate_charges == 0 and counts.lost == 0
-        assert counts.output_duplicates == 0 and counts.output_missing == 0
+    _each_charged_once(config, warm, held, fresh, exact_output=True)
 
 
 def _warmed_up(pipeline_factory, guarantee: str, sink_db: str, seed: int):
