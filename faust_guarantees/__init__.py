@@ -48,7 +48,7 @@ __all__ = [
 def install(
     app: Any, fixes: Iterable[str] | None = None, *, guarantee: str | None = None,
     producer_idempotence: bool = True, on_unverified: str = "fail", stop_timeout: float = 15.0,
-    after_fence: str = "rejoin",
+    after_fence: str = "rejoin", request_timeout: float = 30.0,
 ) -> Guarantees:
     """Install the fixes into ``app`` (before its worker starts); return its :class:`Guarantees`.
 
@@ -64,6 +64,8 @@ def install(
     ``after_fence``: what a worker fenced under exactly_once does once it stopped (unclean):
     ``"rejoin"`` (default) starts it again in the same process (same command line, pid and
     output), ``"exit"`` leaves the restart to its supervisor (fenced-restart).
+    ``request_timeout``: the longest wait for a broker's answer to one request of the
+    app's producers and of its consumer's fetches (bounded-kafka-requests).
     """
     enabled = tuple(FIXES) if fixes is None else tuple(fixes)
     unknown = [name for name in enabled if name not in BY_NAME]
@@ -71,6 +73,8 @@ def install(
         raise ValueError(f"unknown fix {', '.join(unknown)}; the fixes are: {', '.join(FIXES)}")
     if after_fence not in {"rejoin", "exit"}:
         raise ValueError(f"after_fence must be 'rejoin' or 'exit', not {after_fence!r}")
+    if not request_timeout > 0:
+        raise ValueError(f"request_timeout must be a positive number of seconds, not {request_timeout!r}")
     if on_unverified not in {"fail", "warn"}:
         raise ValueError(f"on_unverified must be 'fail' or 'warn', not {on_unverified!r}")
     if guarantee is None:
@@ -84,7 +88,7 @@ def install(
     guarantees = state.attach(Guarantees(
         app, enabled, exactly_once=guarantee == "exactly_once", at_most_once=guarantee == "at_most_once",
         producer_idempotence=producer_idempotence, stop_timeout=stop_timeout,
-        classes=classes.build(app), after_fence=after_fence,
+        classes=classes.build(app), after_fence=after_fence, request_timeout=request_timeout,
     ))
     producer.install(guarantees)
 

@@ -155,6 +155,11 @@ def _watch_the_stop(app: Any, rejoin: bool, grace: float = STOP_GRACE_S, deadlin
 _restarting = threading.Lock()
 
 
+def restarting() -> bool:
+    """This process is in :func:`restart_process` (waiting to exec itself again)."""
+    return _restarting.locked()
+
+
 def restart_process(env: str = REJOINS_ENV, wait: float = 0.0) -> None:
     """Replace this process with a new run of its own command line (same pid, environment
     and output): Kafka Streams' "task migrated" rejoin, without a supervisor. Registered

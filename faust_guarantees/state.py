@@ -28,7 +28,7 @@ class Guarantees:
     def __init__(self, app: Any, fixes: tuple[str, ...] = (), *, exactly_once: bool = False,
                  at_most_once: bool = False, producer_idempotence: bool = False,
                  stop_timeout: float = 15.0, classes: AppClasses | None = None,
-                 after_fence: str = "rejoin") -> None:
+                 after_fence: str = "rejoin", request_timeout: float = 30.0) -> None:
         self.app = app
         #: The app's own subclasses of the Faust classes the fixes change (classes.py);
         #: for no app (unit tests), subclasses no app uses.
@@ -43,6 +43,8 @@ class Guarantees:
         #: What a fenced worker does once stopped: "rejoin" (start again in this process)
         #: or "exit" (its supervisor restarts it). See fencing.py.
         self.after_fence = after_fence
+        #: The longest wait for the answer to one Kafka request (bounded-kafka-requests).
+        self.request_timeout = request_timeout
         #: Why this worker's stop was not clean (records left in progress), if it was not.
         self.unclean_stop: str | None = None
         self.gate = CommitGate()

@@ -188,10 +188,15 @@ class FaustWorker:
             self.process.wait(timeout=30)
 
     def dump_stacks(self) -> Path | None:
-        """Every thread's Python stack (py-spy, if installed), into ``{name}.stacks.txt`` beside
-        the log: what a worker that stopped making progress was waiting on. None if it could not."""
+        """What a worker that stopped making progress waits on: every asyncio task's stack,
+        which the worker writes into its own log on SIGUSR1 (mode's Worker), and every
+        thread's (py-spy, if installed) into ``{name}.stacks.txt`` beside the log; that file,
+        or None if py-spy could not run."""
+        if not self.running:
+            return None
+        os.kill(self.process.pid, signal.SIGUSR1)
         py_spy = Path(sys.executable).with_name("py-spy")
-        if not self.running or not py_spy.exists():
+        if not py_spy.exists():
             return None
         out = self.log_path.with_suffix(".stacks.txt")
         try:

@@ -199,6 +199,7 @@ def create_app(settings: Settings) -> PaymentsApp:
         guarantees = faust_guarantees.install(
             app, settings.faust_fixes, guarantee=settings.processing_guarantee,
             producer_idempotence=settings.producer_idempotence, on_unverified=settings.faust_fixes_unverified,
+            request_timeout=settings.kafka_request_timeout,
         )
     except faust_guarantees.UnverifiedUpstream as exc:
         raise UnverifiedUpstream(exc.problems) from None

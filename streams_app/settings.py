@@ -299,6 +299,14 @@ class Settings:
         "How long the producer waits to fill a batch before sending it (Faust's default 0: one "
         "produce request per record and per producer; 5 ms measured best here, reports/bench.md).",
     )
+    kafka_request_timeout: float = _setting(
+        "KAFKA_REQUEST_TIMEOUT", 30.0, _positive_duration,
+        "The longest wait for a broker's answer to one request of the worker's producers and "
+        "of its consumer's fetches (Kafka's request.timeout.ms); a request that times out goes "
+        "again, to the partition's new leader if it moved. Faust's own: 1200 s for the "
+        "producers, 90 s for the fetches, so a hung broker held the pipeline that long "
+        "(faust_guarantees/fixes/bounded_kafka_requests.py).",
+    )
     consumer_max_fetch_size: int = _setting(
         "CONSUMER_MAX_FETCH_SIZE", 4 * 1024 * 1024, _positive_int,
         "Most bytes one fetch brings per partition (Faust's default 1 MiB). aiokafka keeps one "

@@ -12,6 +12,7 @@ from __future__ import annotations
 from types import ModuleType
 
 from . import (
+    bounded_kafka_requests,
     bounded_stop,
     bulk_restore,
     changelog_metadata,
@@ -71,6 +72,7 @@ MODULES: tuple[ModuleType, ...] = (
     bounded_stop,
     held_records_released,
     kafka_wait_at_start,
+    bounded_kafka_requests,
 )
 
 BY_NAME: dict[str, ModuleType] = {module.NAME: module for module in MODULES}

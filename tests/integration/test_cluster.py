@@ -29,10 +29,10 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from infra import kafka
 from infra.kafka.cluster import CONTROLLER_PORT_OFFSET, ClusterInfo, LocalCluster
-from lab.checker import check
+from lab.checker import charges_by_event, check
 from streams_app.admin import PIPELINE_TOPICS, create_topics, delete_topics_containing, ensure_topics
 from streams_app.settings import Settings, broker_hosts
-from streams_app.traffic import generate
+from streams_app.traffic import Traffic, generate
 from tests.fixtures.kafka import read_all, wait_for
 from tests.fixtures.kafka_cluster import CLUSTER_BROKERS, cluster_under_test
 
@@ -282,6 +282,88 @@ def test_a_worker_processes_payments_on_the_cluster_with_replicated_changelogs(c
     assert {name: set(counts) for name, counts in replicas.items()} == {name: {3} for name in made}
     configs = asyncio.run(_topic_config(bootstrap, made, "min.insync.replicas"))
     assert configs == {name: ("2", DYNAMIC_TOPIC_CONFIG) for name in made}
+
+
+#: The next test's worker waits this long for the answer to one Kafka request
+#: (KAFKA_REQUEST_TIMEOUT; 30 s by default) ...
+REQUEST_TIMEOUT_S = 10
+#: ... and a partition leader hangs this long: several of its request timeouts, short of
+#: Faust's own (90 s for a fetch, 1200 s for a produce).
+HANG_S = 60.0
+
+
+def test_a_leader_that_hangs_holds_the_pipeline_for_a_request_timeout_not_for_its_hang(
+    cluster: LocalCluster, cluster_pipeline_factory,
+) -> None:
+    """bounded-kafka-requests: a broker that takes requests and answers none (SIGSTOP: a
+    hung host, a long GC pause) while the cluster gives its partitions to other leaders.
+    The worker's requests to it time out (KAFKA_REQUEST_TIMEOUT) and go to the new
+    leaders, so the payments sent during the hang are charged before it ends, by every
+    stage (dedup, apply, sink). Before (Faust's timeouts: 90 s for a fetch, 1200 s for a
+    produce), none of 268 payments sent during the hang were charged 55 s into it. The
+    node hung leads a partition of ``unique`` and is not the group's coordinator (the
+    consumer's commits wait for Faust's 90 s request timeout there)."""
+    pipeline = cluster_pipeline_factory("at_least_once", KAFKA_REQUEST_TIMEOUT=str(REQUEST_TIMEOUT_S))
+    config = pipeline.config
+    worker = pipeline.worker()
+    warm = generate(100, duplicate_rate=0.1, seed=31, id_prefix=f"{config.run_id}-a")
+    pipeline.send(warm)
+    pipeline.drain()
+    node = asyncio.run(_leader_not_coordinating(config.bootstrap, config.topic("unique"), config.app_id))
+
+    cluster.pause(node)
+    hung_at = time.monotonic()
+    try:
+        during = generate(300, duplicate_rate=0.1, seed=32, id_prefix=f"{config.run_id}-b")
+        asyncio.run(_send_around_a_hung_broker(config.bootstrap, config.topic("raw"), during.records))
+        expected = set(during.unique_events)
+        charged: set[str] = set()
+        while time.monotonic() - hung_at < HANG_S - 5 and not expected <= charged:
+            time.sleep(1.0)
+            charged = set(charges_by_event(config.sink_db))
+        charged_within = time.monotonic() - hung_at
+    finally:
+        cluster.resume(node)
+    assert expected <= charged, (
+        f"{len(expected - charged)} of {len(expected)} payments sent while node {node} hung were not charged "
+        f"within {charged_within:.0f} s of the hang\n{worker.log_tail(30)}")
+    print(f"charged within {charged_within:.0f} s of a {HANG_S:.0f} s hang")
+
+    pipeline.drain()
+    traffic = Traffic(records=warm.records + during.records,
+                      unique_events={**warm.unique_events, **during.unique_events},
+                      duplicates=warm.duplicates + during.duplicates)
+    counts = asyncio.run(check(config, traffic))
+    assert counts.duplicate_charges == 0 and counts.lost == 0
+    assert counts.charged_unique == counts.unique_events == len(traffic.unique_events)
+    assert counts.balance_mismatches == 0, counts.mismatch_examples
+
+
+async def _leader_not_coordinating(bootstrap: str, topic: str, group: str) -> int:
+    """A node leading a partition of ``topic`` that is not ``group``'s coordinator."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        coordinator = await admin.find_coordinator(group)
+        [described] = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    leaders = sorted({p["leader"] for p in described["partitions"]} - {coordinator})
+    assert leaders, f"every partition of {topic} is led by the coordinator {coordinator}"
+    return leaders[0]
+
+
+async def _send_around_a_hung_broker(bootstrap: str, topic: str, records: list) -> None:
+    """Send with a short request timeout: a request to the hung leader is sent again to
+    the partition's new leader after 5 s (the lab's own sender waits 120 s)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
+                                request_timeout_ms=5_000, metadata_max_age_ms=5_000)
+    await producer.start()
+    try:
+        sent = [await producer.send(topic, value, key=key) for key, value, *_ in records]
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
 
 
 # --- helpers ----------------------------------------------------------------------------

@@ -8,11 +8,14 @@ importing the kit changes nothing, and the per-app state the fixes share.
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import faust
 import pytest
@@ -29,7 +32,7 @@ def test_importing_the_kit_patches_nothing():
             "from faust.transport.drivers.aiokafka import Producer\n"
             "assert not getattr(Consumer._new_offset, '_fixed', False)\n"
             "assert not getattr(Producer._settings_extra, '_fixed', False)\n"
-            "assert len(faust_guarantees.FIXES) == 28\n")
+            "assert len(faust_guarantees.FIXES) == 29\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
 
 
@@ -285,13 +288,82 @@ def test_a_stop_waits_for_records_in_progress_only_so_long_and_then_skips_the_la
     async def stock(consumer, logger) -> None:
         raise AssertionError("not called at a stop")
 
-    app = SimpleNamespace(should_stop=True, _consumer_wait_empty=stock, conf=SimpleNamespace(stream_wait_empty=True))
+    app = _stopping_app(stock)
     guarantees = state.Guarantees(app, stop_timeout=0.3)
     bounded_stop.install(guarantees)
     consumer = Consumer()
     asyncio.run(asyncio.wait_for(app._consumer_wait_empty(consumer, SimpleNamespace(info=lambda *a: None)), 5))
     assert guarantees.unclean_stop and consumer.commits >= 1
     assert guarantees.interventions[("bounded-stop", "stop-without-last-commit")] == 1
+
+
+def _stopping_app(stock: Any) -> SimpleNamespace:
+    async def on_stop() -> None:
+        pass
+
+    return SimpleNamespace(should_stop=True, _consumer_wait_empty=stock, on_stop=on_stop,
+                           conf=SimpleNamespace(stream_wait_empty=True))
+
+
+def test_a_stop_whose_last_commit_never_ends_goes_on_without_it():
+    """bounded-stop: the outage matrix's stalled worker logged "Wait for streams..." after
+    SIGTERM and ran 60 s more: the stop's commit (under at_least_once a producer flush) waited
+    for a broker that did not answer. Its commit now has the stop's deadline too."""
+    from faust_guarantees.fixes import bounded_stop
+
+    class Consumer:
+        _unacked_messages = {"held"}
+        should_stop = False
+
+        async def commit(self) -> None:
+            await asyncio.Event().wait()  # a flush no broker answers
+
+        async def commit_and_end_transactions(self) -> None:
+            raise AssertionError("no last commit while records are in progress")
+
+    async def stock(consumer, logger) -> None:
+        raise AssertionError("not called at a stop")
+
+    app = _stopping_app(stock)
+    guarantees = state.Guarantees(app, stop_timeout=0.3)
+    bounded_stop.install(guarantees)
+    started = time.monotonic()
+    asyncio.run(asyncio.wait_for(app._consumer_wait_empty(Consumer(), SimpleNamespace(info=lambda *a: None)), 5))
+    assert time.monotonic() - started < 2
+    assert guarantees.unclean_stop
+    assert guarantees.interventions[("bounded-stop", "stop-without-last-commit")] == 1
+
+
+@pytest.mark.parametrize("restarting", [False, True], ids=["stopping", "restarting"])
+def test_a_worker_still_stopping_past_its_deadline_is_ended_with_what_its_tasks_wait_for(restarting, caplog):
+    """bounded-stop: a worker process whose stop does not end (a flush, a thread, a task that
+    never returns) is ended by a watchdog thread, which logs each task's innermost frames; a
+    process waiting to exec itself again (a fenced or dependency restart) is left alone."""
+    from faust_guarantees import fencing
+    from faust_guarantees.fixes import bounded_stop
+
+    async def a_flush_nobody_answers() -> None:
+        await asyncio.Event().wait()
+
+    ended = threading.Event()
+
+    async def main() -> None:
+        asyncio.get_running_loop().create_task(a_flush_nobody_answers())
+        await asyncio.sleep(0)
+        bounded_stop.watch_the_stop(SimpleNamespace(loop=asyncio.get_running_loop()), 0.2, end=ended.set)
+        await asyncio.sleep(0.6)
+
+    if restarting:
+        assert fencing._restarting.acquire(blocking=False)
+    try:
+        with caplog.at_level(logging.ERROR):
+            asyncio.run(main())
+    finally:
+        if restarting:
+            fencing._restarting.release()
+    assert ended.is_set() is not restarting
+    if not restarting:
+        assert "a_flush_nobody_answers" in caplog.text and "still stopping" in caplog.text
 
 
 @pytest.mark.parametrize("stopped", [False, True], ids=["not-stopping", "stopping"])
