@@ -97,6 +97,19 @@ def _positive_duration(text: str) -> float:
     return value
 
 
+#: A fetch waits up to 1.5 s at the broker for records (Faust's fetch_max_wait), a metadata
+#: answer from a loaded cluster a few seconds: a shorter request timeout fails healthy requests.
+MIN_REQUEST_TIMEOUT_S = 5.0
+
+
+def _request_timeout(text: str) -> float:
+    value = parse_duration(text)
+    if value < MIN_REQUEST_TIMEOUT_S:
+        raise ValueError(f"expected at least {MIN_REQUEST_TIMEOUT_S:.0f} s (a fetch alone may wait 1.5 s at the "
+                         "broker), e.g. 30 (Kafka's default) or 10s")
+    return value
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 1 <= value <= 65535:
@@ -300,7 +313,7 @@ class Settings:
         "produce request per record and per producer; 5 ms measured best here, reports/bench.md).",
     )
     kafka_request_timeout: float = _setting(
-        "KAFKA_REQUEST_TIMEOUT", 30.0, _positive_duration,
+        "KAFKA_REQUEST_TIMEOUT", 30.0, _request_timeout,
         "The longest wait for a broker's answer to one request of the worker's producers and "
         "of its consumer's fetches (Kafka's request.timeout.ms); a request that times out goes "
         "again, to the partition's new leader if it moved. Faust's own: 1200 s for the "

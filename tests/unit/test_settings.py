@@ -207,6 +207,51 @@ def test_commit_interval_and_batch_size_must_be_positive(env, text):
         Settings.from_env({env: text})
 
 
+def test_the_kafka_request_timeout_is_kafka_s_30_s_and_at_least_5_s():
+    assert Settings.from_env({}).kafka_request_timeout == 30.0
+    assert Settings.from_env({"KAFKA_REQUEST_TIMEOUT": "10s"}).kafka_request_timeout == 10.0
+    with pytest.raises(SettingsError, match="KAFKA_REQUEST_TIMEOUT='1' is invalid.*at least 5 s"):
+        Settings.from_env({"KAFKA_REQUEST_TIMEOUT": "1"})
+
+
+def test_the_app_s_kafka_requests_wait_the_request_timeout_and_its_group_requests_faust_s():
+    """bounded-kafka-requests, on the clients the app builds (nothing connects): the
+    producer's connections and Produce requests wait KAFKA_REQUEST_TIMEOUT and its buffer
+    Faust's producer_request_timeout; the consumer's default connections the request timeout,
+    its group coordinator's Faust's broker_request_timeout."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from aiokafka.client import ConnectionGroup
+
+    from streams_app import app
+
+    async def built() -> None:
+        producer = app.producer._new_producer()
+        assert producer.client._request_timeout_ms == 30_000 == producer._sender._request_timeout_ms
+        assert producer._request_timeout_ms == app.conf.producer_request_timeout * 1000  # buffer room
+        consumer = app.consumer._thread._create_worker_consumer(app.transport)
+        assert consumer._client._request_timeout_ms == 30_000  # every connection's handshake, and fetches
+        await producer.client.close()
+        await consumer._client.close()
+
+        # The client's connections: default ones wait the request timeout, the coordinator's Faust's.
+        from faust_guarantees.fixes.bounded_kafka_requests import bound_default_requests
+
+        class Client:
+            _request_timeout_ms = 90_000
+
+            async def _get_conn(self, node_id, *, group=ConnectionGroup.DEFAULT, no_hint=False):
+                return SimpleNamespace(_request_timeout=self._request_timeout_ms / 1000)  # as aiokafka makes them
+
+        client = Client()
+        bound_default_requests(client, 30.0)
+        assert (await client._get_conn(1))._request_timeout == 30.0
+        assert (await client._get_conn(1, group=ConnectionGroup.COORDINATION))._request_timeout == 90.0
+
+    asyncio.run(built())
+
+
 def test_stages_are_all_by_default_and_kept_in_pipeline_order():
     assert Settings.from_env({}).stages == ("dedup", "apply", "sink")
     assert Settings.from_env({"STAGES": "all"}).stages == ("dedup", "apply", "sink")
