@@ -22,7 +22,8 @@ the producers' requests and the consumer's fetch and metadata requests (not its 
 coordinator's) wait at most ``request_timeout`` (of :func:`faust_guarantees.install`;
 Kafka's 30 s by default) each; a request that times
 out closes its connection, refreshes the metadata and goes again, to the partition's new
-leader if it moved. The wait for buffer room stays ``producer_request_timeout``. No
+leader if it moved. The wait for buffer room stays ``producer_request_timeout``; a send's
+wait for its topic's metadata becomes the request timeout too (Kafka's is 60 s). No
 upstream report found. Regression test:
 tests/integration/test_cluster.py::test_a_leader_that_hangs_holds_the_pipeline_for_a_request_timeout_not_for_its_hang
 (after: every payment sent during the 100 s hang charged within ~45 s of it).
@@ -52,6 +53,7 @@ UPSTREAM = {
     "aiokafka.client:AIOKafkaClient.send": "246b277687d7",
     "aiokafka.conn:AIOKafkaConnection.send": "5909ea32f4ef",
 }
+
 
 def bounded_requests_producer(per_request_s: float) -> type:
     """An aiokafka producer whose requests wait at most ``per_request_s`` for an answer;
