@@ -232,6 +232,7 @@ def test_the_app_s_kafka_requests_wait_the_request_timeout_and_its_group_request
         assert producer._request_timeout_ms == app.conf.producer_request_timeout * 1000  # buffer room
         consumer = app.consumer._thread._create_worker_consumer(app.transport)
         assert consumer._client._request_timeout_ms == 30_000  # every connection's handshake, and fetches
+        assert consumer._fetch_max_wait_ms == 500  # Faust's 1500 ms held the connection's other requests
         await producer.client.close()
         await consumer._client.close()
 
