@@ -63,6 +63,7 @@ import asyncio
 import base64
 import contextlib
 import fcntl
+import itertools
 import os
 import shutil
 import signal
@@ -520,19 +521,31 @@ def _size(path: Path) -> int:
 
 
 def _log_excerpt(path: Path) -> str:
-    """Return the first ERROR of a broker log (with the line after it) and the log's tail.
+    """Return the error that stopped a broker (or its log's first ERROR) and the log's tail.
 
     The tail alone often misleads: a broker that fails to start logs a hundred lines
-    of orderly shutdown after the error that matters.
+    of orderly shutdown after the error that matters. The first ERROR can mislead too: a
+    node starting beside others may log a passing one first (NotControllerException while
+    the quorum elects). So the last fatal ERROR (Kafka's "Exiting Kafka due to fatal
+    exception") is quoted with the root cause of its stack trace, if there is one.
     """
     try:
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError as exc:
         return f"No broker log: {exc}"
     errors = [i for i, line in enumerate(lines) if " ERROR " in line or " FATAL " in line]
-    first_error = "\n".join(lines[errors[0] : errors[0] + 2]) if errors else "(none)"
+    fatal = [i for i in errors if "fatal" in lines[i].lower()]
+    if fatal:
+        at = fatal[-1]
+        trace = list(itertools.takewhile(lambda line: not line.startswith("["), lines[at + 1:]))
+        causes = [line for line in trace if line.startswith("Caused by:")]
+        quoted = "\n".join([lines[at], *trace[:1], *causes[-1:]])
+        heading = "The error that stopped it"
+    else:
+        quoted = "\n".join(lines[errors[0] : errors[0] + 2]) if errors else "(none)"
+        heading = "First error"
     tail = lines[-LOG_TAIL_LINES:]
-    return f"First error in {path}:\n{first_error}\n--- last {len(tail)} lines ---\n" + "\n".join(tail)
+    return f"{heading}, in {path}:\n{quoted}\n--- last {len(tail)} lines ---\n" + "\n".join(tail)
 
 
 def _signal(pid: int, signum: int) -> None:
