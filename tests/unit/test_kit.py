@@ -15,7 +15,6 @@ import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import faust
 import pytest
@@ -264,74 +263,64 @@ def test_a_stop_waits_for_records_in_progress_only_so_long_and_then_skips_the_la
     """bounded-stop: Faust's stop waited without end for records an agent could not finish
     (a sink waiting out its database); now it gives up after stop_timeout, commits nothing
     more, and marks the stop unclean."""
-    from faust_guarantees.fixes import bounded_stop
-
-    class Consumer:
-        _unacked_messages = {"held"}
-        should_stop = False
-
-        def __init__(self) -> None:
-            self.commits = 0
-
-        async def commit(self) -> None:
-            self.commits += 1
-
-        async def _wait_for_ack(self, timeout: float) -> None:
-            await asyncio.sleep(min(timeout, 0.05))
-
-        def _clean_unacked_messages(self) -> None:
-            pass
-
-        async def commit_and_end_transactions(self) -> None:
-            raise AssertionError("no last commit while records are in progress")
-
-    async def stock(consumer, logger) -> None:
-        raise AssertionError("not called at a stop")
-
-    app = _stopping_app(stock)
-    guarantees = state.Guarantees(app, stop_timeout=0.3)
-    bounded_stop.install(guarantees)
-    consumer = Consumer()
-    asyncio.run(asyncio.wait_for(app._consumer_wait_empty(consumer, SimpleNamespace(info=lambda *a: None)), 5))
+    consumer = _ConsumerHoldingARecord()
+    guarantees = _stop_with(consumer)
     assert guarantees.unclean_stop and consumer.commits >= 1
     assert guarantees.interventions[("bounded-stop", "stop-without-last-commit")] == 1
-
-
-def _stopping_app(stock: Any) -> SimpleNamespace:
-    async def on_stop() -> None:
-        pass
-
-    return SimpleNamespace(should_stop=True, _consumer_wait_empty=stock, on_stop=on_stop,
-                           conf=SimpleNamespace(stream_wait_empty=True))
 
 
 def test_a_stop_whose_last_commit_never_ends_goes_on_without_it():
     """bounded-stop: the outage matrix's stalled worker logged "Wait for streams..." after
     SIGTERM and ran 60 s more: the stop's commit (under at_least_once a producer flush) waited
     for a broker that did not answer. Its commit now has the stop's deadline too."""
-    from faust_guarantees.fixes import bounded_stop
-
-    class Consumer:
-        _unacked_messages = {"held"}
-        should_stop = False
-
+    class CommitNobodyAnswers(_ConsumerHoldingARecord):
         async def commit(self) -> None:
             await asyncio.Event().wait()  # a flush no broker answers
 
-        async def commit_and_end_transactions(self) -> None:
-            raise AssertionError("no last commit while records are in progress")
+    started = time.monotonic()
+    guarantees = _stop_with(CommitNobodyAnswers())
+    assert time.monotonic() - started < 2
+    assert guarantees.unclean_stop
+    assert guarantees.interventions[("bounded-stop", "stop-without-last-commit")] == 1
+
+
+class _ConsumerHoldingARecord:
+    """Faust's consumer at a stop, with a record an agent never acks."""
+    _unacked_messages = {"held"}
+    should_stop = False
+
+    def __init__(self) -> None:
+        self.commits = 0
+
+    async def commit(self) -> None:
+        self.commits += 1
+
+    async def _wait_for_ack(self, timeout: float) -> None:
+        await asyncio.sleep(min(timeout, 0.05))
+
+    def _clean_unacked_messages(self) -> None:
+        pass
+
+    async def commit_and_end_transactions(self) -> None:
+        raise AssertionError("no last commit while records are in progress")
+
+
+def _stop_with(consumer: _ConsumerHoldingARecord) -> state.Guarantees:
+    """The app's stop-time wait (bounded-stop installed, stop_timeout 0.3 s) run on ``consumer``."""
+    from faust_guarantees.fixes import bounded_stop
 
     async def stock(consumer, logger) -> None:
         raise AssertionError("not called at a stop")
 
-    app = _stopping_app(stock)
+    async def on_stop() -> None:
+        pass
+
+    app = SimpleNamespace(should_stop=True, _consumer_wait_empty=stock, on_stop=on_stop,
+                          conf=SimpleNamespace(stream_wait_empty=True))
     guarantees = state.Guarantees(app, stop_timeout=0.3)
     bounded_stop.install(guarantees)
-    started = time.monotonic()
-    asyncio.run(asyncio.wait_for(app._consumer_wait_empty(Consumer(), SimpleNamespace(info=lambda *a: None)), 5))
-    assert time.monotonic() - started < 2
-    assert guarantees.unclean_stop
-    assert guarantees.interventions[("bounded-stop", "stop-without-last-commit")] == 1
+    asyncio.run(asyncio.wait_for(app._consumer_wait_empty(consumer, SimpleNamespace(info=lambda *a: None)), 5))
+    return guarantees
 
 
 @pytest.mark.parametrize("restarting", [False, True], ids=["stopping", "restarting"])
