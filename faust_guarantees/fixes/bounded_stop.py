@@ -37,7 +37,6 @@ import logging
 import os
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -149,6 +148,5 @@ def describe_tasks(loop: asyncio.AbstractEventLoop, limit: int = 12) -> str:
     stacks: collections.Counter[str] = collections.Counter()
     for task in tasks:
         frames = task.get_stack()[-limit:]  # outermost first: the innermost are what it waits on
-        summary = traceback.StackSummary.extract(((f, f.f_lineno) for f in frames), lookup_lines=False)
-        stacks["".join(f"    {f.filename}:{f.lineno} in {f.name}\n" for f in summary)] += 1
+        stacks["".join(f"    {f.f_code.co_filename}:{f.f_lineno} in {f.f_code.co_name}\n" for f in frames)] += 1
     return "\n".join(f"  {count} task(s):\n{stack}" for stack, count in stacks.most_common())
